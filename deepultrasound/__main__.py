@@ -1,0 +1,7 @@
+"""``python -m deepultrasound`` is the ``deepultrasound`` command."""
+
+import sys
+
+from deepultrasound.cli import main
+
+sys.exit(main())
