@@ -1,0 +1,134 @@
+"""Widget base shared by the DeepUltrasound modules (Slicer application only: imports Qt-backed classes).
+
+It does what every module's panel does the same way: load ``Resources/UI/<Module>.ui``, bind
+the module's parameter node to the widgets that carry ``SlicerParameterName``, keep Apply
+enabled only when the inputs are set, list the engine's model bundles (installing the
+engine first), and run Apply inside ``tryWithErrorDisplay``. A module's widget names its
+parameter node fields and implements :meth:`DeepUltrasoundWidget.createLogic`,
+:meth:`~DeepUltrasoundWidget.missingInputs` and :meth:`~DeepUltrasoundWidget.apply`.
+
+Every module's ``.ui`` must therefore contain ``applyButton``, ``modelComboBox``,
+``refreshModelsButton`` and ``statusLabel``, and its parameter node a ``modelName: str`` field.
+"""
+
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+from slicer.util import VTKObservationMixin
+
+from .bundles import listBundledModels
+from .dependencies import ensureRequirements
+
+
+class DeepUltrasoundWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Panel of a DeepUltrasound module.
+
+    Attributes:
+        bundleTask: task name of the model bundles this module offers (e.g. ``"elastography"``).
+    """
+
+    bundleTask = ""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # observes the parameter node and the scene
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    # Module-specific parts.
+
+    def createLogic(self):
+        """The module's logic; it must provide ``getParameterNode()``."""
+        raise NotImplementedError
+
+    def missingInputs(self, parameterNode) -> str:
+        """Why Apply cannot run yet (shown as its tooltip), or ``""`` when it can."""
+        raise NotImplementedError
+
+    def apply(self, parameterNode) -> str:
+        """Run the module on the parameter node's inputs; returns a one-line status.
+
+        Call :meth:`ensureEngine` before the first engine call.
+        """
+        raise NotImplementedError
+
+    # Shared behaviour.
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath(f"UI/{self.moduleName}.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = self.createLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.onRefreshModels)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, parameterNode) -> None:
+        """Bind ``parameterNode`` to the widgets (``None`` unbinds)."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApplyButton)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApplyButton)
+            self.updateApplyButton()
+
+    def updateApplyButton(self, caller=None, event=None) -> None:
+        reason = self.missingInputs(self._parameterNode) if self._parameterNode else _("No parameter node")
+        self.ui.applyButton.enabled = not reason
+        self.ui.applyButton.toolTip = reason or _("Run the module on the selected inputs")
+
+    def onModelChanged(self, index: int) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.modelName = self.ui.modelComboBox.itemData(index) or ""
+
+    def ensureEngine(self) -> None:
+        """Install the module's ``Resources/requirements.txt`` (the engine) if missing, after the user agrees."""
+        ensureRequirements(self.resourcePath("requirements.txt"), requester=self.moduleName)
+
+    def onRefreshModels(self) -> None:
+        """List the engine's model bundles for this module's task, keeping the current choice when it is still there."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to list the model bundles."), waitCursor=True):
+            self.ensureEngine()
+            bundles = listBundledModels(self.bundleTask)
+            chosen = self._parameterNode.modelName if self._parameterNode else ""
+            self.ui.modelComboBox.clear()
+            for bundle in bundles:
+                self.ui.modelComboBox.addItem(f"{bundle.name} ({bundle.version})", bundle.name)
+            chosenIndex = self.ui.modelComboBox.findData(chosen)
+            if chosenIndex >= 0:
+                self.ui.modelComboBox.setCurrentIndex(chosenIndex)
+            self.ui.statusLabel.text = _("{count} model bundle(s) installed").format(count=len(bundles))
+
+    def onApplyButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to compute results."), waitCursor=True):
+            self.ui.statusLabel.text = self.apply(self._parameterNode)

@@ -1,0 +1,284 @@
+"""MRML logic of the Slicer modules (the ``*Lib`` packages) on real MRML nodes from slicer-core."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# In Slicer every scripted module folder is on sys.path; do the same here for the Lib packages.
+for moduleDir in ("DeepUltrasoundCommon", "DeepUSE", "EchoRegistration", "USSynth", "USSuperRes"):
+    sys.path.insert(0, str(ROOT / moduleDir))
+
+from DeepUltrasoundCommonLib import (  # noqa: E402
+    BundleInfo,
+    VolumeGeometry,
+    arrayToVolume,
+    labelMapToArray,
+    listBundledModels,
+    loadRequirements,
+    missingRequirements,
+    volumeToArray,
+)
+from DeepUSELib import framePairs, rfFramesFromVolume, writeStrainFrames  # noqa: E402
+from EchoRegistrationLib import checkSameGrid, displacementToVolume  # noqa: E402
+from USSuperResLib import superResolutionInput, superResolvedGeometry, writeSuperResolved  # noqa: E402
+from USSynthLib import labelSummary, synthesisInput, writeSynthesizedImages  # noqa: E402
+
+OBLIQUE = VolumeGeometry.fromSpacingOrigin(
+    spacing=(0.3, 0.05, 2.0),
+    origin=(-12.5, 4.0, 30.0),
+    directions=np.array([[0.0, -1.0, 0.0], [np.sqrt(0.5), 0.0, np.sqrt(0.5)], [-np.sqrt(0.5), 0.0, np.sqrt(0.5)]]),
+)
+
+
+def newVolume(scene, className="vtkMRMLScalarVolumeNode", name="volume"):
+    return scene.AddNewNodeByClass(className, name)
+
+
+# Volumes and geometry -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("className", "array"),
+    [
+        ("vtkMRMLScalarVolumeNode", np.random.default_rng(0).standard_normal((3, 20, 12)).astype(np.float32)),
+        ("vtkMRMLScalarVolumeNode", np.arange(20 * 12, dtype=np.int16).reshape(1, 20, 12)),
+        ("vtkMRMLLabelMapVolumeNode", np.random.default_rng(1).integers(0, 5, (2, 10, 8)).astype(np.uint8)),
+        ("vtkMRMLVectorVolumeNode", np.random.default_rng(2).standard_normal((1, 10, 8, 2)).astype(np.float32)),
+    ],
+)
+def test_array_round_trip_keeps_values_dtype_and_geometry(mrml_scene, className, array):
+    node = newVolume(mrml_scene, className)
+    arrayToVolume(array, node, OBLIQUE)
+    roundTrip, geometry = volumeToArray(node)
+    assert roundTrip.dtype == array.dtype
+    np.testing.assert_array_equal(roundTrip, array)
+    np.testing.assert_allclose(geometry.ijkToRas, OBLIQUE.ijkToRas, atol=1e-12)
+    np.testing.assert_allclose(node.GetSpacing(), (0.3, 0.05, 2.0))
+    np.testing.assert_allclose(node.GetOrigin(), (-12.5, 4.0, 30.0))
+
+
+def test_geometry_maps_voxel_index_to_ras(mrml_scene):
+    node = newVolume(mrml_scene)
+    arrayToVolume(np.zeros((2, 4, 6), dtype=np.float32), node, OBLIQUE)
+    ijk = np.array([5.0, 3.0, 1.0, 1.0])
+    expected = OBLIQUE.origin + OBLIQUE.directions @ (ijk[:3] * OBLIQUE.spacing)
+    matrix = volumeToArray(node)[1].ijkToRas
+    np.testing.assert_allclose((matrix @ ijk)[:3], expected, atol=1e-12)
+
+
+def test_volume_to_array_is_a_copy(mrml_scene):
+    node = newVolume(mrml_scene)
+    arrayToVolume(np.zeros((1, 4, 4), dtype=np.float32), node, OBLIQUE)
+    array, _ = volumeToArray(node)
+    array[:] = 7.0
+    assert not np.any(volumeToArray(node)[0])
+
+
+def test_one_frame_keeps_its_dtype_and_int64_is_narrowed(mrml_scene):
+    node = newVolume(mrml_scene)
+    arrayToVolume(np.ones((4, 5), dtype=np.float32), node, OBLIQUE)
+    stored, _ = volumeToArray(node)
+    assert stored.shape == (1, 4, 5) and stored.dtype == np.float32
+    arrayToVolume(np.full((1, 2, 2), 3, dtype=np.int64), node, OBLIQUE)
+    stored, _ = volumeToArray(node)
+    assert stored.dtype == np.int32 and np.all(stored == 3)
+
+
+@pytest.mark.parametrize(
+    ("className", "array", "message"),
+    [
+        ("vtkMRMLScalarVolumeNode", np.zeros((1, 2, 3, 4)), r"expected \(J, I\) or \(K, J, I\)"),
+        ("vtkMRMLVectorVolumeNode", np.zeros((2, 3, 4)), "vector volume"),
+        ("vtkMRMLScalarVolumeNode", np.array([[[np.nan]]]), "non-finite"),
+        ("vtkMRMLScalarVolumeNode", np.full((1, 1, 1), 2**40, dtype=np.int64), "do not fit in int32"),
+    ],
+)
+def test_array_to_volume_rejects_bad_arrays(mrml_scene, className, array, message):
+    with pytest.raises(ValueError, match=message):
+        arrayToVolume(array, newVolume(mrml_scene, className), OBLIQUE)
+
+
+def test_volume_to_array_rejects_missing_input(mrml_scene):
+    with pytest.raises(ValueError, match="No volume selected"):
+        volumeToArray(None)
+    with pytest.raises(ValueError, match="has no image data"):
+        volumeToArray(newVolume(mrml_scene, name="empty"))
+
+
+def test_singular_geometry_is_refused():
+    with pytest.raises(ValueError, match="singular"):
+        VolumeGeometry.fromSpacingOrigin(spacing=(0.0, 1.0, 1.0))
+
+
+def test_label_map_rules(mrml_scene):
+    labels = newVolume(mrml_scene, "vtkMRMLLabelMapVolumeNode")
+    arrayToVolume(np.array([[[0, 2], [1, 2]]], dtype=np.int16), labels, OBLIQUE)
+    array, _ = labelMapToArray(labels)
+    assert array.dtype == np.int32 and array.tolist() == [[[0, 2], [1, 2]]]
+    arrayToVolume(np.array([[[0, -1]]], dtype=np.int16), labels, OBLIQUE)
+    with pytest.raises(ValueError, match="negative labels"):
+        labelMapToArray(labels)
+    with pytest.raises(ValueError, match="not a label map"):
+        labelMapToArray(newVolume(mrml_scene, name="scalar"))
+
+
+# Dependencies and bundles ---------------------------------------------------------------------
+
+
+def test_requirements_file_and_missing_packages(tmp_path):
+    path = tmp_path / "requirements.txt"
+    path.write_text(
+        "# comment\n--index-url https://example.invalid\nnumpy>=1.0  # installed\n"
+        "numpy>=9999\nno-such-package-deepultrasound-test\nnumpy; python_version < '3'\n"
+    )
+    requirements = loadRequirements(path)
+    assert [str(r) for r in requirements] == [
+        "numpy>=1.0",
+        "numpy>=9999",
+        "no-such-package-deepultrasound-test",
+        'numpy; python_version < "3"',
+    ]
+    assert [str(r) for r in missingRequirements(requirements)] == ["numpy>=9999", "no-such-package-deepultrasound-test"]
+    path.write_text("numpy >= = 1\n")
+    with pytest.raises(ValueError, match=r"requirements.txt:1: invalid requirement"):
+        loadRequirements(path)
+
+
+@pytest.mark.parametrize("module", ["DeepUSE", "EchoRegistration", "USSynth", "USSuperRes"])
+def test_module_requirements_name_the_engine(module):
+    requirements = loadRequirements(ROOT / module / "Resources" / "requirements.txt")
+    assert [r.name for r in requirements] == ["deepultrasound"]
+
+
+def test_bundle_listing_filters_and_sorts_what_the_engine_reports(monkeypatch, tmp_path):
+    # Stand-in for deepultrasound.runtime: only its list_bundles() answer matters here.
+    runtime = types.ModuleType("deepultrasound.runtime")
+    runtime.list_bundles = lambda: [
+        types.SimpleNamespace(name="usenet", task="elastography", version="1.0", path=tmp_path / "usenet"),
+        types.SimpleNamespace(name="echo-reg", task="registration", version="0.2", path=str(tmp_path / "echo")),
+        types.SimpleNamespace(name="reusenet", task="elastography", version="1.1", path=tmp_path / "reusenet"),
+    ]
+    monkeypatch.setitem(sys.modules, "deepultrasound.runtime", runtime)
+    assert [b.name for b in listBundledModels("elastography")] == ["reusenet", "usenet"]
+    assert listBundledModels("registration") == [BundleInfo("echo-reg", "registration", "0.2", tmp_path / "echo")]
+    assert len(listBundledModels()) == 3
+
+
+def test_bundle_listing_explains_an_engine_without_bundles(monkeypatch):
+    monkeypatch.setitem(sys.modules, "deepultrasound.runtime", types.ModuleType("deepultrasound.runtime"))
+    with pytest.raises(ValueError, match="cannot list model bundles: update it"):
+        listBundledModels()
+
+
+# Module logic ---------------------------------------------------------------------------------
+
+
+def test_deepuse_frames_pairs_and_strain_grid(mrml_scene):
+    rf = newVolume(mrml_scene, name="rf")
+    arrayToVolume(np.random.default_rng(3).standard_normal((5, 32, 8)).astype(np.float64), rf, OBLIQUE)
+    frames, geometry = rfFramesFromVolume(rf)
+    assert frames.shape == (5, 32, 8) and frames.dtype == np.float32
+    assert framePairs(5, 2) == [(0, 2), (1, 3), (2, 4)]
+    strain = newVolume(mrml_scene, name="strain")
+    writeStrainFrames(np.full((3, 32, 8), 0.5), strain, geometry)
+    stored, strainGeometry = volumeToArray(strain)
+    assert stored.dtype == np.float32 and stored.shape == (3, 32, 8)
+    assert strainGeometry.isClose(OBLIQUE)
+
+
+@pytest.mark.parametrize(("frameCount", "step"), [(5, 0), (5, 5), (2, 3)])
+def test_deepuse_frame_step_out_of_range(frameCount, step):
+    with pytest.raises(ValueError, match=f"Frame step {step} needs"):
+        framePairs(frameCount, step)
+
+
+def test_deepuse_needs_two_finite_frames(mrml_scene):
+    rf = newVolume(mrml_scene, name="one-frame")
+    arrayToVolume(np.zeros((1, 8, 8), dtype=np.float32), rf, OBLIQUE)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        rfFramesFromVolume(rf)
+    rf = newVolume(mrml_scene, "vtkMRMLVectorVolumeNode", "vector")
+    arrayToVolume(np.zeros((2, 8, 8, 2), dtype=np.float32), rf, OBLIQUE)
+    with pytest.raises(ValueError, match="vector volume"):
+        rfFramesFromVolume(rf)
+
+
+def test_echo_registration_displacement_in_mm(mrml_scene):
+    fixed, moving = newVolume(mrml_scene, name="fixed"), newVolume(mrml_scene, name="moving")
+    arrayToVolume(np.zeros((1, 6, 4), dtype=np.float32), fixed, OBLIQUE)
+    arrayToVolume(np.ones((1, 6, 4), dtype=np.float32), moving, OBLIQUE)
+    checkSameGrid(fixed, moving)
+    displacement = newVolume(mrml_scene, "vtkMRMLVectorVolumeNode", "displacement")
+    pixels = np.stack([np.full((6, 4), 2.0), np.full((6, 4), -4.0)])
+    displacementToVolume(pixels, displacement, OBLIQUE)
+    stored, geometry = volumeToArray(displacement)
+    assert stored.shape == (1, 6, 4, 2)
+    np.testing.assert_allclose(stored[0, 3, 2], [2.0 * 0.3, -4.0 * 0.05], rtol=1e-6)
+    assert geometry.isClose(OBLIQUE)
+
+
+def test_echo_registration_refuses_different_grids(mrml_scene):
+    fixed, moving = newVolume(mrml_scene, name="fixed"), newVolume(mrml_scene, name="moving")
+    arrayToVolume(np.zeros((1, 6, 4), dtype=np.float32), fixed, OBLIQUE)
+    arrayToVolume(np.zeros((1, 6, 5), dtype=np.float32), moving, OBLIQUE)
+    with pytest.raises(ValueError, match="differ in size"):
+        checkSameGrid(fixed, moving)
+    shifted = VolumeGeometry.fromSpacingOrigin(spacing=(0.3, 0.05, 2.0), origin=(0.0, 0.0, 0.0))
+    arrayToVolume(np.zeros((1, 6, 4), dtype=np.float32), moving, shifted)
+    with pytest.raises(ValueError, match="different grids"):
+        checkSameGrid(fixed, moving)
+    with pytest.raises(ValueError, match=r"\(2, H, W\)"):
+        displacementToVolume(np.zeros((3, 6, 4)), newVolume(mrml_scene, "vtkMRMLVectorVolumeNode"), OBLIQUE)
+
+
+def test_ussynth_labels_in_images_out_on_the_label_grid(mrml_scene):
+    labels = np.zeros((2, 12, 10), dtype=np.uint8)
+    labels[0, 2:6, 3:7] = 1
+    labels[1, 4:9, 1:4] = 4
+    labelVolume = newVolume(mrml_scene, "vtkMRMLLabelMapVolumeNode", "labels")
+    arrayToVolume(labels, labelVolume, OBLIQUE)
+    read, geometry = synthesisInput(labelVolume)
+    assert labelSummary(read) == "2 frame(s) of 12 x 10, labels 0, 1, 4"
+    output = newVolume(mrml_scene, name="synthetic")
+    writeSynthesizedImages(read * 10.0, output, geometry)
+    stored, outputGeometry = volumeToArray(output)
+    np.testing.assert_array_equal(stored, labels * 10.0)
+    assert outputGeometry.isClose(OBLIQUE)
+    arrayToVolume(np.zeros((1, 4, 4), dtype=np.uint8), labelVolume, OBLIQUE)
+    with pytest.raises(ValueError, match="only background"):
+        synthesisInput(labelVolume)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4, 7])
+def test_ussuperres_grid_keeps_lateral_extent(mrml_scene, factor):
+    width = 6
+    inputVolume = newVolume(mrml_scene, name="low")
+    arrayToVolume(np.ones((1, 5, width), dtype=np.float32), inputVolume, OBLIQUE)
+    frames, geometry = superResolutionInput(inputVolume)
+    output = newVolume(mrml_scene, name="high")
+    writeSuperResolved(np.repeat(frames, factor, axis=2), output, geometry, factor)
+    stored, outputGeometry = volumeToArray(output)
+    assert stored.shape == (1, 5, factor * width)
+    np.testing.assert_allclose(outputGeometry.spacing, [0.3 / factor, 0.05, 2.0])
+    np.testing.assert_allclose(outputGeometry.directions, OBLIQUE.directions, atol=1e-12)
+
+    def lateralEdges(g, count):  # RAS of the outer pixel edges along I
+        return (g.ijkToRas @ [-0.5, 0, 0, 1])[:3], (g.ijkToRas @ [count - 0.5, 0, 0, 1])[:3]
+
+    for low, high in zip(lateralEdges(geometry, width), lateralEdges(outputGeometry, factor * width)):
+        np.testing.assert_allclose(high, low, atol=1e-9)
+
+
+def test_ussuperres_rejects_bad_input(mrml_scene):
+    with pytest.raises(ValueError, match="factor must be >= 1"):
+        superResolvedGeometry(OBLIQUE, 0)
+    narrow = newVolume(mrml_scene, name="narrow")
+    arrayToVolume(np.zeros((1, 5, 1), dtype=np.float32), narrow, OBLIQUE)
+    with pytest.raises(ValueError, match="lateral upsampling needs >= 2"):
+        superResolutionInput(narrow)
