@@ -19,7 +19,7 @@ from deepultrasound.errors import DeepUltrasoundError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("deepultrasound.demo", "run the main job on bundled defaults and write an output folder"),
     "train": ("deepultrasound.training.command", "train a model from a YAML/JSON config and export its bundle"),
-    "export": ("deepultrasound.runtime.command", "export a training checkpoint to a model bundle"),
+    "export": ("deepultrasound.training.export", "export a training checkpoint to a model bundle"),
     "bundle": ("deepultrasound.runtime.inspect_command", "verify a model bundle and check parity between its backends"),
 }
 

@@ -1,0 +1,222 @@
+"""One inference interface over three backends: eager torch, TorchScript and ONNX Runtime.
+
+``create_predictor(bundle, backend)`` returns a :class:`Predictor`; ``predict`` takes and
+returns float32 numpy arrays in the order of the exported graphs (data inputs, then states).
+:class:`RecurrentPredictor` keeps the states of a recurrent model between calls.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from deepultrasound.errors import InputError
+from deepultrasound.runtime.bundle import Bundle, load_bundle
+from deepultrasound.runtime.device import choose_device
+from deepultrasound.runtime.manifest import FILE_NAMES
+from deepultrasound.runtime.shapes import check_shapes
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "torchscript", "onnxruntime")
+
+
+class Predictor(ABC):
+    """Runs a bundle's model on numpy arrays.
+
+    Attributes:
+        bundle: the verified bundle.
+        backend: "torch", "torchscript" or "onnxruntime".
+        device: the torch device the model runs on (ONNX Runtime: CUDA or CPU).
+    """
+
+    backend: str
+
+    def __init__(self, bundle: Bundle, device: torch.device) -> None:
+        self.bundle = bundle
+        self.device = device
+        self._inputs = bundle.manifest.graph_inputs()
+
+    def predict(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Outputs (data outputs, then updated states) for ``inputs`` (data inputs, then states).
+
+        Arrays are converted to the dtype of their TensorSpec (float32).
+
+        Raises:
+            InputError: wrong number of inputs, rank, fixed size or inconsistent symbolic size
+                (the message gives expected and given shapes), or non-finite values.
+        """
+        arrays = [np.asarray(array) for array in inputs]
+        check_shapes([(spec.name, spec.shape) for spec in self._inputs], [array.shape for array in arrays])
+        converted = []
+        for spec, array in zip(self._inputs, arrays):
+            if not np.issubdtype(array.dtype, np.number):
+                raise InputError(f"input {spec.name!r} has dtype {array.dtype}; expected a numeric array")
+            array = np.ascontiguousarray(array, dtype=np.dtype(spec.dtype))
+            if not np.isfinite(array).all():
+                raise InputError(f"input {spec.name!r} contains NaN or infinite values")
+            converted.append(array)
+        return self._run(converted)
+
+    @abstractmethod
+    def _run(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Run the model on validated arrays."""
+
+    def __repr__(self) -> str:
+        manifest = self.bundle.manifest
+        return (
+            f"{type(self).__name__}({manifest.name} {manifest.version}, "
+            f"backend={self.backend}, device={self.device})"
+        )
+
+
+class _TorchModulePredictor(Predictor):
+    """Shared part of the eager and TorchScript backends: a callable module on ``device``."""
+
+    def __init__(self, bundle: Bundle, device: torch.device, module: torch.nn.Module) -> None:
+        super().__init__(bundle, device)
+        self._module = module
+
+    def _run(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        with torch.inference_mode():
+            outputs = self._module(*[torch.from_numpy(array).to(self.device) for array in inputs])
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        return tuple(output.float().cpu().numpy() for output in outputs)
+
+
+class TorchPredictor(_TorchModulePredictor):
+    """Eager PyTorch: the architecture rebuilt from the registry with the bundle's weights."""
+
+    backend = "torch"
+
+    def __init__(self, bundle: Bundle, device: torch.device) -> None:
+        super().__init__(bundle, device, bundle.build_torch_model(device))
+
+
+class TorchScriptPredictor(_TorchModulePredictor):
+    """The bundle's traced TorchScript graph."""
+
+    backend = "torchscript"
+
+    def __init__(self, bundle: Bundle, device: torch.device) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript is deprecated, still served
+            module = torch.jit.load(io.BytesIO(bundle.read("torchscript")), map_location=device)
+        super().__init__(bundle, device, module.eval())
+
+
+class OnnxRuntimePredictor(Predictor):
+    """The bundle's ONNX graph in ONNX Runtime: CUDA provider on a CUDA device when installed, else CPU."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, device: torch.device, threads: int | None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+            else:
+                logger.warning("onnxruntime has no CUDA provider (install onnxruntime-gpu); running on the CPU")
+                device = torch.device("cpu")
+        elif device.type != "cpu":
+            logger.warning("onnxruntime does not run on %s; running on the CPU", device)
+            device = torch.device("cpu")
+        super().__init__(bundle, device)
+        self._session = onnxruntime.InferenceSession(bundle.read("onnx"), options, providers=providers)
+        self._names = [value.name for value in self._session.get_inputs()]
+
+    def _run(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        outputs = self._session.run(None, dict(zip(self._names, inputs)))
+        return tuple(np.asarray(output, dtype=np.float32) for output in outputs)
+
+
+def available_backends(bundle: Bundle) -> list[str]:
+    """The backends this bundle can run on: torch always, the others when their file was exported."""
+    files = {"torchscript": FILE_NAMES["torchscript"], "onnxruntime": FILE_NAMES["onnx"]}
+    return [backend for backend in BACKENDS if backend not in files or files[backend] in bundle.manifest.files]
+
+
+def create_predictor(
+    bundle_or_path: Bundle | str | os.PathLike[str],
+    backend: str = "torch",
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+) -> Predictor:
+    """A predictor for a bundle (or the path of one, which is loaded and verified).
+
+    Args:
+        backend: "torch" (eager, rebuilt from the architecture registry), "torchscript" or
+            "onnxruntime".
+        device: see :func:`choose_device`; ``None`` is the automatic choice.
+        threads: intra-op CPU threads (torch: ``torch.set_num_threads``, process-wide); ``None``
+            leaves the library default.
+
+    Raises:
+        InputError: unknown backend, unavailable device or invalid thread count.
+        BundleError: the bundle is invalid or lacks the backend's file.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be at least 1, got {threads}")
+    bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path)
+    chosen = choose_device(device)
+    if backend == "onnxruntime":
+        return OnnxRuntimePredictor(bundle, chosen, threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return TorchPredictor(bundle, chosen) if backend == "torch" else TorchScriptPredictor(bundle, chosen)
+
+
+class RecurrentPredictor:
+    """Holds the states of a recurrent model between calls (the caller thread owns them).
+
+    ``step(*data_inputs)`` feeds the data inputs with the current states, keeps the updated
+    states and returns the data outputs. States start as zeros of shape
+    (B, channels, H // stride, W // stride) from the first data input, and start again from
+    zeros after :meth:`reset` or when the batch or spatial size of the first input changes.
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        manifest = predictor.bundle.manifest
+        if not manifest.states:
+            raise InputError(f"model {manifest.name!r} has no recurrent states; use its predictor directly")
+        self.predictor = predictor
+        self._data_outputs = len(manifest.outputs)
+        self._states: list[np.ndarray] | None = None
+
+    def reset(self) -> None:
+        """Forget the states; the next step starts from zeros."""
+        self._states = None
+
+    def step(self, *data_inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Data outputs for ``data_inputs``, carrying the states over from the previous step."""
+        manifest = self.predictor.bundle.manifest
+        if len(data_inputs) != len(manifest.inputs):
+            names = ", ".join(spec.name for spec in manifest.inputs)
+            raise InputError(f"step takes {len(manifest.inputs)} data input(s) ({names}); got {len(data_inputs)}")
+        first = np.shape(data_inputs[0])
+        if len(first) < 2:
+            raise InputError(f"the first input needs batch and channel axes, got shape {first}")
+        shapes = manifest.initial_state_shapes(first)
+        if self._states is None or [state.shape for state in self._states] != shapes:
+            self._states = [np.zeros(shape, dtype=np.float32) for shape in shapes]
+        outputs = self.predictor.predict(*data_inputs, *self._states)
+        self._states = list(outputs[self._data_outputs :])
+        return outputs[: self._data_outputs]
+
+    @property
+    def states(self) -> tuple[np.ndarray, ...]:
+        """The states after the last step (empty before the first step or after a reset)."""
+        return tuple(self._states or ())
