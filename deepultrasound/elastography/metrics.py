@@ -1,0 +1,187 @@
+"""Strain image quality metrics and image similarity after warping.
+
+Regions are boolean masks of the same shape as the map they select from. Every metric reduces
+over all elements the mask selects (pass one frame for per-frame values) and returns a float.
+MONAI has no elastographic SNR/CNR, normalised RMSE or global NCC metric, so these are plain
+functions; warping uses MONAI's ``Warp``.
+
+References:
+    Varghese T, Ophir J. A theoretical framework for performance characterization of
+    elastography: the strain filter. IEEE TUFFC 44(1):164-172, 1997 (SNRe).
+    Varghese T, Ophir J. An analysis of elastographic contrast-to-noise ratio. Ultrasound Med
+    Biol 24(6):915-924, 1998 (CNRe).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from monai.networks.blocks import Warp
+
+from deepultrasound.errors import InputError
+
+ArrayLike = torch.Tensor | np.ndarray
+
+
+def _as_float_tensor(values: ArrayLike, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(values)
+    if tensor.is_complex():
+        raise InputError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
+    tensor = tensor if tensor.is_floating_point() else tensor.double()
+    if not torch.isfinite(tensor).all():
+        raise InputError(f"{name} contains NaN or infinite values")
+    return tensor
+
+
+def _region(values: torch.Tensor, mask: ArrayLike | None, name: str, minimum: int = 2) -> torch.Tensor:
+    """Elements of ``values`` selected by the boolean ``mask`` (all when None), flattened."""
+    if mask is None:
+        selected = values.reshape(-1)
+    else:
+        region = torch.as_tensor(mask, device=values.device)
+        if region.dtype != torch.bool:
+            raise InputError(f"{name} must be a boolean mask, got dtype {region.dtype}")
+        if region.shape != values.shape:
+            raise InputError(f"{name} has shape {tuple(region.shape)}, expected {tuple(values.shape)}")
+        selected = values[region]
+    if selected.numel() < minimum:
+        raise InputError(f"{name} selects {selected.numel()} element(s); at least {minimum} are needed")
+    return selected
+
+
+def snr_e(strain: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Elastographic signal-to-noise ratio ``|mean| / std`` of the strain in a region.
+
+    Varghese & Ophir 1997. The absolute mean makes compression (negative strain) score
+    positive; the standard deviation is the population one (``ddof = 0``).
+
+    Args:
+        strain: strain map in % (any shape, e.g. ``(H, W)``).
+        mask: boolean region of the same shape (default: everything); should be a region of
+            nominally uniform strain.
+    """
+    values = _region(_as_float_tensor(strain, "strain"), mask, "mask")
+    std = values.std(correction=0)
+    if std == 0:
+        raise InputError("strain is constant in the region: SNRe is infinite")
+    return float(values.mean().abs() / std)
+
+
+def cnr_e(strain: ArrayLike, target: ArrayLike, background: ArrayLike) -> float:
+    """Elastographic contrast-to-noise ratio in Ophir's linear (power) form.
+
+    ``CNRe = 2 (mean_b - mean_t)^2 / (var_b + var_t)`` (Varghese & Ophir 1998), with population
+    variances (``ddof = 0``). It is a ratio of powers: :func:`cnr_e_db` gives ``10 log10``.
+
+    Args:
+        strain: strain map in % (any shape).
+        target: boolean mask of the target (e.g. inclusion) region, same shape.
+        background: boolean mask of the background region, same shape.
+    """
+    values = _as_float_tensor(strain, "strain")
+    inside = _region(values, target, "target")
+    outside = _region(values, background, "background")
+    noise = outside.var(correction=0) + inside.var(correction=0)
+    if noise == 0:
+        raise InputError("strain is constant in both target and background: CNRe is infinite")
+    return float(2.0 * (outside.mean() - inside.mean()) ** 2 / noise)
+
+
+def cnr_e_db(strain: ArrayLike, target: ArrayLike, background: ArrayLike) -> float:
+    """:func:`cnr_e` in decibels, ``10 log10(CNRe)`` (CNRe is already a power ratio); -inf for zero contrast."""
+    value = cnr_e(strain, target, background)
+    return 10.0 * math.log10(value) if value > 0 else -math.inf
+
+
+def strain_nrmse(estimate: ArrayLike, truth: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Strain error normalised by the RMS of the truth: ``rms(estimate - truth) / rms(truth)``.
+
+    The RMS of the truth (not its range) is the normaliser, so a uniform true strain still
+    gives a finite value; 0 is perfect, 1 is as large an error as the strain itself.
+
+    Args:
+        estimate: estimated strain in % (any shape).
+        truth: true strain in %, same shape.
+        mask: boolean region of the same shape (default: everything).
+    """
+    est = _as_float_tensor(estimate, "estimate")
+    ref = _as_float_tensor(truth, "truth")
+    if est.shape != ref.shape:
+        raise InputError(f"estimate has shape {tuple(est.shape)} but truth has {tuple(ref.shape)}")
+    ref = ref.to(est)
+    error = _region(est - ref, mask, "mask", minimum=1)
+    reference = _region(ref, mask, "mask", minimum=1)
+    scale = reference.square().mean().sqrt()
+    if scale == 0:
+        raise InputError("true strain is zero everywhere in the region: NRMSE is undefined")
+    return float(error.square().mean().sqrt() / scale)
+
+
+def warp_image(moving: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
+    """Sample ``moving`` at ``x + displacement(x)``: bilinear, border values repeated outside.
+
+    With the displacement that maps the pre-compression frame onto the post-compression one,
+    ``warp_image(post, displacement) ~ pre``. Uses MONAI's ``Warp``, whose DDF is in pixels with
+    channels in spatial order (rows, cols) and ``align_corners=True`` (pixel centres at integer
+    positions), so the project's (lateral, axial) channels are swapped before the call.
+
+    Args:
+        moving: ``(B, C, H, W)`` image.
+        displacement: ``(B, 2, H, W)`` displacement in pixels, channel 0 lateral (W), channel 1
+            axial (H).
+
+    Returns:
+        ``(B, C, H, W)`` warped image.
+    """
+    if moving.ndim != 4:
+        raise InputError(f"moving image must be (B, C, H, W), got shape {tuple(moving.shape)}")
+    expected = (moving.shape[0], 2, *moving.shape[2:])
+    if tuple(displacement.shape) != expected:
+        raise InputError(
+            f"displacement must be (B, 2, H, W) = {expected} for a moving image of shape "
+            f"{tuple(moving.shape)}, got {tuple(displacement.shape)}"
+        )
+    with warnings.catch_warnings():
+        # MONAI announces its fallback to torch's grid_sample, the intended path here.
+        warnings.filterwarnings("ignore", message=".*Using PyTorch native grid_sample.*")
+        warp = Warp(mode="bilinear", padding_mode="border")
+    return warp(moving, displacement.flip(1).to(moving))
+
+
+def ncc(fixed: ArrayLike, moving: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Zero-normalised cross-correlation of two images over a region, in [-1, 1].
+
+    Args:
+        fixed: image (any shape).
+        moving: image of the same shape.
+        mask: boolean region of the same shape (default: everything).
+    """
+    a = _as_float_tensor(fixed, "fixed")
+    b = _as_float_tensor(moving, "moving")
+    if a.shape != b.shape:
+        raise InputError(f"fixed has shape {tuple(a.shape)} but moving has {tuple(b.shape)}")
+    a = _region(a, mask, "mask")
+    b = _region(b.to(a), mask, "mask")
+    a = a - a.mean()
+    b = b - b.mean()
+    norm = (a.square().sum() * b.square().sum()).sqrt()
+    if norm == 0:
+        raise InputError("an image is constant in the region: NCC is undefined")
+    return float((a * b).sum() / norm)
+
+
+def warped_ncc(
+    fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.Tensor, mask: ArrayLike | None = None
+) -> float:
+    """NCC between ``fixed`` and ``moving`` warped by ``displacement`` (:func:`warp_image`).
+
+    Args:
+        fixed: ``(B, C, H, W)`` image, e.g. the pre-compression frame.
+        moving: ``(B, C, H, W)`` image, e.g. the post-compression frame.
+        displacement: ``(B, 2, H, W)`` displacement in pixels (lateral, axial).
+        mask: boolean ``(B, C, H, W)`` region (default: everything).
+    """
+    return ncc(fixed, warp_image(moving, displacement), mask)
