@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("deepultrasound.training.command", "train a model from a YAML/JSON config and export its bundle"),
     "export": ("deepultrasound.training.export", "export a training checkpoint to a model bundle"),
     "bundle": ("deepultrasound.runtime.inspect_command", "verify a model bundle and check parity between its backends"),
+    "strain": ("deepultrasound.elastography.strain_command", "RF sequence -> axial strain sequence (%) with DeepUSE"),
+    "import-deepuse": ("deepultrasound.elastography.import_command", "convert an original DeepUSE checkpoint to a bundle"),
+    "bench": ("deepultrasound.bench", "run a benchmark suite; the last stdout line is one JSON object"),
 }
 
 
@@ -57,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if known.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not known.verbose:  # the ONNX exporter's passes log every graph rewrite at INFO
+        for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(module.run(args) or 0)
     except DeepUltrasoundError as error:

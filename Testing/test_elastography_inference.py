@@ -1,0 +1,310 @@
+"""Tests of DeepUSE offline inference, ``deepultrasound strain``, ``import-deepuse`` and ``bench strain``.
+
+Truth: the original code's reference displacements (/work/shared/data/deepuse_reference), the
+network run by hand on the same pairs and states, image geometry round trips, and a synthetic
+uniform compression of known strain for the block-matching path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepultrasound.cli import main
+from deepultrasound.elastography import inference
+from deepultrasound.elastography.import_command import import_deepuse_bundle, save_deepuse_bundle
+from deepultrasound.elastography.inference import (
+    BlockMatchingEstimator,
+    StrainEstimator,
+    crop_rows,
+    normalise_frame,
+    parse_crop,
+    prepare_rf,
+)
+from deepultrasound.elastography.networks import ReUSENet
+from deepultrasound.elastography.strain import axial_strain_np
+from deepultrasound.errors import InputError
+from deepultrasound.io import Image, read_image, write_image
+from deepultrasound.runtime import RecurrentPredictor, create_predictor, load_bundle
+
+REFERENCE = Path("/work/shared/data/deepuse_reference")
+SPACING = (0.2, 0.02, 0.05)  # lateral mm, axial mm, frame interval s
+WINDOW_MM = 0.3  # 15 samples: fits the tiny frames
+
+
+def _pair(frames: np.ndarray, t: int) -> np.ndarray:
+    """(1, 2, H, W) = cat[frame 0, frame t] of (N, 1, H, W) frames."""
+    return np.concatenate([frames[0:1], frames[t : t + 1]], axis=1)
+
+
+@pytest.fixture(scope="module")
+def reference_frames() -> np.ndarray:
+    return np.load(REFERENCE / "frames.npy")
+
+
+@pytest.fixture(scope="module")
+def imported_reusenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference ReUSENet imported with ONNX (the one slow export of this file, ~30 s)."""
+    folder = tmp_path_factory.mktemp("import") / "reusenet"
+    return import_deepuse_bundle(
+        REFERENCE / "reusenet_c8_state_dict.pth", folder, example_size=(64, 32), formats=("onnx",)
+    )
+
+
+@pytest.fixture(scope="module")
+def small_model() -> ReUSENet:
+    torch.manual_seed(0)
+    return ReUSENet(initial_channels=2).eval()
+
+
+@pytest.fixture(scope="module")
+def small_bundle(small_model: ReUSENet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained ReUSENet (2 initial channels), weights only."""
+    folder = tmp_path_factory.mktemp("small") / "tiny-reusenet"
+    return save_deepuse_bundle(small_model, folder, name="tiny-reusenet", example_size=(32, 16), formats=())
+
+
+def _speckle(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# ---------------------------------------------------------------- import-deepuse
+
+
+@pytest.mark.parametrize(("backend", "tolerance"), [("torch", 1e-5), ("onnxruntime", 1e-4)])
+def test_imported_reusenet_reproduces_reference_sequence(
+    imported_reusenet: Path, reference_frames: np.ndarray, backend: str, tolerance: float
+) -> None:
+    expected = np.load(REFERENCE / "reusenet_ddf_seq.npy")
+    recurrent = RecurrentPredictor(create_predictor(imported_reusenet, backend, "cpu"))
+    for t in (1, 2, 3):
+        (ddf,) = recurrent.step(_pair(reference_frames, t))
+        assert np.abs(ddf - expected[t - 1]).max() <= tolerance
+    manifest = load_bundle(imported_reusenet).manifest
+    assert manifest.architecture == "reusenet" and len(manifest.states) == 10
+    assert manifest.normalisation["kind"] == "frame_max"
+
+
+def test_import_command_usenet_reproduces_reference(tmp_path: Path, reference_frames: np.ndarray) -> None:
+    folder = tmp_path / "usenet"
+    code = main(
+        ["import-deepuse", str(REFERENCE / "usenet_c8_state_dict.pth"), "-o", str(folder),
+         "--example-size", "64", "32", "--formats", "--name", "usenet-ref"]
+    )
+    assert code == 0
+    predictor = create_predictor(folder, "torch", "cpu")
+    assert predictor.bundle.manifest.name == "usenet-ref" and not predictor.bundle.manifest.states
+    (ddf,) = predictor.predict(_pair(reference_frames, 1))
+    assert np.abs(ddf - np.load(REFERENCE / "usenet_ddf_0to1.npy")).max() <= 1e-5
+
+
+def test_import_command_missing_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["import-deepuse", str(tmp_path / "none.pth"), "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- StrainEstimator
+
+
+def test_estimator_carries_state_like_the_network_by_hand(small_bundle: Path, small_model: ReUSENet) -> None:
+    rng = np.random.default_rng(1)
+    rf = _speckle(rng, (4, 40, 20)) * 7.0  # 40 x 20: not multiples of 16, padded inside
+    result = StrainEstimator(small_bundle, "torch", "cpu").estimate(rf, SPACING[1], window_mm=WINDOW_MM)
+    assert result.displacement.shape == (3, 2, 40, 20) and result.strain.shape == (3, 40, 20)
+    assert result.pairs.tolist() == [[0, 1], [0, 2], [0, 3]] and result.valid.all()
+
+    frames = np.stack([normalise_frame(frame, "frame_max") for frame in rf])
+    padded = np.zeros((4, 48, 32), np.float32)
+    padded[:, :40, :20] = frames
+    states = ()
+    with torch.no_grad():
+        for k in range(1, 4):
+            pair = torch.from_numpy(np.stack([padded[0], padded[k]])[None])
+            ddf, *states = small_model(pair, *states)
+            np.testing.assert_allclose(result.displacement[k - 1], ddf[0, :, :40, :20].numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        result.strain, axial_strain_np(result.displacement[:, 1], WINDOW_MM, SPACING[1]), atol=1e-5
+    )
+
+
+def test_previous_reference_restarts_the_state(small_bundle: Path, small_model: ReUSENet) -> None:
+    rf = _speckle(np.random.default_rng(2), (3, 32, 16))
+    result = StrainEstimator(small_bundle).estimate(rf, SPACING[1], reference="previous", window_mm=WINDOW_MM)
+    assert result.pairs.tolist() == [[0, 1], [1, 2]]
+    frames = np.stack([normalise_frame(frame, "frame_max") for frame in rf])
+    with torch.no_grad():
+        fresh = small_model(torch.from_numpy(frames[None, 1:3]))[0]  # pair (1, 2) from zero states
+    np.testing.assert_allclose(result.displacement[1], fresh[0].numpy(), atol=1e-5)
+
+
+def test_constant_frame_gives_zero_strain_and_a_warning(
+    small_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rf = _speckle(np.random.default_rng(3), (3, 32, 16))
+    rf[2] = 0.0
+    result = StrainEstimator(small_bundle).estimate(rf, SPACING[1], window_mm=WINDOW_MM)
+    assert result.valid.tolist() == [True, False]
+    assert not result.strain[1].any() and result.strain[0].any()
+    assert "frame 2 is constant" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("rf", "message"),
+    [
+        (np.zeros((8, 8)), "frames, axial samples, lines"),
+        (np.zeros((1, 8, 8)), "at least 2 frames"),
+        (np.full((2, 8, 8), 1j), "real numbers"),
+    ],
+)
+def test_prepare_rf_refuses_bad_input(rf: np.ndarray, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        prepare_rf(rf)
+
+
+def test_prepare_rf_names_the_nan_frame_and_converts_int16() -> None:
+    rf = np.ones((3, 4, 4), np.float32)
+    rf[1, 2, 2] = np.nan
+    with pytest.raises(InputError, match="RF frame 1 holds 1 NaN"):
+        prepare_rf(rf)
+    converted = prepare_rf(np.full((2, 4, 4), -32768, np.int16))
+    assert converted.dtype == np.float32 and converted.min() == -32768.0
+
+
+def test_crop_rows_moves_the_origin_along_the_axial_direction() -> None:
+    direction = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # Slicer's flipped ultrasound frame
+    image = Image(np.zeros((2, 50, 4), np.float32), SPACING, (1.0, 2.0, 3.0), direction)
+    cropped = crop_rows(image, parse_crop("10:-15"))
+    assert cropped.array.shape == (2, 25, 4)
+    assert cropped.origin == pytest.approx((1.0, 2.0 - 10 * 0.02, 3.0))
+    with pytest.raises(InputError, match="keeps no row"):
+        crop_rows(image, parse_crop("40:-20"))
+    with pytest.raises(InputError, match="START:STOP"):
+        parse_crop("ten")
+
+
+def _compressed_sequence(strains_percent: list[float], height: int = 400, width: int = 8) -> np.ndarray:
+    """RF of point scatterers convolved with a 4.4 MHz pulse at 38.5 MHz sampling; frame k has the
+    tissue compressed uniformly: depth z -> z (1 + strain_k)."""
+    rng = np.random.default_rng(4)
+    count = 3 * height
+    depth = rng.uniform(-20, height + 20, (width, count))
+    amplitude = rng.standard_normal((width, count))
+    z = np.arange(height)[:, None]
+    frames = []
+    for strain in [0.0, *strains_percent]:
+        frame = np.zeros((height, width))
+        for line in range(width):
+            offset = z - depth[line][None] * (1 + strain / 100)
+            pulse = np.exp(-0.5 * (offset / 4.0) ** 2) * np.cos(2 * np.pi * offset / 8.75)
+            frame[:, line] = pulse @ amplitude[line]
+        frames.append(frame)
+    return np.stack(frames).astype(np.float32)
+
+
+def test_block_matching_recovers_uniform_compression() -> None:
+    rf = _compressed_sequence([-1.0, -2.0])
+    result = BlockMatchingEstimator(device="cpu").estimate(rf, 0.02, window_mm=2.0)
+    interior = result.strain[:, 80:-80]
+    assert np.median(interior[0]) == pytest.approx(-1.0, rel=0.1)
+    assert np.median(interior[1]) == pytest.approx(-2.0, rel=0.1)
+
+
+# ---------------------------------------------------------------- strain command
+
+
+def _write_rf(path: Path, rf: np.ndarray) -> Image:
+    image = Image(rf, SPACING, (5.0, -1.0, 0.0))
+    write_image(path, image)
+    return image
+
+
+def test_strain_command_keeps_geometry_crops_and_draws(tmp_path: Path, small_bundle: Path) -> None:
+    rf = (_speckle(np.random.default_rng(5), (3, 50, 20)) * 1000).astype(np.int16)
+    source = _write_rf(tmp_path / "rf.mha", rf)
+    out, bmode, figures = tmp_path / "strain.mha", tmp_path / "bmode.nrrd", tmp_path / "png"
+    code = main(
+        ["strain", str(tmp_path / "rf.mha"), "-o", str(out), "--model", str(small_bundle), "--device", "cpu",
+         "--window-mm", str(WINDOW_MM), "--crop", "5:-3", "--bmode", str(bmode), "--png", str(figures)]
+    )
+    assert code == 0
+    strain = read_image(out)
+    assert strain.array.shape == (2, 42, 20) and strain.array.dtype == np.float32
+    assert strain.spacing == pytest.approx(source.spacing)
+    assert strain.origin == pytest.approx((5.0, -1.0 + 5 * 0.02, 0.0))
+    bmode_image = read_image(bmode)
+    assert bmode_image.array.shape == (3, 42, 20) and bmode_image.array.max() == pytest.approx(0.0)
+    pngs = sorted(figures.glob("*.png"))
+    assert [p.name for p in pngs] == ["rf_strain_0001.png", "rf_strain_0002.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_strain_command_uncropped_origin_equals_input(tmp_path: Path) -> None:
+    rf = _compressed_sequence([-1.0], height=200, width=4)
+    source = _write_rf(tmp_path / "rf.nrrd", rf)
+    code = main(["strain", str(tmp_path / "rf.nrrd"), "-o", str(tmp_path / "s.mha"), "--baseline", "--window-mm", "1"])
+    assert code == 0
+    strain = read_image(tmp_path / "s.mha")
+    assert strain.origin == pytest.approx(source.origin) and strain.spacing == pytest.approx(source.spacing)
+    assert np.median(strain.array[0, 40:-40]) == pytest.approx(-1.0, rel=0.1)
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    write_image(tmp_path / "two_d.mha", Image(np.zeros((16, 16), np.float32)))
+    write_image(tmp_path / "one.mha", Image(np.ones((1, 16, 16), np.float32)))
+    nan = np.ones((3, 16, 16), np.float32)
+    nan[2, 0, 0] = np.nan
+    write_image(tmp_path / "nan.mha", Image(nan))
+    return {
+        "2d": (tmp_path / "two_d.mha", "3D (frames, rows, cols) sequence"),
+        "one frame": (tmp_path / "one.mha", "at least 2 are needed"),
+        "nan": (tmp_path / "nan.mha", "RF frame 2 holds 1 NaN"),
+        "missing": (tmp_path / "absent.mha", "absent.mha"),
+    }
+
+
+@pytest.mark.parametrize("case", ["2d", "one frame", "nan", "missing"])
+def test_strain_command_bad_input_is_one_clean_line(
+    tmp_path: Path, small_bundle: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    path, message = _bad_inputs(tmp_path)[case]
+    code = main(["strain", str(path), "-o", str(tmp_path / "s.mha"), "--model", str(small_bundle)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_strain_command_without_model_says_how_to_get_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inference, "bundled_models_dir", lambda: tmp_path / "no-models")
+    _write_rf(tmp_path / "rf.mha", _speckle(np.random.default_rng(6), (2, 16, 16)))
+    assert main(["strain", str(tmp_path / "rf.mha"), "-o", str(tmp_path / "s.mha")]) == 2
+    err = capsys.readouterr().err
+    assert "no DeepUSE model is bundled" in err and "import-deepuse" in err and "Traceback" not in err
+    assert main(["strain", str(tmp_path / "rf.mha"), "-o", str(tmp_path / "s.mha"), "--model", "nope"]) == 2
+    assert "'nope' is neither a bundle folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- bench
+
+
+def test_bench_strain_prints_json_last(tmp_path: Path, small_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    simulation = json.dumps({"n_frames": 3, "height": 128, "width": 16, "mesh_cells": [8, 4]})
+    code = main(
+        ["bench", "strain", "--model", str(small_bundle), "--sequences", "1", "--simulation", simulation,
+         "--crop", ":", "--window-mm", str(WINDOW_MM), "--device", "cpu", "--invivo", str(tmp_path / "none")]
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    figures = json.loads(lines[-1])
+    methods = figures["simulated"]["methods"]
+    assert figures["suite"] == "strain" and figures["simulated"]["pairs"] == 2
+    assert set(methods) == {"tiny-reusenet", "block matching", "oracle"}
+    assert methods["oracle"]["nrmse"] < methods["tiny-reusenet"]["nrmse"]
+    assert "skipped" in figures["invivo"]
+    assert any(line.startswith("block matching") for line in lines[:-1])

@@ -1,0 +1,36 @@
+"""``deepultrasound bench <suite> [suite options]``: measured figures, the last stdout line one JSON object.
+
+A suite is a module registered in :data:`SUITES` that provides ``HELP`` (one line),
+``configure(parser)`` (its options) and ``run(args) -> dict`` (prints a readable report and
+returns its figures, JSON-serialisable, None where a figure is not available). This dispatcher
+prints the figures as one JSON line after everything else, so scripts read the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+HELP = "run a benchmark suite; the last line printed is one JSON object of its figures"
+
+#: suite name -> module that implements it
+SUITES: dict[str, str] = {
+    "strain": "deepultrasound.elastography.bench",
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the suite name; the suite's own options follow it (``deepultrasound bench SUITE --help``)."""
+    parser.add_argument("suite", choices=sorted(SUITES), help="benchmark suite")
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="options of the suite")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the suite and print its figures as the last stdout line."""
+    module = importlib.import_module(SUITES[args.suite])
+    parser = argparse.ArgumentParser(prog=f"deepultrasound bench {args.suite}", description=module.HELP)
+    module.configure(parser)
+    figures = module.run(parser.parse_args(args.options))
+    print(json.dumps({"suite": args.suite, **figures}, allow_nan=False), flush=True)
+    return 0

@@ -1,0 +1,211 @@
+"""``deepultrasound import-deepuse CHECKPOINT -o BUNDLE``: an original DeepUSE checkpoint -> a model bundle.
+
+The checkpoint (``<epoch>_net_ReUSENet.pth`` or ``<epoch>_net_USENet.pth`` of the original code)
+is read as a plain tensor state dict (nothing is unpickled), loaded into :class:`USENet` /
+:class:`ReUSENet` and saved with :func:`save_deepuse_bundle`: weights, TorchScript and ONNX
+graphs, ReUSENet's ten recurrent states declared explicitly, and the original input
+normalisation (:data:`~deepultrasound.elastography.inference.DEEPUSE_NORMALISATION`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepultrasound.elastography.import_deepuse import import_deepuse_checkpoint
+from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION
+from deepultrasound.elastography.layers import NORM_KINDS, NormKind
+from deepultrasound.elastography.networks import NETWORK_STRIDE, ReUSENet, USENet
+from deepultrasound.errors import InputError
+from deepultrasound.runtime import StateSpec, save_bundle
+from deepultrasound.runtime.bundle import EXPORT_FORMATS
+
+HELP = "convert an original DeepUSE checkpoint (<epoch>_net_<Model>.pth) to a model bundle"
+
+TASK = "elastography"
+"""``task`` of DeepUSE bundles."""
+ARCHITECTURE_MODULE = "deepultrasound.elastography.networks"
+INPUT_NAME = "pair"
+OUTPUT_NAME = "displacement"
+EXAMPLE_SIZE = (1600, 128)
+"""(H, W) of the example input at export: the paper's cropped in vivo frames."""
+
+
+class _ReUSENetGraph(ReUSENet):
+    """ReUSENet with one named parameter per state, for export only (same weights, same output).
+
+    torch.export matches dynamic shapes to ``forward``'s parameters, and ``*states`` is a single
+    parameter; the exported graph needs one input per state.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        hidden_s16: torch.Tensor,
+        cell_s16: torch.Tensor,
+        hidden_s8: torch.Tensor,
+        cell_s8: torch.Tensor,
+        hidden_s4: torch.Tensor,
+        cell_s4: torch.Tensor,
+        hidden_s2: torch.Tensor,
+        cell_s2: torch.Tensor,
+        hidden_s1: torch.Tensor,
+        cell_s1: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        """See :meth:`ReUSENet.forward`; states in the order of :meth:`ReUSENet.state_names`."""
+        return super().forward(
+            x, hidden_s16, cell_s16, hidden_s8, cell_s8, hidden_s4, cell_s4, hidden_s2, cell_s2, hidden_s1, cell_s1
+        )
+
+
+def _exportable(model: USENet | ReUSENet) -> tuple[USENet | ReUSENet, list[StateSpec]]:
+    """The module to export and its state specs (graph input ``NAME``, output ``next_NAME``)."""
+    if not isinstance(model, ReUSENet):
+        return model, []
+    graph = _ReUSENetGraph(**model.get_config())
+    graph.load_state_dict(model.state_dict(), strict=True)
+    states = [
+        StateSpec(input=name, output=f"next_{name}", channels=channels, stride=stride)
+        for name, (channels, stride) in zip(model.state_names(), model.state_specs())
+    ]
+    return graph, states
+
+
+def save_deepuse_bundle(
+    model: USENet | ReUSENet,
+    directory: str | os.PathLike[str],
+    *,
+    name: str,
+    version: str = "1",
+    description: str = "",
+    example_size: tuple[int, int] = EXAMPLE_SIZE,
+    formats: Sequence[str] = EXPORT_FORMATS,
+    normalisation: Mapping[str, Any] = DEEPUSE_NORMALISATION,
+    training_config: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save a USENet or ReUSENet as a bundle (``task="elastography"``); returns the folder.
+
+    The graph takes ``pair`` ``(B, 2, H, W)`` = cat[fixed, moving] (then, for ReUSENet, the ten
+    states named by :meth:`ReUSENet.state_names`) and returns ``displacement`` ``(B, 2, H, W)``
+    in pixels (then the ``next_<state>`` tensors). H and W are dynamic multiples of 16.
+
+    Args:
+        model: the network (its norm kind and sizes are recorded as architecture arguments).
+        directory: bundle folder to write (atomically).
+        name, version, description: manifest fields.
+        example_size: (H, W) of the example input used for tracing and for parity checks.
+        formats: exported graphs besides the weights ("torchscript", "onnx").
+        normalisation: the manifest's input normalisation (see ``inference.NORMALISATIONS``).
+        training_config, metrics: recorded in the manifest.
+
+    Raises:
+        InputError: an example size that is not a positive multiple of 16.
+        BundleError: the export failed (nothing is written).
+    """
+    height, width = example_size
+    if min(example_size) < NETWORK_STRIDE or height % NETWORK_STRIDE or width % NETWORK_STRIDE:
+        raise InputError(f"example size must be positive multiples of {NETWORK_STRIDE}, got {example_size}")
+    graph, states = _exportable(model)
+    architecture = "reusenet" if isinstance(model, ReUSENet) else "usenet"
+    return save_bundle(
+        directory,
+        graph,
+        name=name,
+        version=version,
+        task=TASK,
+        architecture=architecture,
+        architecture_module=ARCHITECTURE_MODULE,
+        architecture_args=model.get_config(),
+        example_inputs=(torch.randn(1, model.in_channels, height, width, generator=torch.Generator().manual_seed(0)),),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        states=states,
+        normalisation=normalisation,
+        training_config=training_config,
+        metrics=metrics,
+        description=description,
+        formats=formats,
+    )
+
+
+def import_deepuse_bundle(
+    checkpoint: str | os.PathLike[str],
+    directory: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    version: str = "1",
+    norm: NormKind = "instance",
+    example_size: tuple[int, int] = EXAMPLE_SIZE,
+    formats: Sequence[str] = EXPORT_FORMATS,
+) -> Path:
+    """Convert an original DeepUSE checkpoint into a bundle at ``directory``; returns the folder.
+
+    Args:
+        checkpoint: ``<epoch>_net_ReUSENet.pth`` / ``<epoch>_net_USENet.pth`` (plain state dict).
+        directory: bundle folder to write.
+        name: manifest name (default: the architecture, e.g. "reusenet").
+        version: manifest version.
+        norm: "instance" (default; identical output for one frame pair at a time) or "batch"
+            (the original layer), see :class:`USENet`.
+        example_size: (H, W) of the export example.
+        formats: exported graphs besides the weights.
+
+    Raises:
+        FileFormatError: the checkpoint is missing or not a DeepUSE state dict.
+        BundleError: the export failed.
+    """
+    model, config = import_deepuse_checkpoint(checkpoint, norm=norm)
+    architecture = str(config["architecture"])
+    return save_deepuse_bundle(
+        model,
+        directory,
+        name=name or architecture,
+        version=version,
+        description=f"{type(model).__name__} (initial channels {model.initial_channels}, {norm} norm) "
+        f"imported from the original DeepUSE checkpoint {Path(checkpoint).name}",
+        example_size=example_size,
+        formats=formats,
+        training_config={"source": "original DeepUSE checkpoint", "checkpoint": Path(checkpoint).name},
+    )
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of ``deepultrasound import-deepuse``."""
+    parser.add_argument("checkpoint", type=Path, help="original checkpoint, e.g. 300_net_ReUSENet.pth")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to write")
+    parser.add_argument("--name", default=None, help="model name in the manifest (default: reusenet or usenet)")
+    parser.add_argument("--version", default="1", help="model version in the manifest (default: 1)")
+    parser.add_argument(
+        "--norm", choices=NORM_KINDS, default="instance",
+        help="normalisation layers: instance (identical output per frame pair, exports to ONNX) or batch "
+        "(the original layer) (default: instance)",
+    )
+    parser.add_argument(
+        "--example-size", type=int, nargs=2, default=EXAMPLE_SIZE, metavar=("H", "W"),
+        help=f"frame size of the export example, multiples of {NETWORK_STRIDE} (default: 1600 128)",
+    )
+    parser.add_argument(
+        "--formats", nargs="*", choices=EXPORT_FORMATS, default=list(EXPORT_FORMATS),
+        help="graphs exported besides the weights; ONNX export takes about half a minute (default: torchscript onnx)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Import the checkpoint and report the written bundle."""
+    path = import_deepuse_bundle(
+        args.checkpoint,
+        args.output,
+        name=args.name,
+        version=args.version,
+        norm=args.norm,
+        example_size=tuple(args.example_size),
+        formats=args.formats,
+    )
+    print(f"bundle written to {path}; use it with: deepultrasound strain RF.mha -o STRAIN.mha --model {path}")
+    return 0

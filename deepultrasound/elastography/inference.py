@@ -1,0 +1,394 @@
+"""Offline strain estimation on an RF sequence: displacement and axial strain for every frame pair.
+
+``StrainEstimator`` runs a USENet/ReUSENet model bundle (eager torch, TorchScript or ONNX
+Runtime); ``BlockMatchingEstimator`` is the classical NCC block-matching baseline behind the same
+interface::
+
+    estimator = StrainEstimator("models/reusenet", backend="onnxruntime")
+    result = estimator.estimate(rf, axial_spacing_mm=0.02)     # rf (N, H, W)
+    result.strain                                              # (N-1, H, W) axial strain in %
+
+Frame pairs: with ``reference="first"`` (the default, how ReUSENet is used) pair ``k`` is
+(frame 0, frame k+1); with ``reference="previous"`` it is (frame k, frame k+1). A recurrent
+model carries its state from pair to pair and starts again from zeros whenever the reference
+frame changes (so with ``"previous"`` every pair starts from zeros).
+
+Input handling (the RF sequence, ``(N, H, W)``: frames, axial samples, lines):
+
+- integer RF (int16 from scanners) is converted to float32; the conversion is exact for 16-bit
+  data and the per-frame normalisation makes the scale irrelevant;
+- each frame is normalised as the bundle manifest's ``normalisation`` says (see
+  :data:`NORMALISATIONS`); the original DeepUSE code feeds frames stored with their maximum at
+  1.0 (``"frame_max"``, what :func:`save_deepuse_bundle` records for imported models);
+- frames whose size is not a multiple of the network stride (16) are zero-padded at the bottom
+  and right and the output cropped back;
+- a constant frame (no echo, e.g. a dropped frame) has no speckle to track: every pair that
+  uses it gets zero displacement and zero strain, is marked in ``StrainResult.valid`` and a
+  warning is logged; it does not advance a recurrent state;
+- fewer than 2 frames, a rank other than 3, complex or non-numeric data, and NaN/Inf (the
+  message names the frame) raise :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from deepultrasound.elastography.block_matching import BlockMatchingParams, block_match
+from deepultrasound.elastography.networks import NETWORK_STRIDE, crop_to_size, pad_to_multiple
+from deepultrasound.elastography.strain import (
+    DEFAULT_AXIAL_SPACING_MM,
+    DEFAULT_WINDOW_MM,
+    axial_strain_np,
+    window_samples,
+)
+from deepultrasound.errors import BundleError, InputError
+from deepultrasound.io import Image
+from deepultrasound.runtime import (
+    Predictor,
+    RecurrentPredictor,
+    bundled_models_dir,
+    choose_device,
+    create_predictor,
+    find_bundles,
+)
+
+logger = logging.getLogger(__name__)
+
+Reference = Literal["first", "previous"]
+REFERENCES: tuple[str, ...] = ("first", "previous")
+
+DEEPUSE_ARCHITECTURES = ("reusenet", "usenet")
+"""Registered architectures of the DeepUSE networks, in order of preference for the default model."""
+
+PAPER_CROP = slice(100, -300)
+"""Rows the DeepUSE paper keeps of its 2000-sample in vivo frames (1600 x 128 network input)."""
+
+HOW_TO_GET_A_MODEL = (
+    "import the original DeepUSE weights with 'deepultrasound import-deepuse <epoch>_net_ReUSENet.pth "
+    "-o BUNDLE' or train one with 'deepultrasound train CONFIG', then pass --model BUNDLE "
+    "(or use --baseline for block matching without a network)"
+)
+
+
+def _frame_max(frame: np.ndarray) -> float:
+    """Largest value; frames with no positive sample fall back to the largest magnitude."""
+    peak = float(frame.max())
+    return peak if peak > 0 else float(np.abs(frame).max())
+
+
+#: normalisation kind (manifest ``normalisation["kind"]``) -> the per-frame divisor
+NORMALISATIONS: dict[str, Callable[[np.ndarray], float]] = {
+    "frame_max": _frame_max,  # the DeepUSE in vivo database: each frame stored with max = 1.0
+    "frame_max_abs": lambda frame: float(np.abs(frame).max()),  # deepultrasound.simulation: max |rf| = 1
+    "none": lambda frame: 1.0,
+}
+
+DEEPUSE_NORMALISATION = {
+    "kind": "frame_max",
+    "description": "each RF frame divided by its maximum, as the DeepUSE in vivo frames are stored (max 1.0)",
+}
+"""The ``normalisation`` manifest entry of models trained like the original DeepUSE."""
+
+
+def normalise_frame(frame: np.ndarray, kind: str) -> np.ndarray:
+    """``frame`` (H, W) scaled per :data:`NORMALISATIONS` ``[kind]``; a zero frame is returned unchanged."""
+    if kind not in NORMALISATIONS:
+        raise InputError(f"unknown normalisation {kind!r}; known: {', '.join(NORMALISATIONS)}")
+    scale = NORMALISATIONS[kind](frame)
+    return frame / np.float32(scale) if scale > 0 else frame
+
+
+@dataclass(frozen=True)
+class StrainResult:
+    """Displacement and strain of every frame pair of a sequence.
+
+    Attributes:
+        displacement: ``(N-1, 2, H, W)`` float32 in pixels, channel 0 lateral, channel 1 axial,
+            with ``moving(p + u(p)) ~ fixed(p)``.
+        strain: ``(N-1, H, W)`` float32 least-squares axial strain in %, negative in compression.
+        pairs: ``(N-1, 2)`` int, the (fixed, moving) frame indices of each pair.
+        valid: ``(N-1,)`` bool, False where a constant frame made the pair untrackable (zeros).
+    """
+
+    displacement: np.ndarray
+    strain: np.ndarray
+    pairs: np.ndarray
+    valid: np.ndarray
+
+
+def prepare_rf(rf: np.ndarray) -> np.ndarray:
+    """Check an RF sequence and return it as contiguous float32 ``(N, H, W)``.
+
+    Raises:
+        InputError: not 3-D, fewer than 2 frames, empty frames, complex or non-numeric data, or
+            NaN/Inf (the message names the first bad frame).
+    """
+    array = np.asarray(rf)
+    if array.ndim != 3:
+        raise InputError(
+            f"an RF sequence must be (frames, axial samples, lines), got shape {array.shape}; "
+            "a single 2D frame has nothing to compare with"
+        )
+    if array.shape[0] < 2:
+        raise InputError(f"strain needs at least 2 frames, got {array.shape[0]}")
+    if array.shape[1] < 1 or array.shape[2] < 1:
+        raise InputError(f"RF frames are empty: shape {array.shape}")
+    if np.iscomplexobj(array) or not np.issubdtype(array.dtype, np.number):
+        raise InputError(f"RF data must be real numbers, got dtype {array.dtype}")
+    frames = np.ascontiguousarray(array, dtype=np.float32)
+    finite = np.isfinite(frames).reshape(len(frames), -1).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        count = int((~np.isfinite(frames[bad[0]])).sum())
+        raise InputError(
+            f"RF frame {bad[0]} holds {count} NaN or infinite value(s)"
+            + (f" (frames with such values: {bad.tolist()})" if len(bad) > 1 else "")
+            + "; remove or repair the frame"
+        )
+    return frames
+
+
+def pair_indices(frames: int, reference: Reference) -> np.ndarray:
+    """``(frames - 1, 2)`` (fixed, moving) indices: (0, k) for ``"first"``, (k-1, k) for ``"previous"``."""
+    if reference not in REFERENCES:
+        raise InputError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    moving = np.arange(1, frames)
+    fixed = np.zeros_like(moving) if reference == "first" else moving - 1
+    return np.stack([fixed, moving], axis=1)
+
+
+def parse_crop(text: str) -> slice:
+    """``"START:STOP"`` (Python slice syntax, either end optional, e.g. ``"100:-300"``) -> a row slice."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError(text)
+        return slice(*(int(part) if part.strip() else None for part in parts))
+    except ValueError as error:
+        raise InputError(f"--crop must be START:STOP rows, e.g. 100:-300, got {text!r}") from error
+
+
+def crop_rows(image: Image, rows: slice) -> Image:
+    """Keep the axial rows ``rows`` of a ``(frames, rows, cols)`` sequence; the origin moves to the first kept row.
+
+    Raises:
+        InputError: the slice keeps no row or has a step.
+    """
+    if rows.step not in (None, 1):
+        raise InputError(f"a row crop cannot have a step, got {rows}")
+    height = image.array.shape[-2]
+    start, stop, _ = rows.indices(height)
+    if stop - start < 1:
+        raise InputError(
+            f"crop {rows.start}:{rows.stop} keeps no row of frames with {height} rows; "
+            "choose START:STOP inside the frame"
+        )
+    direction = np.asarray(image.direction).reshape(image.ndim, image.ndim)
+    step = np.zeros(image.ndim)
+    step[1] = start * image.axial_spacing_mm  # axis 1 of the geometry (y) is the axial, row axis
+    origin = tuple(float(v) for v in np.asarray(image.origin) + direction @ step)
+    return dataclasses.replace(image, array=image.array[..., start:stop, :], origin=origin)
+
+
+class SequenceStrainEstimator(ABC):
+    """Displacement and strain over a sequence, frame pair by frame pair; subclasses give the
+    displacement of one pair. ``name`` labels results (tables, figures)."""
+
+    name: str
+
+    def estimate(
+        self,
+        rf: np.ndarray,
+        axial_spacing_mm: float = DEFAULT_AXIAL_SPACING_MM,
+        reference: Reference = "first",
+        window_mm: float = DEFAULT_WINDOW_MM,
+        progress: bool = False,
+    ) -> StrainResult:
+        """Displacement and axial strain of every frame pair of ``rf``.
+
+        Args:
+            rf: ``(N, H, W)`` RF sequence, N >= 2 frames, H axial samples, W lines; any real dtype.
+            axial_spacing_mm: axial sample spacing in mm (converts the strain window to samples).
+            reference: ``"first"`` (pairs (0, k)) or ``"previous"`` (pairs (k-1, k)).
+            window_mm: least-squares strain window in mm; at most the frame height.
+            progress: show a progress bar over the pairs.
+
+        Returns:
+            :class:`StrainResult` with ``N-1`` pairs.
+
+        Raises:
+            InputError: see :func:`prepare_rf`; unknown reference; a window longer than the frames.
+        """
+        frames = prepare_rf(rf)
+        pairs = pair_indices(len(frames), reference)
+        height, width = frames.shape[1:]
+        samples = window_samples(window_mm, axial_spacing_mm)
+        if samples > height:
+            raise InputError(
+                f"strain window of {window_mm} mm is {samples} samples at {axial_spacing_mm} mm, longer than "
+                f"the {height} rows of the frames: pass a shorter window (--window-mm)"
+            )
+        flat = frames.reshape(len(frames), -1)
+        constant = flat.max(axis=1) == flat.min(axis=1)
+        for index in np.flatnonzero(constant):
+            logger.warning("RF frame %d is constant (no speckle): its pairs get zero displacement and strain", index)
+        valid = ~(constant[pairs[:, 0]] | constant[pairs[:, 1]])
+
+        displacement = np.zeros((len(pairs), 2, height, width), dtype=np.float32)
+        self._begin_sequence()
+        current_reference = None
+        bar = tqdm(pairs, desc=self.name, unit="pair", disable=not progress, leave=False)
+        for k, (fixed, moving) in enumerate(bar):
+            if not valid[k]:
+                continue
+            displacement[k] = self._displacement(frames[fixed], frames[moving], fixed != current_reference)
+            current_reference = fixed
+        strain = axial_strain_np(displacement[:, 1], window_mm, axial_spacing_mm)
+        return StrainResult(displacement=displacement, strain=strain, pairs=pairs, valid=valid)
+
+    @abstractmethod
+    def _begin_sequence(self) -> None:
+        """Forget everything carried over from a previous sequence."""
+
+    @abstractmethod
+    def _displacement(self, fixed: np.ndarray, moving: np.ndarray, new_reference: bool) -> np.ndarray:
+        """``(2, H, W)`` float32 displacement in pixels of the float32 frames ``fixed`` and ``moving`` (H, W).
+
+        ``new_reference`` is True when ``fixed`` differs from the previous pair's fixed frame.
+        """
+
+
+class StrainEstimator(SequenceStrainEstimator):
+    """DeepUSE network inference (USENet or ReUSENet bundle) on RF sequences.
+
+    Args:
+        model: bundle folder, or the name of a bundled model (folder or manifest name in
+            :func:`deepultrasound.runtime.bundled_models_dir`); None takes the bundled default.
+        backend: "torch", "torchscript" or "onnxruntime".
+        device: "auto", "cpu", "cuda", "cuda:N", "mps" (see :func:`choose_device`).
+        threads: intra-op CPU threads, None for the library default.
+
+    Raises:
+        BundleError: no such model (the message says how to get one), an invalid bundle, or a
+            bundle that is not a frame-pair displacement model.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        backend: str = "torch",
+        device: str | torch.device | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.predictor: Predictor = create_predictor(resolve_model(model), backend, device, threads)
+        manifest = self.predictor.bundle.manifest
+        first = manifest.inputs[0].shape
+        if len(manifest.inputs) != 1 or len(first) != 4 or first[1] != 2:
+            raise BundleError(
+                f"model {manifest.name!r} ({self.predictor.bundle.path}) takes inputs "
+                f"{[spec.shape for spec in manifest.inputs]}; a strain model takes one (B, 2, H, W) frame pair"
+            )
+        self.normalisation = str(manifest.normalisation.get("kind", "none"))
+        if self.normalisation not in NORMALISATIONS:
+            raise BundleError(
+                f"model {manifest.name!r} asks for normalisation {self.normalisation!r}, unknown here "
+                f"(known: {', '.join(NORMALISATIONS)}); update deepultrasound"
+            )
+        self.name = manifest.name
+        self._recurrent = RecurrentPredictor(self.predictor) if manifest.states else None
+
+    def _begin_sequence(self) -> None:
+        if self._recurrent is not None:
+            self._recurrent.reset()
+
+    def _displacement(self, fixed: np.ndarray, moving: np.ndarray, new_reference: bool) -> np.ndarray:
+        pair = np.stack([normalise_frame(fixed, self.normalisation), normalise_frame(moving, self.normalisation)])
+        padded, size = pad_to_multiple(torch.from_numpy(pair[None]), NETWORK_STRIDE)
+        if self._recurrent is None:
+            (output,) = self.predictor.predict(padded.numpy())
+        else:
+            if new_reference:
+                self._recurrent.reset()
+            (output,) = self._recurrent.step(padded.numpy())
+        return crop_to_size(torch.from_numpy(output), size)[0].numpy()
+
+
+class BlockMatchingEstimator(SequenceStrainEstimator):
+    """The classical baseline: NCC block matching (:func:`block_match`) per frame pair.
+
+    Each pair's search is guided by the previous pair's displacement (frame 0 -> k-1 is a good
+    start for frame 0 -> k; frame k-2 -> k-1 for k-1 -> k), so accumulated compression beyond the
+    search range is still found. The first pair of a sequence searches around zero.
+
+    Args:
+        params: block and search sizes (default: 51 x 3 blocks, +-32 axial, +-1 lateral).
+        device: torch device of the search (see :func:`choose_device`).
+    """
+
+    name = "block matching"
+
+    def __init__(self, params: BlockMatchingParams | None = None, device: str | torch.device | None = None) -> None:
+        self.params = params or BlockMatchingParams(axial_search=32)
+        self.device = choose_device(device)
+        self._prior: torch.Tensor | None = None
+
+    def _begin_sequence(self) -> None:
+        self._prior = None
+
+    def _displacement(self, fixed: np.ndarray, moving: np.ndarray, new_reference: bool) -> np.ndarray:
+        pre, post = (torch.from_numpy(frame).to(self.device) for frame in (fixed, moving))
+        self._prior = block_match(pre, post, self.params, self._prior)
+        return self._prior.cpu().numpy()
+
+
+def _bundled_deepuse_models() -> list[tuple[Path, dict[str, object]]]:
+    """(folder, manifest) of the bundled DeepUSE models, preferred first (ReUSENet, then by name).
+
+    Manifests are only peeked at here; the chosen bundle is verified when it is loaded.
+    """
+    found = []
+    for folder in find_bundles([bundled_models_dir()]):
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and manifest.get("architecture") in DEEPUSE_ARCHITECTURES:
+            found.append((folder, manifest))
+    return sorted(found, key=lambda item: (DEEPUSE_ARCHITECTURES.index(item[1]["architecture"]), item[0].name))
+
+
+def resolve_model(model: str | os.PathLike[str] | None = None) -> Path:
+    """The bundle folder of ``model``: an existing path, else a bundled model of that (folder or
+    manifest) name; None gives the preferred bundled DeepUSE model.
+
+    Raises:
+        BundleError: nothing matches; the message lists the bundled models and how to get one.
+    """
+    bundled = _bundled_deepuse_models()
+    if model is not None:
+        path = Path(model)
+        if path.exists():
+            return path
+        for folder, manifest in bundled:
+            if str(model) in (folder.name, manifest.get("name")):
+                return folder
+        names = ", ".join(folder.name for folder, _ in bundled) or "none"
+        raise BundleError(
+            f"model {str(model)!r} is neither a bundle folder nor a bundled model (bundled: {names}); "
+            + HOW_TO_GET_A_MODEL
+        )
+    if not bundled:
+        raise BundleError(f"no DeepUSE model is bundled (looked in {bundled_models_dir()}); " + HOW_TO_GET_A_MODEL)
+    return bundled[0][0]
