@@ -213,6 +213,7 @@ def save_bundle(
     metrics: Mapping[str, Any] | None = None,
     description: str = "",
     formats: Sequence[str] = EXPORT_FORMATS,
+    dynamic_spatial: bool = True,
 ) -> Path:
     """Write ``model`` as a bundle in folder ``directory``, atomically; returns the folder.
 
@@ -255,8 +256,8 @@ def save_bundle(
         architecture=architecture,
         architecture_module=architecture_module,
         architecture_args=dict(architecture_args),
-        inputs=[_spec(n, t, reference) for n, t in zip(input_names, examples)],
-        outputs=[_spec(n, t, reference) for n, t in zip(output_names, produced)],
+        inputs=[_spec(n, t, reference, dynamic_spatial) for n, t in zip(input_names, examples)],
+        outputs=[_spec(n, t, reference, dynamic_spatial) for n, t in zip(output_names, produced)],
         example_shapes=[list(tensor.shape) for tensor in examples],
         states=list(states),
         normalisation=dict(normalisation or {}),
@@ -332,9 +333,9 @@ def _validated_manifest(fields: dict[str, Any]) -> Manifest:
         raise InputError(f"cannot describe this model in a manifest: {error}") from error
 
 
-def _spec(name: str, tensor: torch.Tensor, reference: tuple[int, ...]) -> TensorSpec:
+def _spec(name: str, tensor: torch.Tensor, reference: tuple[int, ...], dynamic_spatial: bool) -> TensorSpec:
     dtype = str(tensor.dtype).removeprefix("torch.")
-    return TensorSpec(name=name, shape=name_dims(tuple(tensor.shape), reference), dtype=dtype)
+    return TensorSpec(name=name, shape=name_dims(tuple(tensor.shape), reference, dynamic_spatial), dtype=dtype)
 
 
 def _engine_version() -> str:

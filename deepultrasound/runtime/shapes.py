@@ -46,19 +46,20 @@ def _evaluate(op: str | None, factor: int, size: int) -> int:
     return size // factor if op == "//" else size * factor
 
 
-def name_dims(shape: Sequence[int], reference: Sequence[int]) -> list[Dim]:
+def name_dims(shape: Sequence[int], reference: Sequence[int], dynamic_spatial: bool = True) -> list[Dim]:
     """Symbolic shape of a tensor relative to the first input's shape ``reference`` (B, C, *spatial).
 
     Axis 0 is ``"B"`` when it equals the reference batch; axis 1 (channels) is fixed; a spatial
     axis is named after the reference axis it equals, is a multiple of (``"W*4"``) or divides
-    (``"H//4"``); anything else is fixed.
+    (``"H//4"``); anything else is fixed. With ``dynamic_spatial=False`` (models with a fixed
+    input size, e.g. a dense layer after the convolutions) every spatial axis is fixed.
     """
     names = spatial_names(len(reference) - 2)
     dims: list[Dim] = []
     for axis, size in enumerate(shape):
         if axis == 0 and len(reference) > 0 and size == reference[0]:
             dims.append(BATCH)
-        elif axis >= 2 and len(shape) == len(reference) and size > 0:
+        elif dynamic_spatial and axis >= 2 and len(shape) == len(reference) and size > 0:
             base, name = reference[axis], names[axis - 2]
             if size % base == 0:
                 dims.append(scaled(name, "*", size // base))

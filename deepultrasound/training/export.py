@@ -1,0 +1,80 @@
+"""Export a trained network as a model bundle, at the end of training or from a checkpoint.
+
+``deepultrasound export CHECKPOINT -o BUNDLE`` rebuilds the task from the config stored in the
+checkpoint, loads the weights (EMA copies where the task keeps them) and writes the bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from deepultrasound.training.checkpoint import load_checkpoint
+from deepultrasound.training.config import TrainConfig
+from deepultrasound.training.task import Task, get_task
+
+HELP = "export a training checkpoint to a model bundle (manifest, weights, TorchScript, ONNX)"
+
+
+def export_bundle(
+    task: Task, networks: Mapping[str, nn.Module], config: TrainConfig, metrics: Mapping[str, float], directory: Path
+) -> Path:
+    """Write the bundle of ``task.export_spec().network`` to ``directory`` (atomically); returns its path."""
+    from deepultrasound.runtime.bundle import save_bundle
+
+    spec = task.export_spec()
+    network = copy.deepcopy(networks[spec.network]).cpu().eval()
+    return save_bundle(
+        directory,
+        network,
+        name=config.bundle.name or config.task,
+        version=config.bundle.version,
+        task=config.task,
+        description=config.bundle.description or spec.description,
+        architecture=spec.architecture,
+        architecture_module=spec.architecture_module,
+        architecture_args=spec.architecture_args,
+        example_inputs=tuple(t.cpu() for t in spec.example_inputs),
+        input_names=list(spec.input_names),
+        output_names=list(spec.output_names),
+        states=list(spec.states),
+        normalisation=spec.normalisation,
+        training_config=config.model_dump(mode="json"),
+        metrics=dict(metrics),
+        dynamic_spatial=spec.dynamic_spatial,
+    )
+
+
+def export_checkpoint(checkpoint: Path, directory: Path) -> Path:
+    """Rebuild the task of a training checkpoint and export its bundle to ``directory``."""
+    from deepultrasound.training.trainer import restore_networks
+
+    state = load_checkpoint(checkpoint)
+    config = TrainConfig.model_validate(state["config"])
+    task_cls = get_task(config.task)
+    task = task_cls(task_cls.parse_args(config.task_args), seed=config.seed)
+    torch.manual_seed(config.seed)
+    networks = task.build_networks()
+    ema = {name: AveragedModel(networks[name]) for name in task.ema_networks()}
+    restore_networks(networks, ema, state)
+    evaluated = {name: (ema[name].module if name in ema else net) for name, net in networks.items()}
+    metrics: dict[str, Any] = {"checkpoint_epoch": int(state["next_epoch"])}
+    return export_bundle(task, evaluated, config, metrics, directory)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by 'deepultrasound train'")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = export_checkpoint(args.checkpoint, args.output)
+    print(f"bundle written to {path}")
+    return 0
