@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if known.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not known.verbose:  # the ONNX exporter's passes log every graph rewrite at INFO
-        for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+    if not known.verbose:  # the ONNX exporter and scikit-fem log every step at INFO
+        for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "skfem"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(module.run(args) or 0)
