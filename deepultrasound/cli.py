@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("deepultrasound.training.command", "train a model from a YAML/JSON config and export its bundle"),
     "export": ("deepultrasound.training.export", "export a training checkpoint to a model bundle"),
     "bundle": ("deepultrasound.runtime.inspect_command", "verify a model bundle and check parity between its backends"),
-    "strain": ("deepultrasound.elastography.strain_command", "RF sequence -> axial strain sequence (%) with DeepUSE"),
+    "strain": ("deepultrasound.elastography.strain_command", "RF sequence file -> axial strain sequence in percent (DeepUSE or block matching)"),
     "import-deepuse": ("deepultrasound.elastography.import_command", "convert an original DeepUSE checkpoint to a bundle"),
     "bench": ("deepultrasound.bench", "run a benchmark suite; the last stdout line is one JSON object"),
 }
