@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import socket
@@ -181,19 +182,22 @@ def test_resume_refuses_a_different_config(reference_run):
 
 
 # -- torchrun (DDP, gloo) -----------------------------------------------------------------------------
-def test_torchrun_two_processes_match_single_process(reference_run, tmp_path):
-    _, single = reference_run
-    config = write_config(tmp_path / "tiny.yaml", TINY)
+def test_torchrun_two_processes_match_single_process(tmp_path):
+    # float64: one process and two train the same model to rounding, so any difference in the
+    # data split or gradient averaging shows (float32 runs differ by ~1e-3 through rounding alone)
+    data = {**TINY, "precision": "float64"}
+    single = Trainer(parse_config(data), output_dir=tmp_path / "single", progress=False, device="cpu").run()
+    config = write_config(tmp_path / "tiny.yaml", data)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()),
         "-m", "deepultrasound", "train", str(config), "-o", str(tmp_path / "ddp"), "--no-progress", "--device", "cpu",
     ]
     done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    for key in ("train/mse", "val/endpoint_error_px"):
-        expected = {**single.train_losses, **single.validation}[key]
-        assert figures[key] == pytest.approx(expected, rel=1e-3), key
+    for key, expected in {**single.train_losses, **single.validation}.items():
+        assert figures[key] == pytest.approx(expected, rel=1e-6), key
 
 
 # -- kill and resume -------------------------------------------------------------------------------------
@@ -228,3 +232,11 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path):
     with pytest.raises(TrainingDivergedError, match="train/mse became non-finite in epoch 1; lower the learning rate"):
         Trainer(config, output_dir=tmp_path, progress=False, device="cpu").run()
     assert not (tmp_path / "checkpoints" / "checkpoint_last.pt").exists()
+
+
+def test_float64_runs_train_and_export_float32_bundles(tmp_path):
+    config = parse_config({**TINY, "precision": "float64", "stages": [{"epochs": 1}], "validation_freq": 1})
+    result = Trainer(config, output_dir=tmp_path, progress=False, device="cpu").run()
+    assert math.isfinite(result.train_losses["train/mse"])
+    predicted = create_predictor(result.bundle, backend="onnxruntime").predict(np.zeros((2, 2, 16, 16), np.float32))[0]
+    assert predicted.dtype == np.float32 and predicted.shape == (2, 2)

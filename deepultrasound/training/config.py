@@ -37,6 +37,7 @@ class OptimizerConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0, description="Adam/AdamW denominator term")
     momentum: float = Field(0.0, ge=0, description="SGD only")
 
 
@@ -74,6 +75,11 @@ class TrainConfig(_Strict):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps; DEEPULTRASOUND_DEVICE overrides auto")
     output_dir: str = "runs/{task}"
     find_unused_parameters: bool = Field(False, description="DDP option for tasks that skip a network in some steps")
+    precision: Literal["float32", "float64"] = Field(
+        "float32",
+        description="arithmetic of networks and batches; float64 makes runs on 1 or N processes agree to rounding "
+        "(in float32, training amplifies the rounding differences of gradient sums to ~1e-3 over ~1000 steps)",
+    )
     bundle: BundleConfig = Field(default_factory=BundleConfig)
 
     @model_validator(mode="after")

@@ -30,7 +30,7 @@ def export_bundle(
     from deepultrasound.runtime.bundle import save_bundle
 
     spec = task.export_spec()
-    network = copy.deepcopy(networks[spec.network]).cpu().eval()
+    network = copy.deepcopy(networks[spec.network]).cpu().float().eval()  # bundles hold float32
     return save_bundle(
         directory,
         network,

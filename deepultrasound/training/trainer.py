@@ -62,20 +62,26 @@ class TrainResult:
 def build_optimizer(settings: OptimizerConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
     """The optimiser named by ``settings`` over ``parameters``."""
     if settings.name == "adam":
-        return torch.optim.Adam(parameters, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
+        return torch.optim.Adam(
+            parameters, lr=settings.lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay
+        )
     if settings.name == "adamw":
-        return torch.optim.AdamW(parameters, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
+        return torch.optim.AdamW(
+            parameters, lr=settings.lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay
+        )
     return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor in a (nested) batch to ``device``."""
+def to_device(batch: Any, device: torch.device, dtype: torch.dtype = torch.float32) -> Any:
+    """Move every tensor in a (nested) batch to ``device``; floating-point tensors become ``dtype``."""
     if isinstance(batch, torch.Tensor):
+        if batch.is_floating_point():
+            return batch.to(device, dtype, non_blocking=True)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
-        return {key: to_device(value, device) for key, value in batch.items()}
+        return {key: to_device(value, device, dtype) for key, value in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(value, device) for value in batch)
+        return type(batch)(to_device(value, device, dtype) for value in batch)
     return batch
 
 
@@ -126,11 +132,12 @@ class Trainer:
     # -- set-up ----------------------------------------------------------------------------------
     def _build(self, device: torch.device, dist_info: distributed.DistributedInfo) -> None:
         torch.manual_seed(self.config.seed)  # identical initial weights in every process
+        self.dtype = getattr(torch, self.config.precision)
         self.task: Task = self.task_cls(self.base_args, seed=self.config.seed)
-        self.networks = {name: net.to(device) for name, net in self.task.build_networks().items()}
+        self.networks = {name: net.to(device, self.dtype) for name, net in self.task.build_networks().items()}
         self.frozen = {}
         for name, net in self.task.build_frozen_networks().items():
-            net = net.to(device).eval()
+            net = net.to(device, self.dtype).eval()
             net.requires_grad_(False)
             self.frozen[name] = net
 
@@ -241,7 +248,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         steps = 0
         for batch in loader:
-            losses = self.task.training_step(to_device(batch, device), self.ctx)
+            losses = self.task.training_step(to_device(batch, device, self.dtype), self.ctx)
             for name, avg in self.ema.items():
                 avg.update_parameters(self.networks[name])
             for key, value in losses.items():
@@ -269,7 +276,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         count = torch.zeros((), device=device)
         for batch in loader:
-            values = self.task.validation_step(to_device(batch, device), networks)
+            values = self.task.validation_step(to_device(batch, device, self.dtype), networks)
             for key, per_sample in values.items():
                 sums[key] = sums.get(key, torch.zeros((), device=device)) + per_sample.detach().float().sum()
             count += next(iter(values.values())).shape[0]
