@@ -1,0 +1,146 @@
+"""The task interface beyond one network: two optimisers (adversarial pairs), a frozen auxiliary
+network, EMA weights that are validated and exported, staged training with per-stage arguments
+and learning-rate scale, and several optimiser steps per batch (truncated back-propagation)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from deepultrasound.runtime import create_predictor, load_bundle, register_architecture
+from deepultrasound.training import ExportSpec, StepContext, Task, TaskArgs, Trainer, parse_config, register_task
+
+register_architecture("test.linear")(nn.Linear)
+
+
+class ToyArgs(TaskArgs):
+    scale: float = Field(1.0, gt=0)
+    chunks: int = Field(2, ge=1)
+
+
+@register_task
+class ToyAdversarialTask(Task):
+    """generator: x -> y ~ 2x (+ a frozen prior's output); critic scores pairs; ``chunks`` optimiser
+    steps of the generator per batch, as truncated back-propagation makes."""
+
+    name = "test-toy-adversarial"
+    Args = ToyArgs
+    dataset_scales: list[float] = []
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        return {"generator": nn.Linear(3, 3), "critic": nn.Linear(3, 1)}
+
+    def build_frozen_networks(self) -> dict[str, nn.Module]:
+        prior = nn.Linear(3, 3)
+        nn.init.constant_(prior.weight, 0.1)
+        nn.init.zeros_(prior.bias)
+        return {"prior": prior}
+
+    def optimizer_networks(self, network_names):
+        return {"generator": ["generator"], "critic": ["critic"]}
+
+    def ema_networks(self) -> list[str]:
+        return ["generator"]
+
+    def build_datasets(self, args: ToyArgs) -> tuple[Dataset, Dataset]:
+        type(self).dataset_scales.append(args.scale)
+        gen = torch.Generator().manual_seed(self.seed)
+        x = torch.randn(64, 3, generator=gen) * args.scale
+        return TensorDataset(x, 2 * x), TensorDataset(x[:16], 2 * x[:16])
+
+    def training_step(self, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+        x, y = batch
+        fake = ctx.networks["generator"](x) + ctx.frozen["prior"](x)
+        critic_loss = F.softplus(ctx.networks["critic"](fake.detach())).mean() + F.softplus(-ctx.networks["critic"](y)).mean()
+        ctx.optimize(critic_loss, "critic")
+        for chunk in x.chunk(self.args.chunks):
+            target = 2 * chunk
+            loss = F.mse_loss(ctx.networks["generator"](chunk) + ctx.frozen["prior"](chunk), target)
+            ctx.optimize(loss, "generator")
+        return {"critic": critic_loss, "generator": loss}
+
+    def validation_step(self, batch, networks: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return {"error": (networks["generator"](x) - y).norm(dim=1)}
+
+    def export_spec(self) -> ExportSpec:
+        return ExportSpec(
+            network="generator", architecture="test.linear",
+            architecture_module="deepultrasound.runtime.architectures",
+            architecture_args={"in_features": 3, "out_features": 3},
+            example_inputs=(torch.zeros(1, 3),), input_names=["x"], output_names=["y"],
+        )
+
+
+CONFIG = {
+    "task": "test-toy-adversarial",
+    "task_args": {"chunks": 2},
+    "seed": 1,
+    "batch_size": 16,
+    "stages": [
+        {"name": "coarse", "epochs": 2, "task_args": {"scale": 0.5}},
+        {"name": "fine", "epochs": 1, "task_args": {"scale": 1.0}, "lr_scale": 0.1},
+    ],
+    "optimizers": {"generator": {"name": "adam", "lr": 0.01}, "critic": {"name": "adamw", "lr": 0.01}},
+    "ema_decay": 0.9,
+    "model_update_freq": 10,
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    ToyAdversarialTask.dataset_scales = []
+    trainer = Trainer(parse_config(CONFIG), output_dir=tmp_path_factory.mktemp("toy"), progress=False, device="cpu")
+    result = trainer.run()
+    return trainer, result
+
+
+def test_each_optimiser_steps_its_own_networks(trained):
+    trainer, _ = trained
+    steps_per_epoch = 64 // 16
+    epochs = 3
+    critic_state = trainer.optimizers["critic"].state_dict()["state"]
+    generator_state = trainer.optimizers["generator"].state_dict()["state"]
+    assert int(generator_state[0]["step"]) == epochs * steps_per_epoch * CONFIG["task_args"]["chunks"]
+    assert int(critic_state[0]["step"]) == epochs * steps_per_epoch
+    critic_params = {id(p) for p in trainer.networks["critic"].parameters()}
+    generator_params = {id(p) for group in trainer.optimizers["generator"].param_groups for p in group["params"]}
+    assert not critic_params & generator_params
+
+
+def test_frozen_network_is_never_trained(trained):
+    trainer, _ = trained
+    prior = trainer.frozen["prior"]
+    assert not prior.training and not any(p.requires_grad for p in prior.parameters())
+    torch.testing.assert_close(prior.weight, torch.full((3, 3), 0.1))
+
+
+def test_stages_build_their_data_and_scale_the_learning_rate(trained):
+    trainer, result = trained
+    assert ToyAdversarialTask.dataset_scales == [0.5, 1.0]
+    with (result.output_dir / "metrics.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["stage"] for row in rows] == ["coarse", "coarse", "fine"]
+    assert [float(row["lr"]) for row in rows] == pytest.approx([0.01, 0.01, 0.001])
+
+
+def test_ema_weights_are_validated_and_exported(trained):
+    trainer, result = trained
+    raw = trainer.networks["generator"]
+    ema = trainer.ema["generator"].module
+    assert not torch.allclose(raw.weight, ema.weight), "the EMA copy lags the trained weights"
+    exported = load_bundle(result.bundle).build_torch_model()
+    torch.testing.assert_close(exported.weight, ema.weight)
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_allclose(
+        create_predictor(result.bundle, backend="onnxruntime").predict(x)[0],
+        ema(torch.from_numpy(x)).detach().numpy(), atol=1e-5,
+    )
