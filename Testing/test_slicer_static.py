@@ -35,9 +35,21 @@ APP_ONLY_SLICER_API = {
     "i18n": "translation function tr (slicer.i18n)",
     "parameterNodeWrapper": "typed parameter nodes: parameterNodeWrapper, WithinRange (Slicer >= 5.4)",
     "ScriptedLoadableModule": "base classes of scripted modules",
+    "vtkMRMLIGTLConnectorNode": "OpenIGTLinkIF connector node (SlicerOpenIGTLink extension, the DeepUSE scanner connection)",
 }
 #: top-level imports allowed in the MRML-facing Lib code (it must import with slicer-core alone).
-LIB_IMPORTS = {"__future__", "dataclasses", "importlib", "pathlib", "typing", "numpy", "packaging", "slicer", COMMON + "Lib"}
+LIB_IMPORTS = {
+    "__future__", "dataclasses", "importlib", "pathlib", "threading", "time", "typing",  # standard library
+    "numpy", "packaging", "slicer", COMMON + "Lib",
+}
+#: widget classes that slicer.parameterNodeWrapper's GUI connectors bind to each field type (exact class match)
+BINDABLE_WIDGETS = {
+    "bool": {"QCheckBox", "QPushButton"},
+    "int": {"QSpinBox", "QSlider"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+    "str": {"QLineEdit", "QTextEdit"},
+    "Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
+}
 #: imports the engine must never make.
 FRONTEND_IMPORTS = {"qt", "ctk", "slicer", "vtk", "PythonQt", "slicer_core", "MRMLCorePython"}
 
@@ -287,9 +299,12 @@ def test_bound_widgets_name_parameter_node_fields(module):
                 bound[prop.findtext("string")] = widget.get("class")
     assert set(bound) == set(fields) - {"modelName"}, "every field but modelName is bound to exactly one widget"
     for field, widgetClass in bound.items():
-        annotation = ast.unparse(fields[field])
-        expected = "qMRMLNodeComboBox" if annotation.startswith("vtkMRML") else "QSpinBox"
-        assert widgetClass == expected, f"{field} ({annotation}) is bound to a {widgetClass}"
+        annotation = fields[field]
+        if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated":
+            annotation = annotation.slice.elts[0]
+        typeName = ast.unparse(annotation)
+        expected = {"qMRMLNodeComboBox"} if typeName.startswith("vtkMRML") else BINDABLE_WIDGETS.get(typeName, set())
+        assert widgetClass in expected, f"{field} ({typeName}) is bound to a {widgetClass}, not one of {expected}"
 
 
 # Slicer API -----------------------------------------------------------------------------------

@@ -1,0 +1,168 @@
+"""Offline strain of a loaded RF recording: a volume with one frame per slice, or a sequence of frames.
+
+The engine's offline estimators (``StrainEstimator``, ``BlockMatchingEstimator``; see
+:mod:`.engine`) estimate every frame pair at once; this module moves the frames out of the
+nodes and the strain back in, on the RF grid:
+
+- a volume ``(N, H, W)`` (K frames, J axial, I lateral) -> a strain volume ``(N-1, H, W)`` with the
+  same IJK-to-RAS; slice ``k`` is the pair (reference, frame ``k+1``);
+- a sequence of N single-slice volumes -> a sequence of N-1 strain volumes, item ``k`` at the index
+  value of frame ``k+1``, on the grid of its pair's fixed frame (where the displacement lives).
+
+The reference frame of each pair is the first frame (``pairWithPrevious=False``, how ReUSENet is
+used) or the previous one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import numpy as np
+import slicer
+
+from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
+
+from .logic import rfFramesFromVolume, writeStrainFrames
+
+
+@dataclass(frozen=True)
+class OfflineStrain:
+    """What an offline run produced (for the status line).
+
+    Attributes:
+        strain: ``(N-1, H, W)`` float32 axial strain in %.
+        method: the estimator's name ("block matching" or the model name).
+        reference: ``"first"`` or ``"previous"``.
+    """
+
+    strain: np.ndarray
+    method: str
+    reference: str
+
+    def summary(self) -> str:
+        pairs, height, width = self.strain.shape
+        return (
+            f"{pairs} strain frame(s) of {height} x {width} ({self.method}, reference: {self.reference} frame), "
+            f"strain {self.strain.min():.3g} .. {self.strain.max():.3g} %"
+        )
+
+
+def _estimate(estimator, frames: np.ndarray, axialSpacingMm: float, pairWithPrevious: bool, windowMm: float):
+    reference = "previous" if pairWithPrevious else "first"
+    return estimator.estimate(frames, axialSpacingMm, reference=reference, window_mm=windowMm), reference
+
+
+def strainOfVolume(
+    rfVolume: slicer.vtkMRMLScalarVolumeNode,
+    strainVolume: slicer.vtkMRMLScalarVolumeNode,
+    estimator,
+    windowMm: float,
+    pairWithPrevious: bool = False,
+    bmodeVolume: slicer.vtkMRMLScalarVolumeNode | None = None,
+) -> OfflineStrain:
+    """Strain of every frame pair of ``rfVolume`` (frames along K) into ``strainVolume``, same geometry.
+
+    Args:
+        rfVolume: RF frames ``(N, H, W)``, N >= 2.
+        strainVolume: output, ``(N-1, H, W)`` float32 in %.
+        estimator: an engine estimator with ``estimate(rf, axial_spacing_mm, reference, window_mm)``
+            and ``name`` (see :func:`.engine.createEstimator`).
+        windowMm: axial least-squares strain window in mm.
+        pairWithPrevious: pair each frame with the previous one instead of the first.
+        bmodeVolume: optional output, ``(N-1, H, W)`` float32 B-mode in dB of each pair's fixed
+            frame (the grid the strain lives on), to show under the strain.
+
+    Raises:
+        ValueError: invalid frames (see :func:`.logic.rfFramesFromVolume`), no output, or a
+            window longer than the frames.
+    """
+    if strainVolume is None:
+        raise ValueError("Select or create a strain output volume")
+    frames, geometry = rfFramesFromVolume(rfVolume)
+    result, reference = _estimate(estimator, frames, float(geometry.spacing[1]), pairWithPrevious, windowMm)
+    writeStrainFrames(result.strain, strainVolume, geometry)
+    if bmodeVolume is not None:
+        visualise = importlib.import_module("deepultrasound.elastography.visualise")
+        arrayToVolume(visualise.bmode_db(frames[result.pairs[:, 0]]), bmodeVolume, geometry)
+    return OfflineStrain(result.strain, estimator.name, reference)
+
+
+def sequenceOfProxy(
+    volumeNode: slicer.vtkMRMLVolumeNode,
+) -> tuple[slicer.vtkMRMLSequenceBrowserNode, slicer.vtkMRMLSequenceNode] | None:
+    """``(browser, sequence)`` when ``volumeNode`` is the proxy node of a sequence browser, else None."""
+    scene = volumeNode.GetScene()
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
+        browser = scene.GetNthNodeByClass(index, "vtkMRMLSequenceBrowserNode")
+        if browser.IsProxyNodeID(volumeNode.GetID()):
+            return browser, browser.GetSequenceNode(volumeNode)
+    return None
+
+
+def rfFramesFromSequence(rfSequence: slicer.vtkMRMLSequenceNode) -> tuple[np.ndarray, list[VolumeGeometry], list[str]]:
+    """Frames ``(N, H, W)`` float32, the geometry of each and their index values.
+
+    Raises:
+        ValueError: fewer than 2 items, an item that is not a single-slice scalar volume, frames
+            of different sizes, or non-finite samples.
+    """
+    if rfSequence is None:
+        raise ValueError("No RF sequence selected")
+    count = rfSequence.GetNumberOfDataNodes()
+    if count < 2:
+        raise ValueError(f"Sequence '{rfSequence.GetName()}' holds {count} frame(s): strain needs at least 2")
+    frames, geometries, values = [], [], []
+    for item in range(count):
+        node = rfSequence.GetNthDataNode(item)
+        value = rfSequence.GetNthIndexValue(item)
+        if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLVectorVolumeNode"):
+            raise ValueError(f"Item {value} of sequence '{rfSequence.GetName()}' is not a scalar volume")
+        voxels, geometry = volumeToArray(node)
+        if voxels.shape[0] != 1:
+            raise ValueError(
+                f"Item {value} of sequence '{rfSequence.GetName()}' has {voxels.shape[0]} slices: expected one RF frame"
+            )
+        if frames and voxels.shape[1:] != frames[0].shape:
+            raise ValueError(
+                f"Item {value} of sequence '{rfSequence.GetName()}' is {voxels.shape[1]} x {voxels.shape[2]}, "
+                f"the first is {frames[0].shape[0]} x {frames[0].shape[1]}: all frames must have the same size"
+            )
+        frames.append(voxels[0].astype(np.float32, copy=False))
+        geometries.append(geometry)
+        values.append(value)
+    stacked = np.stack(frames)
+    if not np.all(np.isfinite(stacked)):
+        raise ValueError(f"Sequence '{rfSequence.GetName()}' contains NaN or infinite samples")
+    return stacked, geometries, values
+
+
+def strainOfSequence(
+    rfSequence: slicer.vtkMRMLSequenceNode,
+    strainSequence: slicer.vtkMRMLSequenceNode,
+    estimator,
+    windowMm: float,
+    pairWithPrevious: bool = False,
+) -> OfflineStrain:
+    """Strain of every frame pair of ``rfSequence`` into ``strainSequence`` (its items are replaced).
+
+    Item ``k`` of the output is the pair (reference, frame ``k+1``), stored at frame ``k+1``'s
+    index value on the grid of the pair's fixed frame; the index name, unit and type are the RF
+    sequence's. Arguments as :func:`strainOfVolume`.
+
+    Raises:
+        ValueError: see :func:`rfFramesFromSequence`; no output; a window longer than the frames.
+    """
+    if strainSequence is None:
+        raise ValueError("Select or create a strain output sequence")
+    frames, geometries, values = rfFramesFromSequence(rfSequence)
+    result, reference = _estimate(estimator, frames, float(geometries[0].spacing[1]), pairWithPrevious, windowMm)
+    strainSequence.RemoveAllDataNodes()
+    strainSequence.SetIndexName(rfSequence.GetIndexName())
+    strainSequence.SetIndexUnit(rfSequence.GetIndexUnit())
+    strainSequence.SetIndexType(rfSequence.GetIndexType())
+    item = slicer.vtkMRMLScalarVolumeNode()  # staging node outside the scene; the sequence keeps copies
+    for strain, (fixed, moving) in zip(result.strain, result.pairs, strict=True):
+        arrayToVolume(strain, item, geometries[fixed])
+        strainSequence.SetDataNodeAtValue(item, values[moving])
+    return OfflineStrain(result.strain, estimator.name, reference)
