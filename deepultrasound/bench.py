@@ -17,6 +17,8 @@ HELP = "run a benchmark suite; the last line printed is one JSON object of its f
 #: suite name -> module that implements it
 SUITES: dict[str, str] = {
     "strain": "deepultrasound.elastography.bench",
+    "stream": "deepultrasound.streaming.bench",
+    "soak": "deepultrasound.streaming.soak",
 }
 
 

@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bundle": ("deepultrasound.runtime.inspect_command", "verify a model bundle and check parity between its backends"),
     "strain": ("deepultrasound.elastography.strain_command", "RF sequence file -> axial strain sequence in percent (DeepUSE or block matching)"),
     "import-deepuse": ("deepultrasound.elastography.import_command", "convert an original DeepUSE checkpoint to a bundle"),
+    "scanner": ("deepultrasound.streaming.scanner", "stream RF frames over OpenIGTLink like a PLUS server (file loop or simulated phantom)"),
+    "stream": ("deepultrasound.streaming.command", "live strain: RF over OpenIGTLink in, Strain and BMode images served out"),
     "bench": ("deepultrasound.bench", "run a benchmark suite; the last stdout line is one JSON object"),
 }
 

@@ -1,16 +1,18 @@
-"""``deepultrasound demo``: the main job on bundled defaults, end to end, into one output folder.
+"""``deepultrasound demo``: the main job on bundled defaults, live, end to end, into one output folder.
 
 A phantom with a stiff and a soft inclusion - both invisible in B-mode, as lesions often are -
-is compressed in a simulated quasi-static elastography sequence (FEM mechanics, RF at the
-geometry of the shared in vivo data). Axial strain is estimated frame 0 -> k with the bundled
-DeepUSE network when one is installed, otherwise with the block-matching baseline, and compared
-with the FEM truth. The output folder holds:
+is compressed and released in cycles by a simulated scanner (FEM mechanics, RF at the geometry of
+the shared in vivo data) that streams RF frames over OpenIGTLink on 127.0.0.1. The live pipeline
+(``deepultrasound stream``) receives them, estimates strain against a reference frame at rest
+with the bundled DeepUSE network when one is installed (otherwise the block-matching baseline,
+which the summary says), serves Strain and B-mode over OpenIGTLink to a viewer, and every result
+is scored against the FEM truth. The output folder holds:
 
-- ``rf.mha``                 the simulated RF sequence (frames, axial samples, lines)
-- ``strain.mha``             the estimated axial strain in % (one frame per pair), same geometry
-- ``truth_strain.mha``       the FEM truth over the same rows
-- ``strain_XX.png``          B-mode and strain over it, per pair, with colour bars
-- ``summary.json``           method, timings, and per-pair NRMSE, CNRe (stiff and soft inclusion), SNRe
+- ``strain.mha``        the streamed axial strain in % (one frame per result), geometry of the processed rows
+- ``truth_strain.mha``  the FEM truth of the same pairs
+- ``strain_XX.png``     B-mode and strain over it with colour bars, per result
+- ``latency.png``       per-frame pipeline latency and network time
+- ``summary.json``      method, fps, latency p50/p95, dropped frames, and per-result NRMSE, CNRe, SNRe
 """
 
 from __future__ import annotations
@@ -31,15 +33,16 @@ logger = logging.getLogger(__name__)
 
 #: a seed of the reserved bench range: never used for training
 DEMO_SEED = 9_099_999
+DEPTH_MM, WIDTH_MM = 40.0, 25.6
 
 
 def demo_phantom():
-    """Background plus a stiff (3x) and a soft (0.4x) circular inclusion, both isoechoic."""
+    """Background plus a stiff (3x) and a soft (0.4x) circular inclusion, both isoechoic, 40 x 25.6 mm."""
     from deepultrasound.simulation import Inclusion, Phantom
 
     return Phantom(
-        depth_mm=40.0,
-        width_mm=25.6,
+        depth_mm=DEPTH_MM,
+        width_mm=WIDTH_MM,
         inclusions=(
             Inclusion(center_mm=(7.5, 17.0), semi_axes_mm=(4.0, 4.0), stiffness=3.0),
             Inclusion(center_mm=(18.0, 26.0), semi_axes_mm=(3.5, 3.5), stiffness=0.4),
@@ -49,7 +52,13 @@ def demo_phantom():
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
-    parser.add_argument("--frames", type=int, default=6, help="frames in the simulated sequence (default: 6)")
+    parser.add_argument("--frames", type=int, default=12, help="strain results to collect from the stream (default: 12)")
+    parser.add_argument("--ramp-frames", type=int, default=5, help="frames from rest to full compression (default: 5)")
+    parser.add_argument("--step-percent", type=float, default=0.3,
+                        help="applied strain added per ramp frame in %% (default: 0.3, within block matching's search)")
+    parser.add_argument("--rate", type=float, default=4.0, help="scanner frame rate in Hz (default: 4)")
+    parser.add_argument("--height", type=int, default=2000, help="axial samples over the 40 mm depth (default: 2000)")
+    parser.add_argument("--width", type=int, default=128, help="lines over the 25.6 mm width (default: 128)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help=f"simulation seed (default: {DEMO_SEED})")
     parser.add_argument(
         "--model", default=None,
@@ -59,91 +68,156 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
 
 
-def _estimator(model: str | None, device: str):
-    from deepultrasound.elastography.inference import BlockMatchingEstimator, StrainEstimator, resolve_model
+def _processor(model: str | None, device: str, crop: slice, reference_every: int):
+    """The live processor and a note on the method chosen."""
+    from deepultrasound.streaming import LiveStrainProcessor
 
+    options = {"device": device, "crop": crop, "reference_every": reference_every}
     if model == "baseline":
-        return BlockMatchingEstimator(device=device)
+        return LiveStrainProcessor(baseline=True, **options), "block matching, as asked"
     try:
-        return StrainEstimator(resolve_model(model), device=device)
+        processor = LiveStrainProcessor(model, **options)
+        return processor, f"DeepUSE model {processor.name}"
     except BundleError as error:
         if model is not None:
             raise
         logger.info("no bundled DeepUSE model (%s): using the block-matching baseline", error)
-        return BlockMatchingEstimator(device=device)
+        return LiveStrainProcessor(baseline=True, **options), (
+            "block matching: no trained DeepUSE model is bundled (put one in deepultrasound/models/ to use it)"
+        )
+
+
+def _save_latency_plot(path: Path, latency_ms: list[float], network_ms: list[float]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from deepultrasound.io import atomic_write
+
+    figure = Figure(figsize=(6, 3), dpi=120, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    results = np.arange(1, len(latency_ms) + 1)
+    axes.plot(results, latency_ms, "o-", label="pipeline latency")
+    axes.plot(results, network_ms, "s--", label="network (or block matching)")
+    axes.set_xlabel("result")
+    axes.set_ylabel("ms")
+    axes.set_ylim(bottom=0)
+    axes.legend()
+    with atomic_write(path) as staged:
+        figure.savefig(staged, format="png")
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepultrasound.elastography.inference import PAPER_CROP, crop_rows
     from deepultrasound.elastography.metrics import cnr_e, snr_e, strain_nrmse
     from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, window_samples
-    from deepultrasound.elastography.visualise import bmode_db, save_strain_figure
+    from deepultrasound.elastography.visualise import save_strain_figure
     from deepultrasound.io import Image, write_image
-    from deepultrasound.simulation import SimulationConfig, simulate_sequence
+    from deepultrasound.simulation import SimulationConfig
+    from deepultrasound.streaming.igtl import IgtlClient
+    from deepultrasound.streaming.pipeline import StrainStream, StreamConfig, status_line
+    from deepultrasound.streaming.scanner import Scanner, phantom_source
 
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
-    config = SimulationConfig(n_frames=args.frames)
-    print(f"[1/3] simulating {config.n_frames} RF frames of {config.height} x {config.width} under compression ...", flush=True)
+    config = SimulationConfig(
+        n_frames=args.ramp_frames, height=args.height, width=args.width, compression_step_percent=args.step_percent,
+        axial_spacing_mm=DEPTH_MM / args.height, lateral_pitch_mm=WIDTH_MM / args.width,
+    )
+    print(f"[1/3] simulating a {config.n_frames}-frame compression ramp of {config.height} x {config.width} ...", flush=True)
     started = time.perf_counter()
-    sequence = simulate_sequence(config, seed=args.seed, phantom=demo_phantom())
+    source, sequence = phantom_source(config, seed=args.seed, phantom=demo_phantom())
     simulate_seconds = time.perf_counter() - started
-    spacing = (config.lateral_pitch_mm, config.axial_spacing_mm, 1.0)
-    rf = Image(sequence.rf, spacing)
-    write_image(out / "rf.mha", rf)
+    crop = slice(args.height // 20, -(3 * args.height) // 20)  # rows 100:-300 of 2000, as the DeepUSE paper crops
+    kept = slice(*crop.indices(args.height)[:2])
+    period = len(source.order)
+    processor, note = _processor(args.model, args.device, crop, reference_every=period)
 
-    estimator = _estimator(args.model, args.device)
-    cropped = crop_rows(rf, PAPER_CROP)
-    rows = PAPER_CROP.indices(config.height)
-    kept = slice(rows[0], rows[0] + cropped.array.shape[1])
-    print(f"[2/3] estimating strain with {estimator.name} (rows {kept.start}:{kept.stop}) ...", flush=True)
+    results: list[tuple[object, object, int, int]] = []
+
+    def collect(result, geometry, source_index, reference_index) -> None:  # runs in the send stage
+        if len(results) < args.frames:
+            results.append((result, geometry, source_index, reference_index))
+
+    print(f"[2/3] streaming through {processor.name} until {args.frames} strain images arrive ...", flush=True)
     started = time.perf_counter()
-    result = estimator.estimate(cropped.array, cropped.axial_spacing_mm, reference="first", progress=True)
-    estimate_seconds = time.perf_counter() - started
-    strain_image = Image(result.strain, cropped.spacing, cropped.origin, cropped.direction)
-    write_image(out / "strain.mha", strain_image)
-    truth = sequence.strain_percent[:, kept]
-    write_image(out / "truth_strain.mha", Image(np.ascontiguousarray(truth), cropped.spacing, cropped.origin, cropped.direction))
+    with Scanner(source, rate_hz=args.rate) as scanner:
+        stream = StrainStream(processor, StreamConfig(source_port=scanner.port, serve_port=0), on_result=collect)
+        with stream:
+            viewer = IgtlClient(port=stream.output.port)  # a viewer, as Slicer would connect
+            viewed = 0
+            try:
+                while len(results) < args.frames and time.perf_counter() - started < 600:
+                    viewed += sum(m.device_name == "Strain" and m.message_type == "IMAGE" for m in viewer.take(1.0))
+                    print(f"  {len(results)}/{args.frames} | {status_line(stream.figures())}", flush=True)
+            finally:
+                viewer.stop()
+            figures = stream.figures()
+            latency = stream.stats.latencies_ms()[: len(results)]
+    stream_seconds = time.perf_counter() - started
 
     print("[3/3] scoring against the FEM truth and drawing figures ...", flush=True)
+    # The FEM is linear: pair (frame a, frame b) strains by the ramp's strain at b's phase minus a's
+    # (exact on the rest grid; the shift of a's grid is second order).
+    truth_by_phase = np.concatenate([np.zeros((1, *sequence.strain_percent.shape[1:]), np.float32), sequence.strain_percent])
+
+    def phase(index: int) -> int:
+        return int(source.order[index % period])
     half = window_samples(DEFAULT_WINDOW_MM, config.axial_spacing_mm) // 2
-    evaluated = np.zeros(truth.shape[1:], dtype=bool)
+    evaluated = np.zeros((kept.stop - kept.start, config.width), dtype=bool)
     evaluated[half:-half] = True
     background = sequence.background_mask[kept] & evaluated
     stiff, soft = (mask[kept] & evaluated for mask in sequence.inclusion_masks)
-    bmode = bmode_db(cropped.array)
-    pairs = []
-    for k, (fixed, moving) in enumerate(result.pairs):
-        pairs.append(
-            {
-                "pair": [int(fixed), int(moving)],
-                "applied_strain_percent": round(float(sequence.applied_strain_percent[moving]), 3),
-                "nrmse": round(strain_nrmse(result.strain[k], truth[k], evaluated), 4),
-                "cnr_e_stiff": round(cnr_e(result.strain[k], stiff, background), 3),
-                "cnr_e_soft": round(cnr_e(result.strain[k], soft, background), 3),
-                "snr_e": round(snr_e(result.strain[k], background), 3),
-            }
-        )
+    strain = np.stack([result.strain for result, *_ in results])
+    truth = np.stack([(truth_by_phase[phase(index)] - truth_by_phase[phase(ref)])[kept] for _, _, index, ref in results])
+    geometry = results[0][1]
+    spacing = (*geometry.spacing, 1.0 / args.rate)
+    origin = (geometry.origin[0], geometry.origin[1], 0.0)
+    write_image(out / "strain.mha", Image(strain, spacing, origin))
+    write_image(out / "truth_strain.mha", Image(truth, spacing, origin))
+    per_result = []
+    for k, ((result, _, index, ref), expected) in enumerate(zip(results, truth)):
+        applied = float(sequence.applied_strain_percent[phase(index)] - sequence.applied_strain_percent[phase(ref)])
+        per_result.append({
+            "frame": int(index),
+            "reference": int(ref),
+            "applied_strain_percent": round(applied, 3),
+            "latency_ms": round(latency[k], 1) if k < len(latency) else None,
+            "nrmse": round(strain_nrmse(result.strain, expected, evaluated), 4) if applied else None,
+            "cnr_e_stiff": round(cnr_e(result.strain, stiff, background), 3),
+            "cnr_e_soft": round(cnr_e(result.strain, soft, background), 3),
+            "snr_e": round(snr_e(result.strain, background), 3),
+        })
         save_strain_figure(
-            out / f"strain_{k + 1:02d}.png", result.strain[k], bmode[fixed],
-            spacing_mm=(cropped.lateral_spacing_mm, cropped.axial_spacing_mm),
-            origin_mm=(cropped.origin[0], cropped.origin[1]),
-            title=f"{estimator.name}: frame {fixed} -> {moving}, applied {pairs[-1]['applied_strain_percent']} %",
-            valid_rows=slice(half, -half),
+            out / f"strain_{k + 1:02d}.png", result.strain, result.bmode_db, spacing_mm=geometry.spacing,
+            origin_mm=geometry.origin[:2], valid_rows=slice(half, -half),
+            title=f"{processor.name}: frame {index} vs {ref}, applied {applied:.2f} %",
         )
+    _save_latency_plot(out / "latency.png", latency, [result.timings_ms["network"] for result, *_ in results])
+
+    scored = [r for r in per_result if r["nrmse"] is not None]
     summary = {
-        "method": estimator.name,
-        "frames": int(config.n_frames),
-        "frame_shape": [int(s) for s in cropped.array.shape[1:]],
+        "method": processor.name,
+        "method_note": note,
+        "frames": len(results),
+        "frame_shape": [int(s) for s in strain.shape[1:]],
+        "scanner_rate_hz": args.rate,
         "simulation_seconds": round(simulate_seconds, 2),
-        "estimation_seconds": round(estimate_seconds, 2),
-        "pairs_per_second": round(len(result.pairs) / estimate_seconds, 2),
-        "mean_nrmse": round(float(np.mean([p["nrmse"] for p in pairs])), 4),
-        "mean_cnr_e_stiff": round(float(np.mean([p["cnr_e_stiff"] for p in pairs])), 3),
-        "mean_snr_e": round(float(np.mean([p["snr_e"] for p in pairs])), 3),
-        "pairs": pairs,
+        "stream_seconds": round(stream_seconds, 2),
+        "fps": figures["fps"],
+        "latency_p50_ms": figures["latency_p50_ms"],
+        "latency_p95_ms": figures["latency_p95_ms"],
+        "stages_ms": figures["stages_ms"],
+        "received": figures["received"],
+        "dropped": figures["dropped"],
+        "rejected": figures["rejected"],
+        "viewer_received": viewed,
+        "mean_nrmse": round(float(np.mean([r["nrmse"] for r in scored])), 4) if scored else None,
+        "mean_cnr_e_stiff": round(float(np.mean([r["cnr_e_stiff"] for r in per_result])), 3),
+        "mean_cnr_e_soft": round(float(np.mean([r["cnr_e_soft"] for r in per_result])), 3),
+        "mean_snr_e": round(float(np.mean([r["snr_e"] for r in per_result])), 3),
+        "results": per_result,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {out}/: rf.mha, strain.mha, truth_strain.mha, {len(pairs)} PNGs, summary.json")
-    print(json.dumps({k: v for k, v in summary.items() if k != "pairs"}))
+    print(f"wrote {out}/: strain.mha, truth_strain.mha, {len(results)} PNGs, latency.png, summary.json")
+    print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
     return 0

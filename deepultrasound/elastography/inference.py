@@ -204,9 +204,15 @@ def crop_rows(image: Image, rows: slice) -> Image:
 
 class SequenceStrainEstimator(ABC):
     """Displacement and strain over a sequence, frame pair by frame pair; subclasses give the
-    displacement of one pair. ``name`` labels results (tables, figures)."""
+    displacement of one pair (:meth:`step`). ``name`` labels results (tables, figures).
+
+    :meth:`estimate` runs a whole sequence; a live stream feeds pairs one at a time with
+    :meth:`reset` and :meth:`step` (see :class:`deepultrasound.streaming.LiveStrainProcessor`).
+    """
 
     name: str
+    normalisation: str = "none"
+    """Key of :data:`NORMALISATIONS` applied to each frame before :meth:`step`."""
 
     def estimate(
         self,
@@ -258,15 +264,32 @@ class SequenceStrainEstimator(ABC):
         strain = axial_strain_np(displacement[:, 1], window_mm, axial_spacing_mm)
         return StrainResult(displacement=displacement, strain=strain, pairs=pairs, valid=valid)
 
+    def reset(self) -> None:
+        """Forget everything carried over from previous pairs (recurrent state, search prior)."""
+        self._begin_sequence()
+
+    def _displacement(self, fixed: np.ndarray, moving: np.ndarray, new_reference: bool) -> np.ndarray:
+        """:meth:`step` on the frames ``fixed`` and ``moving`` (H, W) float32, normalised here."""
+        pair = np.stack([normalise_frame(fixed, self.normalisation), normalise_frame(moving, self.normalisation)])
+        return self.step(pair, new_reference)
+
     @abstractmethod
     def _begin_sequence(self) -> None:
         """Forget everything carried over from a previous sequence."""
 
     @abstractmethod
-    def _displacement(self, fixed: np.ndarray, moving: np.ndarray, new_reference: bool) -> np.ndarray:
-        """``(2, H, W)`` float32 displacement in pixels of the float32 frames ``fixed`` and ``moving`` (H, W).
+    def step(self, pair: np.ndarray, new_reference: bool) -> np.ndarray:
+        """Displacement of one frame pair, carrying state over from the previous call.
 
-        ``new_reference`` is True when ``fixed`` differs from the previous pair's fixed frame.
+        Args:
+            pair: ``(2, H, W)`` float32 (fixed, moving) frames, each already normalised per
+                :attr:`normalisation` (:func:`normalise_frame`).
+            new_reference: True when the fixed frame differs from the previous call's; a
+                recurrent model then starts again from zero states.
+
+        Returns:
+            ``(2, H, W)`` float32 displacement in pixels, channel 0 lateral, channel 1 axial,
+            ``moving(p + u(p)) ~ fixed(p)``.
         """
 
 
@@ -313,8 +336,7 @@ class StrainEstimator(SequenceStrainEstimator):
         if self._recurrent is not None:
             self._recurrent.reset()
 
-    def _displacement(self, fixed: np.ndarray, moving: np.ndarray, new_reference: bool) -> np.ndarray:
-        pair = np.stack([normalise_frame(fixed, self.normalisation), normalise_frame(moving, self.normalisation)])
+    def step(self, pair: np.ndarray, new_reference: bool) -> np.ndarray:
         padded, size = pad_to_multiple(torch.from_numpy(pair[None]), NETWORK_STRIDE)
         if self._recurrent is None:
             (output,) = self.predictor.predict(padded.numpy())
@@ -347,8 +369,8 @@ class BlockMatchingEstimator(SequenceStrainEstimator):
     def _begin_sequence(self) -> None:
         self._prior = None
 
-    def _displacement(self, fixed: np.ndarray, moving: np.ndarray, new_reference: bool) -> np.ndarray:
-        pre, post = (torch.from_numpy(frame).to(self.device) for frame in (fixed, moving))
+    def step(self, pair: np.ndarray, new_reference: bool) -> np.ndarray:
+        pre, post = (torch.from_numpy(frame).to(self.device) for frame in pair)
         self._prior = block_match(pre, post, self.params, self._prior)
         return self._prior.cpu().numpy()
 

@@ -1,0 +1,169 @@
+"""``deepultrasound bench stream`` and ``bench soak``: the live pipeline measured end to end over loopback.
+
+``stream``: for each frame size (default 1600 x 128 and 2000 x 128) a scanner streams speckle
+frames under a known axial compression at ``--rate`` Hz, the pipeline runs, and a viewer receives
+the strain. Reported per size: throughput (results/s), pipeline latency p50/p95, end-to-end
+latency (source timestamp to result), dropped frames and the per-stage medians; in the same run
+the model-only throughput of the chosen model and of the original ReUSENet configuration (8
+initial channels, eager PyTorch, batch-statistics normalisation), and their ratio. Every
+throughput is the median over ``--runs`` repetitions. Without a bundled model the pipeline runs
+the block-matching baseline and the model figures use an untrained ReUSENet bundle of the
+original configuration (speed does not depend on the weights).
+
+``soak``: many small frames through the whole chain; resident memory (``/proc/self/statm``)
+after warm-up and at the end, growth in %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepultrasound.errors import BundleError
+from deepultrasound.runtime import BACKENDS
+
+HELP = "live pipeline over loopback: throughput, latency p50/p95, dropped frames, stages, model-only ratio"
+
+SIZES = ((1600, 128), (2000, 128))
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="DeepUSE bundle (default: bundled model, else baseline)")
+    parser.add_argument("--baseline", action="store_true", help="run the pipeline with block matching")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default: torch)")
+    parser.add_argument("--device", default="cpu", help="device (default: cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: library default)")
+    parser.add_argument("--frames", type=int, default=20, help="results collected per run (default: 20)")
+    parser.add_argument("--rate", type=float, default=30.0, help="scanner frame rate in Hz (default: 30)")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions; figures are medians (default: 3)")
+    parser.add_argument("--sizes", default="1600x128,2000x128", help="frame sizes HxW, comma separated")
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    from deepultrasound.errors import InputError
+
+    try:
+        return [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",")]  # type: ignore[misc]
+    except ValueError as error:
+        raise InputError(f"--sizes must be HxW[,HxW...], e.g. 1600x128, got {text!r}") from error
+
+
+def _frames(height: int, width: int, count: int = 8, step: float = 0.005) -> np.ndarray:
+    """``count`` speckle frames compressed by ``k * step`` (axial strain), band-limited like RF."""
+    from scipy.ndimage import gaussian_filter1d, map_coordinates
+
+    rng = np.random.default_rng(0)
+    base = gaussian_filter1d(rng.standard_normal((height, width)), 1.5, axis=0)
+    base *= np.cos(np.arange(height) * 0.9)[:, None]
+    rows, cols = np.meshgrid(np.arange(height, dtype=float), np.arange(width, dtype=float), indexing="ij")
+    return np.stack([map_coordinates(base, [rows * (1 + k * step), cols], order=3) for k in range(count)]).astype(np.float32)
+
+
+def _reference_bundle(folder: Path) -> Path:
+    """An untrained ReUSENet of the original configuration (8 channels, batch statistics)."""
+    from deepultrasound.elastography.import_command import save_deepuse_bundle
+    from deepultrasound.elastography.networks import ReUSENet
+
+    torch.manual_seed(0)
+    model = ReUSENet(initial_channels=8, norm="batch").eval()
+    return save_deepuse_bundle(model, folder / "reusenet-original", name="reusenet-original", example_size=(64, 32), formats=())
+
+
+def _model_fps(bundle: Path, backend: str, device: str, threads: int | None, frames: np.ndarray, steps: int) -> float:
+    """Model-only pairs/s: the estimator's step on normalised pairs (no strain, no B-mode)."""
+    from deepultrasound.elastography.inference import StrainEstimator
+
+    estimator = StrainEstimator(bundle, backend=backend, device=device, threads=threads)
+    pair = np.stack([frames[0], frames[1]]) / np.abs(frames[:2]).max()
+    estimator.step(pair, True)  # warm-up
+    started = time.perf_counter()
+    for k in range(steps):
+        estimator.step(pair, k == 0)
+    return steps / (time.perf_counter() - started)
+
+
+def _stream_run(processor, frames: np.ndarray, count: int, rate: float) -> dict[str, Any]:
+    from deepultrasound.streaming.igtl import FrameGeometry, IgtlClient
+    from deepultrasound.streaming.pipeline import StrainStream, StreamConfig
+    from deepultrasound.streaming.scanner import LoopedFrames, Scanner, cyclic_order
+
+    processor.reset()
+    source = LoopedFrames(frames, FrameGeometry((0.2, 0.02)), cyclic_order(len(frames)))
+    with Scanner(source, rate_hz=rate) as scanner, StrainStream(
+        processor, StreamConfig(source_port=scanner.port, serve_port=0)
+    ) as stream:
+        viewer = IgtlClient(port=stream.output.port)
+        viewed, end_to_end = 0, []
+        deadline = time.monotonic() + 600
+        try:
+            while stream.figures()["sent"] < count and time.monotonic() < deadline:
+                for message in viewer.take(0.5):
+                    if message.device_name == "Strain" and message.message_type == "IMAGE":
+                        viewed += 1
+                        end_to_end.append(1000.0 * (time.time() - message.timestamp))
+        finally:
+            viewer.stop()
+        figures = stream.figures()
+    figures["viewer_received"] = viewed
+    figures["end_to_end_p50_ms"] = round(float(np.percentile(end_to_end, 50)), 2) if end_to_end else None
+    return figures
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from deepultrasound.elastography.inference import resolve_model
+    from deepultrasound.streaming import LiveStrainProcessor
+
+    baseline = args.baseline
+    model = None
+    if not baseline:
+        try:
+            model = resolve_model(args.model)
+        except BundleError:
+            if args.model is not None:
+                raise
+            baseline = True
+    with tempfile.TemporaryDirectory() as scratch:
+        reference = _reference_bundle(Path(scratch))
+        timed_model = model or reference
+        print(f"pipeline: {'block matching' if baseline else model}; model-only: {timed_model.name} vs original ReUSENet (8 ch, eager, batch norm)")
+        sizes: dict[str, Any] = {}
+        for height, width in _sizes(args.sizes):
+            frames = _frames(height, width)
+            processor = LiveStrainProcessor(
+                model, baseline=baseline, backend=args.backend, device=args.device, threads=args.threads, reference_every=len(frames)
+            )
+            runs = [_stream_run(processor, frames, args.frames, args.rate) for _ in range(args.runs)]
+            steps = max(3, args.frames // 4)
+            model_fps = [_model_fps(timed_model, args.backend, args.device, args.threads, frames, steps) for _ in range(args.runs)]
+            original_fps = [_model_fps(reference, "torch", args.device, args.threads, frames, steps) for _ in range(args.runs)]
+
+            def median(key: str) -> float | None:
+                values = [r[key] for r in runs if r[key] is not None]
+                return round(statistics.median(values), 2) if values else None
+
+            stage_names = sorted({name for r in runs for name in r["stages_ms"]})
+            figures = {
+                "fps": median("fps"), "latency_p50_ms": median("latency_p50_ms"), "latency_p95_ms": median("latency_p95_ms"),
+                "end_to_end_p50_ms": median("end_to_end_p50_ms"),
+                "dropped": [r["dropped"] for r in runs], "received": [r["received"] for r in runs],
+                "stages_ms": {n: round(statistics.median(r["stages_ms"].get(n, 0.0) for r in runs), 2) for n in stage_names},
+                "model_fps": round(statistics.median(model_fps), 2),
+                "original_reusenet_fps": round(statistics.median(original_fps), 2),
+            }
+            figures["model_vs_original_ratio"] = round(figures["model_fps"] / figures["original_reusenet_fps"], 2)
+            sizes[f"{height}x{width}"] = figures
+            print(f"{height} x {width}: {figures['fps']} results/s, latency p50 {figures['latency_p50_ms']} ms "
+                  f"p95 {figures['latency_p95_ms']} ms, dropped {figures['dropped']}, stages {figures['stages_ms']}; "
+                  f"model {figures['model_fps']} pairs/s vs original {figures['original_reusenet_fps']} "
+                  f"(x{figures['model_vs_original_ratio']})", flush=True)
+    return {
+        "pipeline": "block matching" if baseline else str(model), "backend": args.backend, "device": args.device,
+        "rate_hz": args.rate, "frames": args.frames, "runs": args.runs, "sizes": sizes,
+    }
