@@ -48,7 +48,7 @@ def reference_frames() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def imported_reusenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reference ReUSENet imported with ONNX (the one slow export of this file, ~30 s)."""
+    """The reference ReUSENet imported with ONNX (the one slow export of this file, ~15 s)."""
     folder = tmp_path_factory.mktemp("import") / "reusenet"
     return import_deepuse_bundle(
         REFERENCE / "reusenet_c8_state_dict.pth", folder, example_size=(64, 32), formats=("onnx",)

@@ -1,9 +1,11 @@
 """Model runtime: bundle export/load round trips, backend parity, tamper detection, atomic save,
-device choice and input validation, on two tiny networks (a conv net and a ConvGRU)."""
+bundle listing, device choice and input validation, on tiny networks (a conv net, a ConvGRU, and
+a recurrent net that takes its states as ``*states``)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,14 +17,19 @@ from torch import nn
 from deepultrasound import cli
 from deepultrasound.errors import BundleError, InputError
 from deepultrasound.runtime import (
+    MODELS_ENVIRONMENT_VARIABLE,
+    BundleSummary,
     RecurrentPredictor,
     StateSpec,
     build_architecture,
+    bundled_models_dir,
     check_parity,
     choose_device,
     create_predictor,
     find_bundles,
+    list_bundles,
     load_bundle,
+    model_directories,
     register_architecture,
     registered_architectures,
     save_bundle,
@@ -71,6 +78,23 @@ class TinyConvGRU(nn.Module):
         return self.head(nn.functional.interpolate(new_state, scale_factor=2.0)), new_state
 
 
+@register_architecture("test-tiny-varstates")
+class TinyVarStatesNet(nn.Module):
+    """(B, 1, H, W) frame and ``*states`` = ((B, hidden, H/2, W/2), (B, 1, H, W)) -> (B, 1, H, W)
+    output and the two new states, like ReUSENet's ``forward(x, *states)``."""
+
+    def __init__(self, hidden: int = 2) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(1, hidden, 3, stride=2, padding=1)
+        self.head = nn.Conv2d(hidden + 1, 1, 3, padding=1)
+
+    def forward(self, frame: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        coarse, fine = states
+        coarse = torch.tanh(self.down(frame) + 0.5 * coarse)
+        fine = 0.5 * (fine + frame)
+        return self.head(torch.cat([nn.functional.interpolate(coarse, scale_factor=2.0), fine], 1)), coarse, fine
+
+
 def _conv_model() -> TinyConvNet:
     torch.manual_seed(0)
     return TinyConvNet(4)
@@ -100,6 +124,18 @@ def gru_bundle(tmp_path_factory) -> Path:
         architecture="test-tiny-convgru", architecture_module=MODULE, architecture_args={"hidden": 3},
         example_inputs=(torch.randn(1, 1, 16, 8),), input_names=["frame"], output_names=["displacement"],
         states=[StateSpec(input="state", output="next_state", channels=3, stride=2)],
+    )
+
+
+@pytest.fixture(scope="module")
+def varstates_bundle(tmp_path_factory) -> Path:
+    torch.manual_seed(2)
+    return save_bundle(
+        tmp_path_factory.mktemp("bundles") / "varstates", TinyVarStatesNet(2), name="tiny-varstates", version="1.0",
+        task="test", architecture="test-tiny-varstates", architecture_module=MODULE, architecture_args={"hidden": 2},
+        example_inputs=(torch.randn(1, 1, 16, 8),), input_names=["frame"], output_names=["output"],
+        states=[StateSpec(input="coarse", output="next_coarse", channels=2, stride=2),
+                StateSpec(input="fine", output="next_fine", channels=1, stride=1)],
     )
 
 
@@ -173,6 +209,31 @@ def test_recurrent_state_is_carried_and_agrees_across_backends(gru_bundle):
         np.testing.assert_allclose(recurrent.step(frames[0])[0], truth[0], atol=1e-4)
     assert not np.allclose(truth[1], truth[2])  # the state changes what the same network returns
     assert check_parity(gru_bundle, steps=3).ok
+
+
+def test_states_taken_as_varargs_export_with_dynamic_shapes(varstates_bundle):
+    import onnx
+
+    graph = onnx.load(str(load_bundle(varstates_bundle).file("onnx"))).graph
+    assert [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input] == [
+        ["B", 1, "H", "W"], ["B", 2, "H//2", "W//2"], ["B", 1, "H", "W"]
+    ]
+    rng = np.random.default_rng(6)
+    frames = [rng.standard_normal((2, 1, 24, 20)).astype(np.float32) for _ in range(3)]  # not the example size
+    torch.manual_seed(2)
+    model, states, truth = TinyVarStatesNet(2).eval(), (torch.zeros(2, 2, 12, 10), torch.zeros(2, 1, 24, 20)), []
+    with torch.no_grad():
+        for frame in frames:
+            output, *states = model(torch.from_numpy(frame), *states)
+            truth.append(output.numpy())
+    for backend in BACKENDS:
+        recurrent = RecurrentPredictor(create_predictor(varstates_bundle, backend, device="cpu"))
+        for step, (frame, expected) in enumerate(zip(frames, truth)):
+            np.testing.assert_allclose(recurrent.step(frame)[0], expected, atol=1e-5, err_msg=f"{backend} step {step}")
+        for ours, theirs in zip(recurrent.states, states):
+            np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-5, err_msg=backend)
+    assert not np.allclose(truth[1], truth[2], atol=1e-3)  # the states change what the same network returns
+    assert check_parity(varstates_bundle, steps=3).ok
 
 
 # --- integrity ---------------------------------------------------------------------------
@@ -286,6 +347,26 @@ def test_weights_only_bundle(tmp_path):
         create_predictor(bundle, "onnxruntime")
     (strain,) = create_predictor(bundle, "torch", device="cpu").predict(np.zeros((1, 2, 8, 8), np.float32))
     assert strain.shape == (1, 1, 8, 8)
+
+
+def test_list_bundles_reads_manifests_only(conv_bundle, gru_bundle, tmp_path, monkeypatch, caplog):
+    shelf = tmp_path / "shelf"
+    conv = Path(shutil.copytree(conv_bundle, shelf / "conv"))
+    (conv / "weights.safetensors").write_bytes(b"tampered")  # still listed: checksums are checked on loading
+    (shelf / "broken").mkdir()
+    (shelf / "broken" / "manifest.json").write_text("{not json")
+    (shelf / "notes").mkdir()
+    assert list_bundles([shelf, gru_bundle, tmp_path / "absent", gru_bundle]) == [
+        BundleSummary(name="tiny-conv", task="test", version="1.0", path=conv, description=""),
+        BundleSummary(name="tiny-gru", task="test", version="1.0", path=gru_bundle, description=""),
+    ]
+    assert "broken" in caplog.text and "not valid JSON" in caplog.text
+    monkeypatch.setenv(MODELS_ENVIRONMENT_VARIABLE, os.pathsep.join([str(shelf), "", str(gru_bundle)]))
+    assert model_directories() == [bundled_models_dir(), shelf, gru_bundle]
+    assert [summary.path for summary in list_bundles() if tmp_path in summary.path.parents] == [conv]
+    assert gru_bundle in [summary.path for summary in list_bundles()]
+    monkeypatch.delenv(MODELS_ENVIRONMENT_VARIABLE)
+    assert model_directories() == [bundled_models_dir()]
 
 
 # --- device choice -----------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -156,24 +156,41 @@ def test_module_requirements_name_the_engine(module):
     assert [r.name for r in requirements] == ["deepultrasound"]
 
 
-def test_bundle_listing_filters_and_sorts_what_the_engine_reports(monkeypatch, tmp_path):
-    # Stand-in for deepultrasound.runtime: only its list_bundles() answer matters here.
-    runtime = types.ModuleType("deepultrasound.runtime")
-    runtime.list_bundles = lambda: [
-        types.SimpleNamespace(name="usenet", task="elastography", version="1.0", path=tmp_path / "usenet"),
-        types.SimpleNamespace(name="echo-reg", task="registration", version="0.2", path=str(tmp_path / "echo")),
-        types.SimpleNamespace(name="reusenet", task="elastography", version="1.1", path=tmp_path / "reusenet"),
+def _saveTinyBundle(folder, name, task):
+    """A real weights-only bundle of a one-channel USENet, saved by the engine."""
+    import torch
+
+    from deepultrasound.elastography.networks import USENet
+    from deepultrasound.runtime import save_bundle
+
+    return save_bundle(
+        folder, USENet(initial_channels=1), name=name, version="1.0", task=task, architecture="usenet",
+        architecture_module="deepultrasound.elastography.networks", architecture_args={"initial_channels": 1},
+        example_inputs=(torch.zeros(1, 2, 32, 32),), input_names=["pair"], output_names=["displacement"],
+        description=f"{name} for tests", formats=(),
+    )
+
+
+def test_bundle_listing_filters_and_sorts_the_installed_bundles(monkeypatch, tmp_path):
+    shelf, single = tmp_path / "shelf", tmp_path / "single"
+    usenet = _saveTinyBundle(shelf / "b-usenet", "usenet", "elastography")
+    echo = _saveTinyBundle(shelf / "a-echo", "echo-reg", "registration")
+    reusenet = _saveTinyBundle(single, "reusenet", "elastography")
+    monkeypatch.setenv("DEEPULTRASOUND_MODELS", os.pathsep.join([str(shelf), "", str(tmp_path / "absent"), str(single)]))
+
+    def mine(bundles):  # leave out any bundle shipped with the engine
+        return [b for b in bundles if tmp_path in b.path.parents]
+
+    assert [(b.name, b.path) for b in mine(listBundledModels("elastography"))] == [
+        ("reusenet", reusenet),
+        ("usenet", usenet),
     ]
-    monkeypatch.setitem(sys.modules, "deepultrasound.runtime", runtime)
-    assert [b.name for b in listBundledModels("elastography")] == ["reusenet", "usenet"]
-    assert listBundledModels("registration") == [BundleInfo("echo-reg", "registration", "0.2", tmp_path / "echo")]
-    assert len(listBundledModels()) == 3
-
-
-def test_bundle_listing_explains_an_engine_without_bundles(monkeypatch):
-    monkeypatch.setitem(sys.modules, "deepultrasound.runtime", types.ModuleType("deepultrasound.runtime"))
-    with pytest.raises(ValueError, match="cannot list model bundles: update it"):
-        listBundledModels()
+    assert mine(listBundledModels("registration")) == [
+        BundleInfo("echo-reg", "registration", "1.0", echo, "echo-reg for tests")
+    ]
+    assert len(mine(listBundledModels())) == 3
+    monkeypatch.setenv("DEEPULTRASOUND_MODELS", str(single))
+    assert [b.name for b in mine(listBundledModels())] == ["reusenet"]
 
 
 # Module logic ---------------------------------------------------------------------------------

@@ -36,44 +36,14 @@ EXAMPLE_SIZE = (1600, 128)
 """(H, W) of the example input at export: the paper's cropped in vivo frames."""
 
 
-class _ReUSENetGraph(ReUSENet):
-    """ReUSENet with one named parameter per state, for export only (same weights, same output).
-
-    torch.export matches dynamic shapes to ``forward``'s parameters, and ``*states`` is a single
-    parameter; the exported graph needs one input per state.
-    """
-
-    def forward(  # type: ignore[override]
-        self,
-        x: torch.Tensor,
-        hidden_s16: torch.Tensor,
-        cell_s16: torch.Tensor,
-        hidden_s8: torch.Tensor,
-        cell_s8: torch.Tensor,
-        hidden_s4: torch.Tensor,
-        cell_s4: torch.Tensor,
-        hidden_s2: torch.Tensor,
-        cell_s2: torch.Tensor,
-        hidden_s1: torch.Tensor,
-        cell_s1: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
-        """See :meth:`ReUSENet.forward`; states in the order of :meth:`ReUSENet.state_names`."""
-        return super().forward(
-            x, hidden_s16, cell_s16, hidden_s8, cell_s8, hidden_s4, cell_s4, hidden_s2, cell_s2, hidden_s1, cell_s1
-        )
-
-
-def _exportable(model: USENet | ReUSENet) -> tuple[USENet | ReUSENet, list[StateSpec]]:
-    """The module to export and its state specs (graph input ``NAME``, output ``next_NAME``)."""
+def _state_specs(model: USENet | ReUSENet) -> list[StateSpec]:
+    """The recurrent states of ``model`` as graph inputs ``NAME`` and outputs ``next_NAME`` (none for USENet)."""
     if not isinstance(model, ReUSENet):
-        return model, []
-    graph = _ReUSENetGraph(**model.get_config())
-    graph.load_state_dict(model.state_dict(), strict=True)
-    states = [
+        return []
+    return [
         StateSpec(input=name, output=f"next_{name}", channels=channels, stride=stride)
         for name, (channels, stride) in zip(model.state_names(), model.state_specs())
     ]
-    return graph, states
 
 
 def save_deepuse_bundle(
@@ -111,11 +81,10 @@ def save_deepuse_bundle(
     height, width = example_size
     if min(example_size) < NETWORK_STRIDE or height % NETWORK_STRIDE or width % NETWORK_STRIDE:
         raise InputError(f"example size must be positive multiples of {NETWORK_STRIDE}, got {example_size}")
-    graph, states = _exportable(model)
     architecture = "reusenet" if isinstance(model, ReUSENet) else "usenet"
     return save_bundle(
         directory,
-        graph,
+        model,
         name=name,
         version=version,
         task=TASK,
@@ -125,7 +94,7 @@ def save_deepuse_bundle(
         example_inputs=(torch.randn(1, model.in_channels, height, width, generator=torch.Generator().manual_seed(0)),),
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
-        states=states,
+        states=_state_specs(model),
         normalisation=normalisation,
         training_config=training_config,
         metrics=metrics,
@@ -192,7 +161,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--formats", nargs="*", choices=EXPORT_FORMATS, default=list(EXPORT_FORMATS),
-        help="graphs exported besides the weights; ONNX export takes about half a minute (default: torchscript onnx)",
+        help="graphs exported besides the weights; ONNX export takes 10 to 20 seconds (default: torchscript onnx)",
     )
 
 

@@ -6,18 +6,24 @@ Typical use::
     bundle = load_bundle("models/reusenet")          # verified against its checksums
     predictor = create_predictor(bundle, backend="onnxruntime", device="auto")
     strain, = predictor.predict(frames)              # numpy in, numpy out
+    list_bundles()                                   # installed bundles: the package's models folder
+                                                     # and the folders in DEEPULTRASOUND_MODELS
 """
 
 from deepultrasound.runtime.architectures import build_architecture, register_architecture, registered_architectures
 from deepultrasound.runtime.backends import BACKENDS, Predictor, RecurrentPredictor, create_predictor
 from deepultrasound.runtime.bundle import (
+    MODELS_ENVIRONMENT_VARIABLE,
     Bundle,
+    BundleSummary,
     Manifest,
     StateSpec,
     TensorSpec,
     bundled_models_dir,
     find_bundles,
+    list_bundles,
     load_bundle,
+    model_directories,
     save_bundle,
 )
 from deepultrasound.runtime.device import available_devices, choose_device
@@ -25,7 +31,9 @@ from deepultrasound.runtime.parity import ParityReport, check_parity
 
 __all__ = [
     "BACKENDS",
+    "MODELS_ENVIRONMENT_VARIABLE",
     "Bundle",
+    "BundleSummary",
     "Manifest",
     "ParityReport",
     "Predictor",
@@ -39,7 +47,9 @@ __all__ = [
     "choose_device",
     "create_predictor",
     "find_bundles",
+    "list_bundles",
     "load_bundle",
+    "model_directories",
     "register_architecture",
     "registered_architectures",
     "save_bundle",

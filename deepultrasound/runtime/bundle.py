@@ -3,6 +3,10 @@
 Saving writes the whole folder under a temporary sibling name and renames it into place, so
 a reader never sees a half-written bundle. Loading checks the sha256 of every listed file
 before anything is deserialised, and nothing is ever unpickled.
+
+Installed bundles are looked for in the package's ``models`` folder and in the folders listed
+in the environment variable ``DEEPULTRASOUND_MODELS`` (separated by ``os.pathsep``: ``:`` on
+Linux and macOS, ``;`` on Windows); each folder is a bundle or holds bundles as sub-folders.
 """
 
 from __future__ import annotations
@@ -43,13 +47,17 @@ from deepultrasound.runtime.manifest import (
 from deepultrasound.runtime.shapes import name_dims
 
 __all__ = [
+    "MODELS_ENVIRONMENT_VARIABLE",
     "Bundle",
+    "BundleSummary",
     "Manifest",
     "StateSpec",
     "TensorSpec",
     "bundled_models_dir",
     "find_bundles",
+    "list_bundles",
     "load_bundle",
+    "model_directories",
     "save_bundle",
 ]
 
@@ -57,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 #: export formats besides the weights, which every bundle has
 EXPORT_FORMATS = ("torchscript", "onnx")
+#: folders of installed bundles besides the bundled ones, separated by ``os.pathsep``
+MODELS_ENVIRONMENT_VARIABLE = "DEEPULTRASOUND_MODELS"
 
 
 def _sha256(data: bytes) -> str:
@@ -194,6 +204,58 @@ def bundled_models_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "models"
 
 
+def model_directories() -> list[Path]:
+    """Where installed bundles are looked for: :func:`bundled_models_dir`, then each folder
+    listed in ``DEEPULTRASOUND_MODELS`` (``os.pathsep``-separated; empty entries are ignored)."""
+    extra = os.environ.get(MODELS_ENVIRONMENT_VARIABLE, "").split(os.pathsep)
+    return [bundled_models_dir(), *(Path(entry) for entry in extra if entry.strip())]
+
+
+@dataclass(frozen=True)
+class BundleSummary:
+    """A bundle as a model selector lists it, read from its manifest alone (files not verified)."""
+
+    name: str
+    task: str
+    version: str
+    path: Path
+    description: str
+
+
+def list_bundles(directories: Iterable[str | os.PathLike[str]] | None = None) -> list[BundleSummary]:
+    """Summaries of the bundles in ``directories`` (see :func:`find_bundles`), in the order found.
+
+    Only manifests are read, so listing is fast whatever the size of the weights;
+    :func:`load_bundle` verifies the checksums when a bundle is used. A folder whose manifest
+    is invalid is skipped with a logged warning naming it; a bundle reached twice is listed once.
+
+    Args:
+        directories: folders to search; ``None`` gives :func:`model_directories` (the bundled
+            models, then the folders in ``DEEPULTRASOUND_MODELS``).
+    """
+    summaries: list[BundleSummary] = []
+    seen: set[Path] = set()
+    for folder in find_bundles(model_directories() if directories is None else directories):
+        if folder.resolve() in seen:
+            continue
+        seen.add(folder.resolve())
+        try:
+            manifest = _read_manifest(folder)
+        except BundleError as error:
+            logger.warning("skipping model bundle %s: %s", folder, error)
+            continue
+        summaries.append(
+            BundleSummary(
+                name=manifest.name,
+                task=manifest.task,
+                version=manifest.version,
+                path=folder,
+                description=manifest.description,
+            )
+        )
+    return summaries
+
+
 def save_bundle(
     directory: str | os.PathLike[str],
     model: nn.Module,
@@ -217,10 +279,11 @@ def save_bundle(
 ) -> Path:
     """Write ``model`` as a bundle in folder ``directory``, atomically; returns the folder.
 
-    ``model.forward`` takes the data inputs then one tensor per state, and returns the data
-    outputs then the updated states. ``example_inputs`` are the data inputs only (first one
-    (B, C, H, W), or any rank with batch and channel axes first); states start as zeros of
-    shape (B, channels, H // stride, W // stride). Input and output axes are named from the
+    ``model.forward`` takes the data inputs then one tensor per state (as parameters of their
+    own or gathered in ``*states``), and returns the data outputs then the updated states.
+    ``example_inputs`` are the data inputs only (first one (B, C, H, W), or any rank with batch
+    and channel axes first); states start as zeros of shape (B, channels, H // stride,
+    W // stride). Input and output axes are named from the
     examples: "B", the channel count, "H"/"W" and scaled forms such as "W*4" or "H//2".
 
     The architecture must be registered (see :mod:`.architectures`) and rebuild a network whose

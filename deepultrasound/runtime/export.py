@@ -6,10 +6,11 @@ Each writer takes the model in eval mode and the example inputs of every graph i
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -54,17 +55,17 @@ def write_onnx(
 ) -> None:
     """Export ``model`` to ONNX with the torch.export-based exporter and check the graph.
 
-    Symbolic dimensions of ``inputs`` become dynamic axes of the same name; the output axes are
-    renamed to the symbols of ``outputs``. The torch.export-based exporter is used because the
+    Symbolic dimensions of ``inputs`` (the graph inputs in ``forward``'s order, whether its
+    parameters are named or gathered in ``*args``) become dynamic axes of the same name; the
+    output axes are renamed to the symbols of ``outputs``. The torch.export-based exporter is used because the
     TorchScript-based one refuses batch-statistics BatchNorm, which the DeepUSE networks use.
     """
     import onnx
 
-    dynamic_shapes = tuple(
-        {axis: dim for axis, dim in enumerate(spec.shape) if isinstance(dim, str)} for spec in inputs
-    )
     try:
-        with warnings.catch_warnings():
+        dynamic_shapes = _dynamic_shapes(model, inputs)
+        # without autograd bookkeeping, tracing and decomposing take about a third less time
+        with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
@@ -85,6 +86,20 @@ def write_onnx(
     _check_dynamic_inputs(proto, inputs)
     _name_output_axes(proto, outputs)
     onnx.save(proto, str(path))
+
+
+def _dynamic_shapes(model: nn.Module, inputs: Sequence[TensorSpec]) -> dict[str, Any]:
+    """torch.export's dynamic shapes of ``model.forward``: parameter name -> {axis: symbol}.
+
+    torch.export matches dynamic shapes to ``forward``'s parameters, so the per-input axes
+    are bound to its signature like the inputs themselves: a ``*states`` parameter receives
+    the tuple of the trailing inputs' axes.
+
+    Raises:
+        TypeError: ``forward`` does not take ``len(inputs)`` positional tensors.
+    """
+    axes = [{axis: dim for axis, dim in enumerate(spec.shape) if isinstance(dim, str)} for spec in inputs]
+    return dict(inspect.signature(model.forward).bind(*axes).arguments)
 
 
 def _check_dynamic_inputs(proto: onnx.ModelProto, inputs: Sequence[TensorSpec]) -> None:
