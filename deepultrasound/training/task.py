@@ -164,7 +164,7 @@ class Task(abc.ABC):
 _TASKS: dict[str, type[Task]] = {}
 
 #: modules that register the built-in tasks, imported on first lookup
-_BUILTIN_TASK_MODULES = ("deepultrasound.training.tasks.translation",)
+_BUILTIN_TASK_MODULES = ("deepultrasound.training.tasks.translation", "deepultrasound.elastography.training_task")
 
 
 def register_task(cls: type[Task]) -> type[Task]:

@@ -1,0 +1,227 @@
+"""The unsupervised DeepUSE training task: losses with known answers, TBPTT, data, a tiny run and its bundle.
+
+Losses: identical images are at the similarity optimum; a displacement linear in (z, x) costs
+no smoothness; an unchanged strain pattern costs no temporal consistency. Truncated
+back-propagation detaches the recurrent state, so each chunk back-propagates on its own graph.
+A tiny run through ``Trainer`` exports a bundle whose torch and ONNX Runtime predictors reproduce
+the trained network, states included.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepultrasound.elastography.data import (
+    RFSequence,
+    SequenceCrops,
+    cache_path,
+    load_simulated,
+    prepare_simulated,
+)
+from deepultrasound.elastography.losses import (
+    compensated_strain,
+    consistency_loss,
+    local_ncc,
+    similarity_loss,
+    smoothness_loss,
+)
+from deepultrasound.elastography.networks import ReUSENet
+from deepultrasound.elastography.training_task import NETWORK, DeepUSETask
+from deepultrasound.errors import ConfigError, InputError
+from deepultrasound.runtime import RecurrentPredictor, create_predictor
+from deepultrasound.simulation import SimulationConfig
+from deepultrasound.training import Trainer, load_config, parse_config
+from deepultrasound.training.checkpoint import load_checkpoint
+from deepultrasound.training.task import StepContext, get_task
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SIMULATION = {"height": 256, "width": 64, "n_frames": 3, "mesh_cells": [8, 8]}
+
+
+def tiny_config(cache: Path) -> dict:
+    return {
+        "task": "deepuse",
+        "task_args": {
+            "architecture": "reusenet",
+            "initial_channels": 2,
+            "patch_size": [64, 32],
+            "sequence_length": 3,
+            "truncation": 1,
+            "consistency_window_mm": 0.3,
+            "simulation": TINY_SIMULATION,
+            "train_sequences": 2,
+            "val_sequences": 1,
+            "samples_per_epoch": 4,
+            "cache_dir": str(cache),
+            "val_patch_size": [128, 32],
+            "eval_window_mm": 1.0,
+        },
+        "seed": 1,
+        "batch_size": 2,
+        "stages": [{"name": "main", "epochs": 1}],
+    }
+
+
+def speckle(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+# -- losses ---------------------------------------------------------------------------------------
+def test_identical_images_are_at_the_similarity_optimum():
+    image = speckle((2, 1, 64, 32))
+    assert torch.allclose(local_ncc(image, image), torch.tensor(1.0), atol=1e-5)
+    assert torch.allclose(local_ncc(image, -image), torch.tensor(-1.0), atol=1e-5)  # signed, unlike squared LNCC
+    zero = torch.zeros(2, 2, 64, 32)
+    assert similarity_loss(image, image, zero, reduction="none").abs().max() < 1e-5
+
+
+def test_similarity_prefers_the_true_displacement():
+    fixed = speckle((1, 1, 64, 32))
+    moving = torch.roll(fixed, shifts=3, dims=2)  # moving(z + 3) = fixed(z)
+    true = torch.zeros(1, 2, 64, 32)
+    true[:, 1] = 3.0
+    at_truth = similarity_loss(fixed, moving, true)
+    assert at_truth < 0.1  # only the rows warped in from outside differ
+    assert similarity_loss(fixed, moving, torch.zeros_like(true)) > at_truth + 0.5
+
+
+def test_local_ncc_refuses_bad_shapes():
+    with pytest.raises(InputError, match="same shape"):
+        local_ncc(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 8))
+    with pytest.raises(InputError, match="window"):
+        local_ncc(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16), window=(32, 8))
+
+
+def test_linear_displacement_costs_no_smoothness_and_a_quadratic_one_its_curvature():
+    z, x = torch.meshgrid(torch.arange(64.0), torch.arange(32.0), indexing="ij")
+    linear = torch.stack([0.3 * z - 0.1 * x + 2, -0.02 * z + 0.05 * x - 1])[None]
+    assert smoothness_loss(linear) < 1e-5
+    quadratic = torch.zeros(1, 2, 64, 32)
+    quadratic[:, 1] = 0.01 * z**2  # axial second difference 0.02 everywhere, lateral 0
+    # mean over both channels of |d2/dz2| = 0.01, of |d2/dx2| = 0; their average
+    assert torch.allclose(smoothness_loss(quadratic), torch.tensor(0.005), atol=1e-6)
+
+
+def test_unchanged_strain_costs_no_temporal_consistency():
+    z = torch.arange(128.0)[:, None].expand(128, 32)
+    displacement = torch.zeros(1, 2, 128, 32)
+    displacement[:, 1] = -0.01 * z - 1e-4 * z**2  # strain varying with depth
+    strain = compensated_strain(displacement, 0.3, 0.02)
+    assert consistency_loss(strain, strain.clone(), 0.3, 0.02) < 1e-5
+    other = compensated_strain(displacement + 0.5 * speckle((1, 2, 128, 32)), 0.3, 0.02)
+    assert consistency_loss(strain, other, 0.3, 0.02) > 0.1
+
+
+# -- the task --------------------------------------------------------------------------------------
+def test_task_is_registered_and_committed_configs_are_valid():
+    assert get_task("deepuse") is DeepUSETask
+    for name in ("deepuse_original", "deepuse_reusenet", "deepuse_usenet"):
+        config = load_config(REPO / "deepultrasound" / "configs" / f"{name}.yaml")
+        DeepUSETask.parse_args(config.task_args)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"patch_size": [60, 32]}, "patch_size"),
+        ({"normalisation": "percentile"}, "normalisation"),
+        ({"train_sequences": 0}, "no training data"),
+        ({"consistency_window_mm": 5.74}, "consistency_window_mm"),
+        ({"simulation": {"height": 5}}, "simulation"),
+    ],
+)
+def test_bad_task_args_are_named(tmp_path, change, message):
+    args = {**tiny_config(tmp_path)["task_args"], **change}
+    with pytest.raises(ConfigError, match=message):
+        DeepUSETask.parse_args(args)
+
+
+def test_truncated_backpropagation_detaches_the_state_between_chunks(tmp_path):
+    """Each chunk back-propagates alone: a graph reaching into an earlier chunk would be freed or
+    hold weights the optimiser has changed in place, and backward would raise."""
+    torch.manual_seed(0)
+    args = {**tiny_config(tmp_path)["task_args"], "sequence_length": 4}
+    for truncation, chunks in ((1, 3), (3, 1)):
+        task = DeepUSETask(DeepUSETask.parse_args({**args, "truncation": truncation}), seed=0)
+        network = task.build_networks()[NETWORK]
+        optimizer = torch.optim.SGD(network.parameters(), lr=1e-3)
+        losses = []
+
+        def optimize(loss, name, optimizer=optimizer, losses=losses):
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+
+        ctx = StepContext({NETWORK: network}, {}, {"main": optimizer}, torch.device("cpu"), optimize)
+        logged = task.training_step({"rf": speckle((2, 4, 64, 32))}, ctx)
+        assert len(losses) == chunks
+        assert set(logged) == {"loss", "similarity", "smoothness", "consistency"}
+        assert torch.isclose(logged["loss"], torch.stack(losses).mean())
+
+
+def test_simulated_cache_is_written_once_and_normalised(tmp_path):
+    config = SimulationConfig(**TINY_SIMULATION)
+    (path,) = prepare_simulated(tmp_path, config, [5], progress=False)
+    assert path == cache_path(tmp_path, config, 5) and path.is_file()
+    stamp = path.stat().st_mtime_ns
+    prepare_simulated(tmp_path, config, [5], progress=False)
+    assert path.stat().st_mtime_ns == stamp  # not simulated again
+    sequence = load_simulated(path, "frame_max")
+    assert sequence.rf.shape == (3, 256, 64) and sequence.strain.shape == (2, 256, 64)
+    assert np.allclose(sequence.rf.reshape(3, -1).max(axis=1), 1.0)
+    assert not list(tmp_path.glob(".*partial"))  # no staging left behind
+
+
+def test_training_crops_are_a_function_of_the_index():
+    rf = speckle((5, 96, 48)).numpy()
+    sequences = [RFSequence(rf, None, "a"), RFSequence(-rf, None, "b")]
+    first = SequenceCrops(sequences, length=3, patch=(32, 16), samples=8, seed=4)
+    again = SequenceCrops(sequences, length=3, patch=(32, 16), samples=8, seed=4)
+    for index in range(8):
+        assert torch.equal(first[index]["rf"], again[index]["rf"])
+        assert first[index]["rf"].shape == (3, 32, 16)
+    assert not torch.equal(first[0]["rf"], first[1]["rf"])
+    assert not torch.equal(first[0]["rf"], SequenceCrops(sequences, 3, (32, 16), 8, seed=5)[0]["rf"])
+    with pytest.raises(ConfigError, match="too small"):
+        SequenceCrops(sequences, length=6, patch=(32, 16), samples=8, seed=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("deepuse")
+    config = parse_config(tiny_config(out / "cache"))
+    result = Trainer(config, output_dir=out / "run", progress=False, device="cpu").run()
+    return out / "run", result
+
+
+def test_tiny_run_trains_validates_and_exports(tiny_run):
+    _, result = tiny_run
+    assert result.epochs_done == 1
+    assert all(np.isfinite(value) for value in result.train_losses.values())
+    assert 0 < result.validation["val/strain_nrmse"] < 100
+    assert -1 <= result.validation["val/warped_ncc"] <= 1
+    manifest = create_predictor(result.bundle).bundle.manifest
+    assert manifest.architecture == "reusenet" and manifest.normalisation["kind"] == "frame_max"
+    assert len(manifest.states) == 10
+
+
+def test_exported_bundle_reproduces_the_trained_network_with_states(tiny_run):
+    run_dir, result = tiny_run
+    state = load_checkpoint(run_dir / "checkpoints" / "checkpoint_last.pt")
+    network = ReUSENet(in_channels=2, initial_channels=2)
+    network.load_state_dict(state["networks"][NETWORK], strict=True)
+    network.eval()
+    pairs = [speckle((1, 2, 96, 48), seed) for seed in (1, 2)]  # not the export size: dynamic spatial axes
+    with torch.no_grad():
+        first, *states = network(pairs[0])
+        second = network(pairs[1], *states)[0]
+    for backend in ("torch", "onnxruntime"):
+        recurrent = RecurrentPredictor(create_predictor(result.bundle, backend=backend, device="cpu"))
+        outputs = [recurrent.step(pair.numpy())[0] for pair in pairs]
+        np.testing.assert_allclose(outputs[0], first.numpy(), atol=1e-4)
+        np.testing.assert_allclose(outputs[1], second.numpy(), atol=1e-4)

@@ -1,0 +1,159 @@
+"""Unsupervised DeepUSE losses: image similarity after warping, strain smoothness, temporal consistency.
+
+The training loss of DeepUSE (Delaunay, Hu, Vercauteren, PMB 2021) for a sequence with fixed
+frame ``f`` and moving frames ``m_t`` whose predicted displacements are ``u_t``::
+
+    L = mean_t [1 - LNCC(warp(m_t, u_t), f)]                     similarity
+      + alpha * mean_t smooth(u_t)                               smoothness
+      + beta  * mean_t [1 - LNCC(c_{t-1}, c_t)]                  temporal consistency (ReUSENet)
+
+with ``c_t = warp(strain(u_t), u_t)`` the motion-compensated axial strain. In the original
+implementation LNCC is the mean zero-normalised cross-correlation over non-overlapping windows
+(8 x 8 samples in its in vivo configuration), ``smooth`` the mean absolute second difference of
+both displacement components along each axis, and the consistency compares the strain rows
+where its least-squares window is complete. The original weights are alpha = 5, beta = 0.1.
+
+Every loss takes ``reduction`` (``"mean"`` -> scalar, ``"none"`` -> per-sample ``(B,)``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from deepultrasound.elastography.metrics import warp_image
+from deepultrasound.elastography.strain import axial_strain, window_samples
+from deepultrasound.errors import InputError
+
+Reduction = Literal["mean", "none"]
+
+
+def _reduce(per_sample: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "none":
+        return per_sample
+    raise InputError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, window: tuple[int, int]) -> None:
+    if a.ndim != 4 or a.shape != b.shape:
+        raise InputError(f"expected two images of the same shape (B, C, H, W), got {tuple(a.shape)} and {tuple(b.shape)}")
+    if window[0] < 1 or window[1] < 1 or window[0] > a.shape[-2] or window[1] > a.shape[-1]:
+        raise InputError(f"window {tuple(window)} must be positive and fit in the images of size {tuple(a.shape[-2:])}")
+
+
+def local_ncc(
+    a: torch.Tensor, b: torch.Tensor, window: tuple[int, int] = (8, 8), eps: float = 1e-10, reduction: Reduction = "mean"
+) -> torch.Tensor:
+    """Mean zero-normalised cross-correlation over non-overlapping windows, in [-1, 1].
+
+    The images are tiled from the top-left corner with ``window`` (rows, columns) tiles (rows
+    or columns left over at the bottom and right are not used), the NCC of each tile is taken
+    and the tiles and channels are averaged. A tile that is constant in either image scores 0.
+
+    MONAI's LocalNormalizedCrossCorrelationLoss does not fit RF data: it squares the
+    correlation, so an RF tile matched half a carrier period off (NCC near -1) would score as
+    well as the true match; it also takes only odd, square kernels, and the original's are 8 x 8.
+
+    Args:
+        a, b: ``(B, C, H, W)`` images.
+        window: tile size (rows, columns) in pixels.
+        eps: added to the product of the variances, so constant tiles give 0, not NaN.
+        reduction: ``"mean"`` over the batch, or ``"none"`` for ``(B,)``.
+    """
+    _check_pair(a, b, window)
+    rows, cols = window
+
+    def tiles(x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H // rows, W // cols, rows * cols), each tile centred on its mean."""
+        batch, channels, height, width = x.shape
+        x = x[..., : height - height % rows, : width - width % cols]
+        x = x.reshape(batch, channels, height // rows, rows, width // cols, cols).transpose(3, 4).flatten(-2)
+        return x - x.mean(-1, keepdim=True)  # centred before the products: no cancellation in float32
+
+    a, b = tiles(a), tiles(b.to(a))
+    ncc = (a * b).sum(-1) / torch.sqrt(a.square().sum(-1) * b.square().sum(-1) + eps)
+    return _reduce(ncc.flatten(1).mean(1), reduction)
+
+
+def similarity_loss(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    displacement: torch.Tensor,
+    window: tuple[int, int] = (8, 8),
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """``1 - local_ncc(warp_image(moving, displacement), fixed)``: 0 for a perfect match, at most 2.
+
+    Args:
+        fixed: ``(B, 1, H, W)`` fixed (reference) frame.
+        moving: ``(B, 1, H, W)`` moving frame.
+        displacement: ``(B, 2, H, W)`` in pixels, channel 0 lateral, 1 axial, with
+            ``moving(p + u(p)) ~ fixed(p)``.
+        window: NCC tile size (rows, columns), see :func:`local_ncc`.
+        reduction: ``"mean"`` or ``"none"`` (``(B,)``).
+    """
+    return 1.0 - local_ncc(warp_image(moving, displacement), fixed, window, reduction=reduction)
+
+
+def smoothness_loss(displacement: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """Mean absolute second difference of the displacement along each axis (the original DeepUSE form).
+
+    ``(mean |d2u/dz2| + mean |d2u/dx2|) / 2`` over both components, in pixels per pixel^2: for
+    the axial component ``d2u/dz2`` is the axial derivative of the axial strain, so the term
+    penalises strain variation and is zero for any displacement linear in (z, x), i.e. uniform
+    strain. MONAI's BendingEnergyLoss squares (and mixes) the second derivatives, which punishes
+    the strain step at an inclusion border far more than this L1 form.
+
+    Args:
+        displacement: ``(B, 2, H, W)`` in pixels (H, W >= 3).
+        reduction: ``"mean"`` or ``"none"`` (``(B,)``).
+    """
+    if displacement.ndim != 4 or displacement.shape[-2] < 3 or displacement.shape[-1] < 3:
+        raise InputError(f"displacement must be (B, 2, H, W) with H, W >= 3, got {tuple(displacement.shape)}")
+    axial = displacement.diff(n=2, dim=-2).abs().flatten(1).mean(1)
+    lateral = displacement.diff(n=2, dim=-1).abs().flatten(1).mean(1)
+    return _reduce((axial + lateral) / 2, reduction)
+
+
+def compensated_strain(displacement: torch.Tensor, window_mm: float, axial_spacing_mm: float) -> torch.Tensor:
+    """Motion-compensated axial strain ``warp_image(strain(u), u)`` in %, ``(B, 1, H, W)``.
+
+    Args:
+        displacement: ``(B, 2, H, W)`` in pixels.
+        window_mm: least-squares strain window (:func:`~deepultrasound.elastography.strain.axial_strain`).
+        axial_spacing_mm: axial sample spacing.
+    """
+    return warp_image(axial_strain(displacement, window_mm, axial_spacing_mm), displacement)
+
+
+def consistency_loss(
+    previous: torch.Tensor,
+    current: torch.Tensor,
+    window_mm: float,
+    axial_spacing_mm: float,
+    window: tuple[int, int] = (8, 8),
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Temporal consistency ``1 - local_ncc`` of two motion-compensated strains, on complete-window rows.
+
+    The rows within half a least-squares window of the top and bottom (where
+    :func:`~deepultrasound.elastography.strain.axial_strain` shrinks its window) are left out,
+    as in the original. Zero when the strain pattern does not change between the two steps.
+
+    Args:
+        previous, current: ``(B, 1, H, W)`` :func:`compensated_strain` of consecutive time steps.
+        window_mm, axial_spacing_mm: the strain window the strains were computed with.
+        window: NCC tile size (rows, columns).
+        reduction: ``"mean"`` or ``"none"`` (``(B,)``).
+    """
+    half = window_samples(window_mm, axial_spacing_mm) // 2
+    if previous.shape[-2] - 2 * half < window[0]:
+        raise InputError(
+            f"strain images of {previous.shape[-2]} rows leave fewer than {window[0]} rows once {half} rows are "
+            f"dropped at each end for a {window_mm} mm window; use taller patches or a shorter window"
+        )
+    rows = slice(half, previous.shape[-2] - half)
+    return 1.0 - local_ncc(previous[..., rows, :], current[..., rows, :], window, reduction=reduction)

@@ -1,0 +1,280 @@
+"""The ``deepuse`` training task: unsupervised USENet / ReUSENet training on RF sequences.
+
+Each training sample is a crop of ``sequence_length`` consecutive RF frames; the first is the
+fixed frame and every later frame ``t`` is paired with it, as ReUSENet runs at inference. The
+loss (:mod:`deepultrasound.elastography.losses`) needs no truth, so simulated and real RF train
+alike. ReUSENet carries its convLSTM state from pair to pair; with truncated back-propagation
+through time the pairs are processed in chunks of ``truncation`` steps, the optimiser steps after
+each chunk and the states (and the last motion-compensated strain of the consistency term) are
+detached before the next one.
+
+Validation runs the network over the first frames of simulated validation sequences (a centred
+crop) and reports, per sequence, the axial strain NRMSE against the FEM truth (least-squares
+strain with ``eval_window_mm``, on the rows where the window is complete) and the NCC between
+the fixed frame and the warped moving frame, both averaged over the pairs.
+
+Example configs: ``deepultrasound/configs/deepuse_original.yaml`` (the paper's settings),
+``deepuse_reusenet.yaml`` and ``deepuse_usenet.yaml``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
+
+from deepultrasound.elastography.data import (
+    RFSequence,
+    SequenceCrops,
+    ValidationSequences,
+    load_real,
+    load_simulated,
+    prepare_simulated,
+)
+from deepultrasound.elastography.import_command import (
+    ARCHITECTURE_MODULE,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    _state_specs,
+)
+from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION, NORMALISATIONS
+from deepultrasound.elastography.layers import NormKind
+from deepultrasound.elastography.losses import (
+    compensated_strain,
+    consistency_loss,
+    similarity_loss,
+    smoothness_loss,
+)
+from deepultrasound.elastography.metrics import ncc, strain_nrmse, warp_image
+from deepultrasound.elastography.networks import NETWORK_STRIDE, ReUSENet, USENet
+from deepultrasound.elastography.splits import TRAINING_SEEDS, VALIDATION_SEEDS
+from deepultrasound.elastography.strain import (
+    DEFAULT_WINDOW_MM,
+    axial_strain,
+    window_samples,
+)
+from deepultrasound.simulation import SimulationConfig
+from deepultrasound.training.task import (
+    ExportSpec,
+    StepContext,
+    Task,
+    TaskArgs,
+    register_task,
+)
+
+NETWORK = "displacement"
+"""Name of the trained network (in checkpoints and the export spec)."""
+
+Size = tuple[int, int]
+
+
+class DeepUSEArgs(TaskArgs):
+    """``task_args`` of the ``deepuse`` task."""
+
+    architecture: Literal["usenet", "reusenet"] = "reusenet"
+    initial_channels: int = Field(8, ge=1, le=64, description="channels of the first level (8 or 16 published)")
+    norm: NormKind = Field("instance", description="instance (exports to ONNX) or batch (the original layer)")
+    patch_size: Size = Field((256, 64), description="training crop (rows, lines), multiples of 16")
+    sequence_length: int = Field(6, ge=2, description="frames per training sample, the first one fixed")
+    truncation: int = Field(5, ge=1, description="pairs per back-propagation chunk (TBPTT)")
+    similarity_window: Size = Field((8, 8), description="NCC tile (rows, lines) of similarity and consistency")
+    alpha: float = Field(5.0, ge=0, description="weight of the smoothness term")
+    beta: float = Field(0.1, ge=0, description="weight of the temporal consistency term")
+    consistency_window_mm: float = Field(1.0, gt=0, description="least-squares strain window of the consistency term")
+    normalisation: str = Field("frame_max", description="per-frame input normalisation (inference.NORMALISATIONS)")
+    flip_lateral: bool = Field(True, description="mirror half of the training crops left-right")
+    simulation: dict[str, Any] = Field(default_factory=dict, description="SimulationConfig fields of the sequences")
+    train_sequences: int = Field(16, ge=0, description="simulated training sequences (seeds from TRAINING_SEEDS)")
+    val_sequences: int = Field(4, ge=0, description="simulated validation sequences (seeds from VALIDATION_SEEDS)")
+    real_sequences: list[str] = Field(default_factory=list, description="real RF sequence files (training only)")
+    samples_per_epoch: int = Field(256, ge=1, description="training crops per epoch")
+    cache_dir: str = Field("runs/cache/deepuse-simulation", description="folder of the simulated sequences")
+    val_patch_size: Size = Field((1600, 128), description="centred validation crop (rows, lines), multiples of 16")
+    eval_window_mm: float = Field(DEFAULT_WINDOW_MM, gt=0, description="least-squares strain window of validation")
+
+    @field_validator("patch_size", "val_patch_size")
+    @classmethod
+    def _multiple_of_stride(cls, size: Size) -> Size:
+        if min(size) < NETWORK_STRIDE or size[0] % NETWORK_STRIDE or size[1] % NETWORK_STRIDE:
+            raise ValueError(f"must be positive multiples of {NETWORK_STRIDE}, got {list(size)}")
+        return size
+
+    @field_validator("normalisation")
+    @classmethod
+    def _known_normalisation(cls, kind: str) -> str:
+        if kind not in NORMALISATIONS:
+            raise ValueError(f"unknown normalisation {kind!r}; known: {', '.join(NORMALISATIONS)}")
+        return kind
+
+    @field_validator("simulation")
+    @classmethod
+    def _valid_simulation(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        SimulationConfig.model_validate(fields)
+        return fields
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeepUSEArgs:
+        if self.train_sequences == 0 and not self.real_sequences:
+            raise ValueError("no training data: set train_sequences > 0 or give real_sequences")
+        spacing = self.simulation_config.axial_spacing_mm
+        samples = window_samples(self.consistency_window_mm, spacing)
+        if self.beta > 0 and samples + self.similarity_window[0] > self.patch_size[0]:
+            raise ValueError(
+                f"consistency_window_mm {self.consistency_window_mm} ({samples} samples) leaves no rows of a "
+                f"{self.patch_size[0]}-row patch for the consistency term; shorten it or use taller patches"
+            )
+        return self
+
+    @property
+    def simulation_config(self) -> SimulationConfig:
+        return SimulationConfig.model_validate(self.simulation)
+
+
+def _unwrapped(network: nn.Module) -> nn.Module:
+    return network.module if isinstance(network, DistributedDataParallel) else network
+
+
+def initial_states(network: nn.Module, pair: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Zero recurrent states of ``network`` (possibly DDP-wrapped) for ``pair`` ``(B, 2, H, W)``; none for USENet."""
+    module = _unwrapped(network)
+    return module.initial_state(pair) if isinstance(module, ReUSENet) else ()
+
+
+def network_step(
+    network: nn.Module, pair: torch.Tensor, states: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """One pair through USENet or ReUSENet: ``(displacement (B, 2, H, W) px, new states)``."""
+    if not states:
+        return network(pair), ()
+    displacement, *new_states = network(pair, *states)
+    return displacement, tuple(new_states)
+
+
+@register_task
+class DeepUSETask(Task):
+    """Unsupervised displacement estimation for strain elastography (USENet or ReUSENet)."""
+
+    name = "deepuse"
+    Args = DeepUSEArgs
+    args: DeepUSEArgs
+
+    # -- networks --------------------------------------------------------------------------------
+    def build_networks(self) -> dict[str, nn.Module]:
+        cls = ReUSENet if self.args.architecture == "reusenet" else USENet
+        return {NETWORK: cls(in_channels=2, initial_channels=self.args.initial_channels, norm=self.args.norm)}
+
+    # -- data ------------------------------------------------------------------------------------
+    def build_datasets(self, args: DeepUSEArgs) -> tuple[Dataset, Dataset | None]:
+        config = args.simulation_config
+        cache = Path(args.cache_dir)
+        train_seeds = list(TRAINING_SEEDS[: args.train_sequences])
+        val_seeds = list(VALIDATION_SEEDS[: args.val_sequences])
+        paths = prepare_simulated(cache, config, [*val_seeds, *train_seeds])
+        loaded = [load_simulated(path, args.normalisation) for path in paths]
+        validation_sequences = loaded[: len(val_seeds)]
+        training: list[RFSequence] = loaded[len(val_seeds) :]
+        training += [load_real(path, args.normalisation) for path in args.real_sequences]
+        train_set = SequenceCrops(
+            training, args.sequence_length, args.patch_size, args.samples_per_epoch, self.seed, args.flip_lateral
+        )
+        val_set = None
+        if validation_sequences:
+            val_set = ValidationSequences(
+                validation_sequences, args.sequence_length, args.val_patch_size, args.eval_window_mm,
+                config.axial_spacing_mm,
+            )
+        return train_set, val_set
+
+    # -- steps -----------------------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Back-propagate the loss of the pairs (frame 0, frame t) chunk by chunk (TBPTT).
+
+        ``batch["rf"]`` is ``(B, L, H, W)``. Returns the means over the chunks of the total loss
+        and of each term (the consistency term only when ``beta > 0`` and two steps exist).
+        """
+        args = self.args
+        spacing = args.simulation_config.axial_spacing_mm
+        rf = batch["rf"]
+        network = ctx.networks[NETWORK]
+        fixed = rf[:, :1]
+        states = initial_states(network, torch.cat([fixed, fixed], dim=1))
+        previous: torch.Tensor | None = None  # compensated strain of the last step, detached across chunks
+        logged: dict[str, list[torch.Tensor]] = {}
+        steps = list(range(1, rf.shape[1]))
+        for first in range(0, len(steps), args.truncation):
+            terms: dict[str, list[torch.Tensor]] = {"similarity": [], "smoothness": [], "consistency": []}
+            for t in steps[first : first + args.truncation]:
+                moving = rf[:, t : t + 1]
+                displacement, states = network_step(network, torch.cat([fixed, moving], dim=1), states)
+                terms["similarity"].append(similarity_loss(fixed, moving, displacement, args.similarity_window))
+                terms["smoothness"].append(smoothness_loss(displacement))
+                if args.beta > 0:
+                    current = compensated_strain(displacement, args.consistency_window_mm, spacing)
+                    if previous is not None:
+                        terms["consistency"].append(
+                            consistency_loss(previous, current, args.consistency_window_mm, spacing, args.similarity_window)
+                        )
+                    previous = current
+            means = {key: torch.stack(values).mean() for key, values in terms.items() if values}
+            weights = {"similarity": 1.0, "smoothness": args.alpha, "consistency": args.beta}
+            loss = sum(weights[key] * value for key, value in means.items())
+            ctx.optimize(loss)
+            states = tuple(state.detach() for state in states)
+            previous = previous.detach() if previous is not None else None
+            for key, value in {"loss": loss, **means}.items():
+                logged.setdefault(key, []).append(value.detach())
+        return {key: torch.stack(values).mean() for key, values in logged.items()}
+
+    @torch.no_grad()
+    def validation_step(self, batch: Mapping[str, torch.Tensor], networks: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+        """Per sequence ``(B,)``: ``strain_nrmse`` vs truth and ``warped_ncc``, means over the pairs."""
+        args = self.args
+        spacing = args.simulation_config.axial_spacing_mm
+        rf, truth, region = batch["rf"], batch["strain"], batch["region"]
+        network = networks[NETWORK]
+        fixed = rf[:, :1]
+        states = initial_states(network, torch.cat([fixed, fixed], dim=1))
+        pairs = rf.shape[1] - 1
+        nrmse = torch.zeros(rf.shape[0], pairs)
+        similarity = torch.zeros(rf.shape[0], pairs)
+        for t in range(1, rf.shape[1]):
+            moving = rf[:, t : t + 1]
+            displacement, states = network_step(network, torch.cat([fixed, moving], dim=1), states)
+            strain = axial_strain(displacement, args.eval_window_mm, spacing)[:, 0]
+            warped = warp_image(moving, displacement)[:, 0]
+            for b in range(rf.shape[0]):
+                nrmse[b, t - 1] = strain_nrmse(strain[b], truth[b, t - 1], region[b])
+                similarity[b, t - 1] = ncc(fixed[b, 0], warped[b], region[b])
+        return {"strain_nrmse": nrmse.mean(1).to(rf), "warped_ncc": similarity.mean(1).to(rf)}
+
+    # -- export ----------------------------------------------------------------------------------
+    def export_spec(self) -> ExportSpec:
+        args = self.args
+        network = self.build_networks()[NETWORK]
+        if args.normalisation == DEEPUSE_NORMALISATION["kind"]:
+            normalisation = dict(DEEPUSE_NORMALISATION)
+        else:
+            normalisation = {"kind": args.normalisation, "description": "per-frame normalisation used in training"}
+        example = torch.randn(1, 2, *args.patch_size, generator=torch.Generator().manual_seed(0))
+        return ExportSpec(
+            network=NETWORK,
+            architecture=args.architecture,
+            architecture_module=ARCHITECTURE_MODULE,
+            architecture_args=network.get_config(),
+            example_inputs=(example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            states=_state_specs(network),
+            normalisation=normalisation,
+            description=(
+                f"{args.architecture} (initial channels {args.initial_channels}, {args.norm} norm) trained "
+                "without supervision; input (B, 2, H, W) = cat[fixed, moving] RF, H and W multiples of 16; "
+                "output displacement (B, 2, H, W) in pixels, channel 0 lateral, 1 axial"
+            ),
+        )
