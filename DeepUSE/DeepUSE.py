@@ -17,14 +17,8 @@ from typing import Annotated
 import ctk
 import numpy as np
 import qt
-import vtk
-
 import slicer
-from slicer import vtkMRMLColorNode, vtkMRMLScalarVolumeNode
-from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
-
+import vtk
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
 from DeepUltrasoundCommonLib.moduleWidget import DeepUltrasoundWidget
 from DeepUSELib import (
@@ -44,6 +38,14 @@ from DeepUSELib import (
     showStrain,
     strainOfSequence,
     strainOfVolume,
+)
+from slicer import vtkMRMLColorNode, vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
 )
 
 #
@@ -419,7 +421,12 @@ class DeepUSETest(ScriptedLoadableModuleTest):
         from deepultrasound.simulation import Phantom, SimulationConfig, simulate_sequence
 
         config = SimulationConfig(
-            n_frames=6, height=256, width=32, compression_step_percent=0.5, mesh_cells=(16, 8), max_inclusions=0,
+            n_frames=6,
+            height=256,
+            width=32,
+            compression_step_percent=0.5,
+            mesh_cells=(16, 8),
+            max_inclusions=0,
             layer_probability=0.0,
         )
         sequence = simulate_sequence(config, seed=0, phantom=Phantom(depth_mm=256 * 0.02, width_mm=32 * 0.2))
@@ -472,4 +479,3 @@ class DeepUSETest(ScriptedLoadableModuleTest):
         truth = np.median(sequence.strain_percent[-1, 60:-60])
         self.assertAlmostEqual(float(np.median(strain[0, 60:-60])), float(truth), delta=0.1 * abs(truth))
         self.delayDisplay("Live strain follows the frames")
-

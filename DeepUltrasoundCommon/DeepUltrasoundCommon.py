@@ -5,12 +5,10 @@ dependency installation); the four capability modules import them from there.
 """
 
 import numpy as np
-
 import slicer
+from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
-
-from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
 
 #
 # DeepUltrasoundCommon

@@ -1,16 +1,18 @@
 """EchoRegistration: dense frame-to-frame motion tracking of echocardiography images."""
 
 import numpy as np
-
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode
-from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import parameterNodeWrapper
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
-
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
 from DeepUltrasoundCommonLib.moduleWidget import DeepUltrasoundWidget
 from EchoRegistrationLib import checkSameGrid, displacementToVolume
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+)
 
 #
 # EchoRegistration
@@ -111,7 +113,9 @@ class EchoRegistrationLogic(ScriptedLoadableModuleLogic):
             raise ValueError("Select or create a displacement output volume")
         if not modelName:
             raise ValueError("Choose a model bundle: press 'Refresh models' to list the installed ones")
-        raise ValueError(f"Registration with model '{modelName}' is not available yet in this version of DeepUltrasound")
+        raise ValueError(
+            f"Registration with model '{modelName}' is not available yet in this version of DeepUltrasound"
+        )
 
 
 #

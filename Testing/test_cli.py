@@ -35,7 +35,9 @@ def test_unknown_subcommand_is_refused(capsys):
 
 
 def test_python_dash_m_runs_the_same_command():
-    done = subprocess.run([sys.executable, "-m", "deepultrasound", "--version"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "deepultrasound", "--version"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0
     assert done.stdout.startswith("deepultrasound ")
 
@@ -43,4 +45,6 @@ def test_python_dash_m_runs_the_same_command():
 def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == [f"deepultrasound train: error: config file not found: {tmp_path / 'missing.yaml'}"]
+    assert err.strip().splitlines() == [
+        f"deepultrasound train: error: config file not found: {tmp_path / 'missing.yaml'}"
+    ]

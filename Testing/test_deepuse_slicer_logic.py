@@ -65,8 +65,13 @@ POSE = VolumeGeometry.fromSpacingOrigin(
 def compression():
     """Homogeneous phantom, 0.5 % more compression per frame; truth ``strain_percent[k-1]`` for frame k vs 0."""
     config = SimulationConfig(
-        n_frames=FRAMES, height=HEIGHT, width=WIDTH, compression_step_percent=0.5, mesh_cells=(16, 8),
-        max_inclusions=0, layer_probability=0.0,
+        n_frames=FRAMES,
+        height=HEIGHT,
+        width=WIDTH,
+        compression_step_percent=0.5,
+        mesh_cells=(16, 8),
+        max_inclusions=0,
+        layer_probability=0.0,
     )
     return simulate_sequence(config, seed=0, phantom=Phantom(depth_mm=HEIGHT * 0.02, width_mm=WIDTH * 0.2))
 
@@ -210,7 +215,9 @@ def test_live_strain_over_openigtlink_matches_uniform_compression(scene, scanner
 def test_live_network_bundle_carries_state_and_resets_at_each_reference(scene, scanner, compression, tmp_path):
     torch.manual_seed(0)
     model = ReUSENet(initial_channels=2).eval()
-    bundle = save_deepuse_bundle(model, tmp_path / "tiny-reusenet", name="tiny-reusenet", example_size=(32, 16), formats=())
+    bundle = save_deepuse_bundle(
+        model, tmp_path / "tiny-reusenet", name="tiny-reusenet", example_size=(32, 16), formats=()
+    )
     method = StrainMethod(model=str(bundle), device="cpu", windowMm=WINDOW_MM)
     rf, strainVolume, bmodeVolume = liveNodes(scene)
     recorder = StrainRecorder(scene, "RF")

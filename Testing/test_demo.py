@@ -13,8 +13,27 @@ from deepultrasound.io import read_sequence
 
 def test_demo_streams_strain_figures_and_a_truthful_summary(tmp_path):
     out = tmp_path / "demo"
-    args = ["demo", "-o", str(out), "--frames", "3", "--ramp-frames", "4", "--step-percent", "0.5", "--height", "1000", "--width", "64",
-            "--rate", "8", "--model", "baseline", "--device", "cpu"]
+    args = [
+        "demo",
+        "-o",
+        str(out),
+        "--frames",
+        "3",
+        "--ramp-frames",
+        "4",
+        "--step-percent",
+        "0.5",
+        "--height",
+        "1000",
+        "--width",
+        "64",
+        "--rate",
+        "8",
+        "--model",
+        "baseline",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "block matching" and summary["frames"] == 3 == len(summary["results"])

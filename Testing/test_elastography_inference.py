@@ -92,8 +92,18 @@ def test_imported_reusenet_reproduces_reference_sequence(
 def test_import_command_usenet_reproduces_reference(tmp_path: Path, reference_frames: np.ndarray) -> None:
     folder = tmp_path / "usenet"
     code = main(
-        ["import-deepuse", str(REFERENCE / "usenet_c8_state_dict.pth"), "-o", str(folder),
-         "--example-size", "64", "32", "--formats", "--name", "usenet-ref"]
+        [
+            "import-deepuse",
+            str(REFERENCE / "usenet_c8_state_dict.pth"),
+            "-o",
+            str(folder),
+            "--example-size",
+            "64",
+            "32",
+            "--formats",
+            "--name",
+            "usenet-ref",
+        ]
     )
     assert code == 0
     predictor = create_predictor(folder, "torch", "cpu")
@@ -142,9 +152,7 @@ def test_previous_reference_restarts_the_state(small_bundle: Path, small_model: 
     np.testing.assert_allclose(result.displacement[1], fresh[0].numpy(), atol=1e-5)
 
 
-def test_constant_frame_gives_zero_strain_and_a_warning(
-    small_bundle: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_constant_frame_gives_zero_strain_and_a_warning(small_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
     rf = _speckle(np.random.default_rng(3), (3, 32, 16))
     rf[2] = 0.0
     result = StrainEstimator(small_bundle).estimate(rf, SPACING[1], window_mm=WINDOW_MM)
@@ -228,8 +236,24 @@ def test_strain_command_keeps_geometry_crops_and_draws(tmp_path: Path, small_bun
     source = _write_rf(tmp_path / "rf.mha", rf)
     out, bmode, figures = tmp_path / "strain.mha", tmp_path / "bmode.nrrd", tmp_path / "png"
     code = main(
-        ["strain", str(tmp_path / "rf.mha"), "-o", str(out), "--model", str(small_bundle), "--device", "cpu",
-         "--window-mm", str(WINDOW_MM), "--crop", "5:-3", "--bmode", str(bmode), "--png", str(figures)]
+        [
+            "strain",
+            str(tmp_path / "rf.mha"),
+            "-o",
+            str(out),
+            "--model",
+            str(small_bundle),
+            "--device",
+            "cpu",
+            "--window-mm",
+            str(WINDOW_MM),
+            "--crop",
+            "5:-3",
+            "--bmode",
+            str(bmode),
+            "--png",
+            str(figures),
+        ]
     )
     assert code == 0
     strain = read_image(out)
@@ -296,8 +320,24 @@ def test_strain_command_without_model_says_how_to_get_one(
 def test_bench_strain_prints_json_last(tmp_path: Path, small_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
     simulation = json.dumps({"n_frames": 3, "height": 128, "width": 16, "mesh_cells": [8, 4]})
     code = main(
-        ["bench", "strain", "--model", str(small_bundle), "--sequences", "1", "--simulation", simulation,
-         "--crop", ":", "--window-mm", str(WINDOW_MM), "--device", "cpu", "--invivo", str(tmp_path / "none")]
+        [
+            "bench",
+            "strain",
+            "--model",
+            str(small_bundle),
+            "--sequences",
+            "1",
+            "--simulation",
+            simulation,
+            "--crop",
+            ":",
+            "--window-mm",
+            str(WINDOW_MM),
+            "--device",
+            "cpu",
+            "--invivo",
+            str(tmp_path / "none"),
+        ]
     )
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()

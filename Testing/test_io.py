@@ -137,9 +137,7 @@ def test_round_trip_multichannel(tmp_path: Path, suffix: str) -> None:
 def test_mhd_writes_header_and_raw_under_final_names(tmp_path: Path) -> None:
     write_image(tmp_path / "seq.mhd", _image((2, 3, 4), "int16"))
     assert _files(tmp_path) == ["seq.mhd", "seq.raw"]
-    header = dict(
-        line.split(" = ", 1) for line in (tmp_path / "seq.mhd").read_text().splitlines()
-    )
+    header = dict(line.split(" = ", 1) for line in (tmp_path / "seq.mhd").read_text().splitlines())
     assert header["ElementDataFile"] == "seq.raw"
     assert (tmp_path / "seq.raw").stat().st_size == 2 * 3 * 4 * 2
 
@@ -177,9 +175,7 @@ def _failing_writer(fail_after: bytes):
 
 
 @pytest.mark.parametrize("name", ["out.mha", "out.mhd", "out.nii.gz"])
-def test_failed_write_leaves_no_partial_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
-) -> None:
+def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setattr(images_module.sitk, "WriteImage", _failing_writer(b"ObjectType = Image\n"))
     with pytest.raises(FileFormatError, match=f"could not write .*{name}: write failed"):
         write_image(tmp_path / name, _image((4, 4), "float32"))
@@ -368,8 +364,16 @@ def test_camus_2019_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(labels.array, _labels((6, 5), 1))
     assert dataset.load_sequence("patient0001", "2CH").array.shape == (4, 6, 5)
     assert dataset.info("patient0001", "2CH") == CamusInfo(
-        ed_frame=1, es_frame=3, n_frames=4, sex="F", age=62, image_quality="Good",
-        lv_edv=90.5, lv_esv=40.25, lv_ef=55.5, frame_rate=None,
+        ed_frame=1,
+        es_frame=3,
+        n_frames=4,
+        sex="F",
+        age=62,
+        image_quality="Good",
+        lv_edv=90.5,
+        lv_esv=40.25,
+        lv_ef=55.5,
+        frame_rate=None,
     )
     with pytest.raises(FileFormatError, match="no half_sequence label map for patient0001 2CH"):
         dataset.load_sequence_labels("patient0001", "2CH")
@@ -450,7 +454,7 @@ def _synthetic_frames(count: int = 8, rows: int = 48, cols: int = 64) -> np.ndar
     frames = np.zeros((count, rows, cols, 3), np.uint8)
     frames[...] = np.linspace(20, 120, rows, dtype=np.uint8)[None, :, None, None]
     for index in range(count):
-        frames[index, 16:32, 4 + 4 * index: 20 + 4 * index] = (40, 60, 230)  # reddish in BGR
+        frames[index, 16:32, 4 + 4 * index : 20 + 4 * index] = (40, 60, 230)  # reddish in BGR
     return frames
 
 

@@ -103,9 +103,16 @@ def _conv_model() -> TinyConvNet:
 def _save_conv(directory: Path, **overrides) -> Path:
     model = _conv_model()
     arguments = dict(
-        name="tiny-conv", version="1.0", task="test", architecture="test-tiny-conv", architecture_module=MODULE,
-        architecture_args={"channels": 4}, example_inputs=(torch.randn(1, 2, 16, 12),),
-        input_names=["frames"], output_names=["strain"], metrics={"rmse": 0.1},
+        name="tiny-conv",
+        version="1.0",
+        task="test",
+        architecture="test-tiny-conv",
+        architecture_module=MODULE,
+        architecture_args={"channels": 4},
+        example_inputs=(torch.randn(1, 2, 16, 12),),
+        input_names=["frames"],
+        output_names=["strain"],
+        metrics={"rmse": 0.1},
     )
     arguments.update(overrides)
     return save_bundle(directory, model, **arguments)
@@ -120,9 +127,17 @@ def conv_bundle(tmp_path_factory) -> Path:
 def gru_bundle(tmp_path_factory) -> Path:
     torch.manual_seed(1)
     return save_bundle(
-        tmp_path_factory.mktemp("bundles") / "gru", TinyConvGRU(3), name="tiny-gru", version="1.0", task="test",
-        architecture="test-tiny-convgru", architecture_module=MODULE, architecture_args={"hidden": 3},
-        example_inputs=(torch.randn(1, 1, 16, 8),), input_names=["frame"], output_names=["displacement"],
+        tmp_path_factory.mktemp("bundles") / "gru",
+        TinyConvGRU(3),
+        name="tiny-gru",
+        version="1.0",
+        task="test",
+        architecture="test-tiny-convgru",
+        architecture_module=MODULE,
+        architecture_args={"hidden": 3},
+        example_inputs=(torch.randn(1, 1, 16, 8),),
+        input_names=["frame"],
+        output_names=["displacement"],
         states=[StateSpec(input="state", output="next_state", channels=3, stride=2)],
     )
 
@@ -131,11 +146,21 @@ def gru_bundle(tmp_path_factory) -> Path:
 def varstates_bundle(tmp_path_factory) -> Path:
     torch.manual_seed(2)
     return save_bundle(
-        tmp_path_factory.mktemp("bundles") / "varstates", TinyVarStatesNet(2), name="tiny-varstates", version="1.0",
-        task="test", architecture="test-tiny-varstates", architecture_module=MODULE, architecture_args={"hidden": 2},
-        example_inputs=(torch.randn(1, 1, 16, 8),), input_names=["frame"], output_names=["output"],
-        states=[StateSpec(input="coarse", output="next_coarse", channels=2, stride=2),
-                StateSpec(input="fine", output="next_fine", channels=1, stride=1)],
+        tmp_path_factory.mktemp("bundles") / "varstates",
+        TinyVarStatesNet(2),
+        name="tiny-varstates",
+        version="1.0",
+        task="test",
+        architecture="test-tiny-varstates",
+        architecture_module=MODULE,
+        architecture_args={"hidden": 2},
+        example_inputs=(torch.randn(1, 1, 16, 8),),
+        input_names=["frame"],
+        output_names=["output"],
+        states=[
+            StateSpec(input="coarse", output="next_coarse", channels=2, stride=2),
+            StateSpec(input="fine", output="next_fine", channels=1, stride=1),
+        ],
     )
 
 
@@ -162,8 +187,10 @@ def test_onnx_graph_has_named_dynamic_axes(gru_bundle):
     import onnx
 
     graph = onnx.load(str(load_bundle(gru_bundle).file("onnx"))).graph
+
     def dims(values):
         return {value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] for value in values}
+
     assert dims(graph.input) == {"frame": ["B", 1, "H", "W"], "state": ["B", 3, "H//2", "W//2"]}
     assert dims(graph.output) == {"displacement": ["B", 2, "H", "W"], "next_state": ["B", 3, "H//2", "W//2"]}
     assert graph.input[0].name == "frame" and graph.output[1].name == "next_state"
@@ -216,7 +243,9 @@ def test_states_taken_as_varargs_export_with_dynamic_shapes(varstates_bundle):
 
     graph = onnx.load(str(load_bundle(varstates_bundle).file("onnx"))).graph
     assert [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input] == [
-        ["B", 1, "H", "W"], ["B", 2, "H//2", "W//2"], ["B", 1, "H", "W"]
+        ["B", 1, "H", "W"],
+        ["B", 2, "H//2", "W//2"],
+        ["B", 1, "H", "W"],
     ]
     rng = np.random.default_rng(6)
     frames = [rng.standard_normal((2, 1, 24, 20)).astype(np.float32) for _ in range(3)]  # not the example size

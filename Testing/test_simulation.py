@@ -26,8 +26,16 @@ from deepultrasound.simulation import (
 
 RAYLEIGH_SNR = 1.91  # mean / std of a Rayleigh-distributed envelope (fully developed speckle)
 
-SMALL = dict(height=400, width=64, n_frames=3, mesh_cells=(24, 24), compression_step_percent=2.0,
-             snr_db=None, decorrelation=0.0, focal_depth_mm=4.0)
+SMALL = dict(
+    height=400,
+    width=64,
+    n_frames=3,
+    mesh_cells=(24, 24),
+    compression_step_percent=2.0,
+    snr_db=None,
+    decorrelation=0.0,
+    focal_depth_mm=4.0,
+)
 
 
 def _small_phantom(inclusions=()) -> Phantom:
@@ -78,10 +86,13 @@ def test_phantom_rasterises_regions_in_paint_order():
     assert ph.rasterise((16, 20)).shape == (16, 20)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(center_mm=(1, 1), semi_axes_mm=(1, 1), stiffness=6.0), "stiffness"),
-    (dict(center_mm=(1, 1), semi_axes_mm=(0, 1), stiffness=2.0), "semi-axis"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(center_mm=(1, 1), semi_axes_mm=(1, 1), stiffness=6.0), "stiffness"),
+        (dict(center_mm=(1, 1), semi_axes_mm=(0, 1), stiffness=2.0), "semi-axis"),
+    ],
+)
 def test_bad_inclusion_is_rejected(kwargs, match):
     with pytest.raises(InputError, match=match):
         Inclusion(**kwargs)
@@ -130,8 +141,10 @@ def test_nearly_incompressible_bonded_block_does_not_lock():
     # Bonded probe: the side bulges (barrelling). A locking discretisation would bulge far less on a
     # coarse mesh; quadratic triangles agree with a fine mesh within 3 % already at 6 x 6 cells.
     points = (np.array([8.0, 8.0]), np.array([5.0, 9.0]))
-    coarse, fine = (solve_compression(Phantom(10.0, 8.0), (0.0, 8.0), 10.0, m, 0.495, "bonded").displacement_at(*points)
-                    for m in ((6, 6), (40, 40)))
+    coarse, fine = (
+        solve_compression(Phantom(10.0, 8.0), (0.0, 8.0), 10.0, m, 0.495, "bonded").displacement_at(*points)
+        for m in ((6, 6), (40, 40))
+    )
     np.testing.assert_allclose(coarse[0], fine[0], rtol=0.03)
     assert fine[0].min() > 0.4  # about nu / (1 - nu) * applied strain * half width = 0.39, plus the barrel
 
@@ -208,7 +221,9 @@ def test_homogeneous_phantom_gives_applied_strain_everywhere():
     for k in range(2):
         np.testing.assert_allclose(seq.strain_percent[k], seq.applied_strain_percent[k + 1], rtol=1e-4)
     # frame k-1 -> k on the compressed frame k-1 grid: the step over the remaining length
-    expected = (seq.applied_strain_percent[2] - seq.applied_strain_percent[1]) / (1 + seq.applied_strain_percent[1] / 100)
+    expected = (seq.applied_strain_percent[2] - seq.applied_strain_percent[1]) / (
+        1 + seq.applied_strain_percent[1] / 100
+    )
     np.testing.assert_allclose(seq.frame_strain_percent[1], expected, rtol=2e-3)
 
 
@@ -233,8 +248,15 @@ def test_same_seed_same_sequence_and_other_seed_differs():
 
 
 def test_decorrelation_and_noise_lower_frame_correlation():
-    base = dict(height=300, width=32, n_frames=2, mesh_cells=(8, 8), compression_step_percent=0.1,
-                max_inclusions=0, layer_probability=0.0)
+    base = dict(
+        height=300,
+        width=32,
+        n_frames=2,
+        mesh_cells=(8, 8),
+        compression_step_percent=0.1,
+        max_inclusions=0,
+        layer_probability=0.0,
+    )
     clean = simulate_sequence(SimulationConfig(**base, snr_db=None, decorrelation=0.0), seed=1)
     noisy = simulate_sequence(SimulationConfig(**base, snr_db=5.0, decorrelation=0.5), seed=1)
     warped = [_warp(s.rf[1], s.displacement_px[0]) for s in (clean, noisy)]
@@ -242,8 +264,17 @@ def test_decorrelation_and_noise_lower_frame_correlation():
     assert _ncc(warped[1], noisy.rf[0]) < 0.6
 
 
-@pytest.mark.parametrize("bad", [dict(n_frames=1), dict(compression_step_percent=5.0), dict(unknown=1),
-                                 dict(poisson=0.5), dict(mesh_cells=(1, 8)), dict(transmit="diverging")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(n_frames=1),
+        dict(compression_step_percent=5.0),
+        dict(unknown=1),
+        dict(poisson=0.5),
+        dict(mesh_cells=(1, 8)),
+        dict(transmit="diverging"),
+    ],
+)
 def test_config_rejects_bad_values(bad):
     with pytest.raises(pydantic.ValidationError):
         SimulationConfig(**bad)
@@ -253,8 +284,13 @@ def test_save_sequence_writes_mha_with_in_vivo_spacing(tmp_path):
     sitk = pytest.importorskip("SimpleITK")
     seq = simulate_sequence(SimulationConfig(height=100, width=16, n_frames=2, mesh_cells=(4, 4)), seed=0)
     paths = save_sequence(seq, tmp_path / "out" / "seq")
-    assert [p.name for p in paths] == ["seq_rf.mha", "seq_displacement.mha", "seq_strain.mha",
-                                       "seq_stiffness.mha", "seq_inclusions.mha"]
+    assert [p.name for p in paths] == [
+        "seq_rf.mha",
+        "seq_displacement.mha",
+        "seq_strain.mha",
+        "seq_stiffness.mha",
+        "seq_inclusions.mha",
+    ]
     rf = sitk.ReadImage(str(paths[0]))
     assert rf.GetSpacing() == pytest.approx((0.2, 0.02, 1.0))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(rf), seq.rf)

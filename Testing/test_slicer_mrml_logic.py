@@ -164,10 +164,19 @@ def _saveTinyBundle(folder, name, task):
     from deepultrasound.runtime import save_bundle
 
     return save_bundle(
-        folder, USENet(initial_channels=1), name=name, version="1.0", task=task, architecture="usenet",
-        architecture_module="deepultrasound.elastography.networks", architecture_args={"initial_channels": 1},
-        example_inputs=(torch.zeros(1, 2, 32, 32),), input_names=["pair"], output_names=["displacement"],
-        description=f"{name} for tests", formats=(),
+        folder,
+        USENet(initial_channels=1),
+        name=name,
+        version="1.0",
+        task=task,
+        architecture="usenet",
+        architecture_module="deepultrasound.elastography.networks",
+        architecture_args={"initial_channels": 1},
+        example_inputs=(torch.zeros(1, 2, 32, 32),),
+        input_names=["pair"],
+        output_names=["displacement"],
+        description=f"{name} for tests",
+        formats=(),
     )
 
 
@@ -176,7 +185,9 @@ def test_bundle_listing_filters_and_sorts_the_installed_bundles(monkeypatch, tmp
     usenet = _saveTinyBundle(shelf / "b-usenet", "usenet", "elastography")
     echo = _saveTinyBundle(shelf / "a-echo", "echo-reg", "registration")
     reusenet = _saveTinyBundle(single, "reusenet", "elastography")
-    monkeypatch.setenv("DEEPULTRASOUND_MODELS", os.pathsep.join([str(shelf), "", str(tmp_path / "absent"), str(single)]))
+    monkeypatch.setenv(
+        "DEEPULTRASOUND_MODELS", os.pathsep.join([str(shelf), "", str(tmp_path / "absent"), str(single)])
+    )
 
     def mine(bundles):  # leave out any bundle shipped with the engine
         return [b for b in bundles if tmp_path in b.path.parents]

@@ -39,8 +39,17 @@ APP_ONLY_SLICER_API = {
 }
 #: top-level imports allowed in the MRML-facing Lib code (it must import with slicer-core alone).
 LIB_IMPORTS = {
-    "__future__", "dataclasses", "importlib", "pathlib", "threading", "time", "typing",  # standard library
-    "numpy", "packaging", "slicer", COMMON + "Lib",
+    "__future__",
+    "dataclasses",
+    "importlib",
+    "pathlib",
+    "threading",
+    "time",
+    "typing",  # standard library
+    "numpy",
+    "packaging",
+    "slicer",
+    COMMON + "Lib",
 }
 #: widget classes that slicer.parameterNodeWrapper's GUI connectors bind to each field type (exact class match)
 BINDABLE_WIDGETS = {
@@ -173,7 +182,13 @@ def test_top_level_cmake_is_a_slicer_extension():
 @pytest.mark.parametrize("module", [COMMON, *MODULES])
 def test_module_folder_has_the_template_files(module):
     folder = ROOT / module
-    required = [f"{module}.py", f"{module}Lib/__init__.py", "CMakeLists.txt", "Testing/CMakeLists.txt", "Testing/Python/CMakeLists.txt"]
+    required = [
+        f"{module}.py",
+        f"{module}Lib/__init__.py",
+        "CMakeLists.txt",
+        "Testing/CMakeLists.txt",
+        "Testing/Python/CMakeLists.txt",
+    ]
     required += [f"Resources/Icons/{module}.png"]
     if module != COMMON:
         required += [f"{module}Lib/logic.py", f"Resources/UI/{module}.ui", "Resources/requirements.txt"]
@@ -188,11 +203,19 @@ def test_module_cmake_lists_every_script_and_resource(module):
     folder = ROOT / module
     text = (folder / "CMakeLists.txt").read_text()
     assert f"set(MODULE_NAME {module})" in text
-    for pattern in [r"slicerMacroBuildScriptedModule\(", r"NAME \$\{MODULE_NAME\}", r"SCRIPTS \$\{MODULE_PYTHON_SCRIPTS\}",
-                    r"RESOURCES \$\{MODULE_PYTHON_RESOURCES\}", r"WITH_GENERIC_TESTS",
-                    r"if\(BUILD_TESTING\)\s+#[^\n]*\n\s*#[^\n]*\n\s*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)"]:
+    for pattern in [
+        r"slicerMacroBuildScriptedModule\(",
+        r"NAME \$\{MODULE_NAME\}",
+        r"SCRIPTS \$\{MODULE_PYTHON_SCRIPTS\}",
+        r"RESOURCES \$\{MODULE_PYTHON_RESOURCES\}",
+        r"WITH_GENERIC_TESTS",
+        r"if\(BUILD_TESTING\)\s+#[^\n]*\n\s*#[^\n]*\n\s*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)",
+    ]:
         assert re.search(pattern, text), f"{module}/CMakeLists.txt lacks {pattern}"
-    listed = {entry.replace("${MODULE_NAME}", module) for entry in re.findall(r"^\s+(\$\{MODULE_NAME\}\S+|Resources/\S+)$", text, re.M)}
+    listed = {
+        entry.replace("${MODULE_NAME}", module)
+        for entry in re.findall(r"^\s+(\$\{MODULE_NAME\}\S+|Resources/\S+)$", text, re.M)
+    }
     scripts = {str(p.relative_to(folder)) for p in [folder / f"{module}.py", *libFiles(module)]}
     resources = {str(p.relative_to(folder)) for p in (folder / "Resources").rglob("*") if p.is_file()}
     assert listed == scripts | resources
@@ -212,8 +235,12 @@ def test_python_compiles(path, tmp_path):
 def test_module_follows_the_scripted_module_layout(module):
     tree = parse(ROOT / module / f"{module}.py")
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
-    expected = {module: "ScriptedLoadableModule", f"{module}Widget": "DeepUltrasoundWidget",
-                f"{module}Logic": "ScriptedLoadableModuleLogic", f"{module}Test": "ScriptedLoadableModuleTest"}
+    expected = {
+        module: "ScriptedLoadableModule",
+        f"{module}Widget": "DeepUltrasoundWidget",
+        f"{module}Logic": "ScriptedLoadableModuleLogic",
+        f"{module}Test": "ScriptedLoadableModuleTest",
+    }
     for name, base in expected.items():
         assert name in classes, f"{module}.py has no class {name}"
         assert base in {b.id for b in classes[name].bases if isinstance(b, ast.Name)}, f"{name} must derive from {base}"
@@ -236,11 +263,18 @@ def test_module_test_runs_its_test_methods_without_early_return(module):
     testClass = [c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == f"{module}Test"][0]
     methods = {n.name: n for n in testClass.body if isinstance(n, ast.FunctionDef)}
     testMethods = {name for name in methods if name.startswith("test_")}
-    called = {n.func.attr for n in ast.walk(methods["runTest"]) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    called = {
+        n.func.attr
+        for n in ast.walk(methods["runTest"])
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+    }
     assert testMethods and testMethods <= called, f"runTest of {module}Test must call {testMethods}"
     for name in testMethods:
         assert not any(isinstance(n, ast.Return) for n in ast.walk(methods[name])), f"{module}Test.{name} returns early"
-        assert any(isinstance(n, ast.Call) and getattr(n.func, "attr", "").startswith("assert") for n in ast.walk(methods[name]))
+        assert any(
+            isinstance(n, ast.Call) and getattr(n.func, "attr", "").startswith("assert")
+            for n in ast.walk(methods[name])
+        )
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -342,7 +376,9 @@ def test_lib_code_imports_only_mrml_and_numpy_at_load_time(path):
 @pytest.mark.parametrize("path", allPythonFiles(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_heavy_packages_are_imported_lazily(path):
     roots = topLevelImportRoots(parse(path))
-    assert not roots & {"torch", "monai", "onnxruntime", "deepultrasound"}, f"{path.name} imports the engine at load time"
+    assert not roots & {"torch", "monai", "onnxruntime", "deepultrasound"}, (
+        f"{path.name} imports the engine at load time"
+    )
 
 
 def test_engine_never_imports_qt_or_slicer():

@@ -69,7 +69,9 @@ def _statuses(messages: list[pyigtl.MessageBase]) -> list[StatusMessage]:
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("live") / "tiny-reusenet"
-    return save_deepuse_bundle(ReUSENet(initial_channels=2).eval(), folder, name="tiny", example_size=(32, 16), formats=())
+    return save_deepuse_bundle(
+        ReUSENet(initial_channels=2).eval(), folder, name="tiny", example_size=(32, 16), formats=()
+    )
 
 
 @pytest.fixture()
@@ -112,7 +114,10 @@ def test_reference_every_k_frames_restarts_the_state(tiny_bundle: Path) -> None:
     results = [live.process(frame, 0.02) for frame in frames]
     assert [r is None for r in results] == [True, False, False, True, False, False, True]
     assert [(r.reference_index, r.frame_index, r.reference_reset) for r in results if r is not None] == [
-        (0, 1, True), (0, 2, False), (3, 4, True), (3, 5, False)
+        (0, 1, True),
+        (0, 2, False),
+        (3, 4, True),
+        (3, 5, False),
     ]
     fresh = LiveStrainProcessor(tiny_bundle, device="cpu", window_mm=WINDOW_MM, reference_every=None)
     fresh.process(frames[3], 0.02)  # the same pair from zero states
@@ -124,8 +129,13 @@ def test_bad_frames_raise_and_leave_the_state_alone(baseline: LiveStrainProcesso
     baseline.process(frames[0], 0.02)
     nan = frames[1].copy()
     nan[5, 5] = np.nan
-    for bad, match in [(nan, "NaN"), (frames, "2-D"), (np.zeros((96, 16)), "constant"),
-                       (frames[1].astype(np.complex64), "real"), (frames[1][:10], "window")]:
+    for bad, match in [
+        (nan, "NaN"),
+        (frames, "2-D"),
+        (np.zeros((96, 16)), "constant"),
+        (frames[1].astype(np.complex64), "real"),
+        (frames[1][:10], "window"),
+    ]:
         with pytest.raises(InputError, match=match):
             baseline.process(bad, 0.02)
     result = baseline.process(frames[1], 0.02)  # same reference, next frame index
@@ -134,8 +144,9 @@ def test_bad_frames_raise_and_leave_the_state_alone(baseline: LiveStrainProcesso
 
 
 def test_size_change_and_decorrelation_start_a_new_reference() -> None:
-    live = LiveStrainProcessor(baseline=True, device="cpu", window_mm=WINDOW_MM, reference_every=None,
-                               reference_min_ncc=0.5)
+    live = LiveStrainProcessor(
+        baseline=True, device="cpu", window_mm=WINDOW_MM, reference_every=None, reference_min_ncc=0.5
+    )
     frame = _shifted_speckle([0])[0]
     assert live.process(frame, 0.02) is None
     assert live.process(frame + 0.1 * _shifted_speckle([0], seed=3)[0], 0.02) is not None  # NCC ~ 0.99
@@ -144,10 +155,15 @@ def test_size_change_and_decorrelation_start_a_new_reference() -> None:
     assert live.process(_shifted_speckle([1], (80, 16))[0], 0.02).reference_index == 3
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"reference_every": 1}, "reference_every"), ({"reference_min_ncc": 1.5}, "reference_min_ncc"),
-    ({"window_mm": 0.01}, "window"), ({"crop": slice(0, 10, 2)}, "step"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"reference_every": 1}, "reference_every"),
+        ({"reference_min_ncc": 1.5}, "reference_min_ncc"),
+        ({"window_mm": 0.01}, "window"),
+        ({"crop": slice(0, 10, 2)}, "step"),
+    ],
+)
 def test_invalid_options_are_rejected(kwargs: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):
         LiveStrainProcessor(baseline=True, device="cpu", **kwargs)
@@ -205,8 +221,14 @@ def test_cyclic_order_plays_the_ramp_up_and_down() -> None:
 
 
 def _stream(processor: LiveStrainProcessor, source_port: int, **kwargs) -> StrainStream:
-    config = StreamConfig(source_port=source_port, serve_port=0, source_timeout_s=kwargs.pop("timeout", 1.0),
-                          backoff_initial_s=0.05, backoff_max_s=0.2, **kwargs)
+    config = StreamConfig(
+        source_port=source_port,
+        serve_port=0,
+        source_timeout_s=kwargs.pop("timeout", 1.0),
+        backoff_initial_s=0.05,
+        backoff_max_s=0.2,
+        **kwargs,
+    )
     return StrainStream(processor, config)
 
 
@@ -216,12 +238,15 @@ def _source(count: int = 6, shape: tuple[int, int] = (96, 16)) -> LoopedFrames:
 
 
 def test_scanner_to_stream_to_viewer_serves_strain_with_geometry_and_frame_numbers() -> None:
-    processor = LiveStrainProcessor(baseline=True, device="cpu", window_mm=WINDOW_MM, reference_every=5,
-                                    crop=slice(8, None))
+    processor = LiveStrainProcessor(
+        baseline=True, device="cpu", window_mm=WINDOW_MM, reference_every=5, crop=slice(8, None)
+    )
     with Scanner(_source().as_dtype("int16"), rate_hz=40) as scanner, _stream(processor, scanner.port) as stream:
         viewer = IgtlClient(port=stream.output.port)
         try:
-            messages = _collect(viewer, lambda got: len(_strain(got)) >= 6 and any(m.device_name == "BMode" for m in got))
+            messages = _collect(
+                viewer, lambda got: len(_strain(got)) >= 6 and any(m.device_name == "BMode" for m in got)
+            )
         finally:
             viewer.stop()
         figures = stream.figures()
@@ -287,8 +312,10 @@ def test_source_killed_and_restarted_resumes_by_itself_and_reports_the_outage() 
             scanner.stop()  # the source goes away mid-stream
             lost = _collect(viewer, lambda got: any(getattr(m, "error_name", "") == "SourceLost" for m in got))
             scanner = Scanner(_source(), port=port, rate_hz=40)
-            back = _collect(viewer, lambda got: len(_strain(got)) >= 2 and any(
-                getattr(m, "error_name", "") == "Reconnected" for m in got))
+            back = _collect(
+                viewer,
+                lambda got: len(_strain(got)) >= 2 and any(getattr(m, "error_name", "") == "Reconnected" for m in got),
+            )
         finally:
             viewer.stop()
             scanner.stop()

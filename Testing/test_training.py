@@ -79,7 +79,10 @@ def reference_run(tmp_path_factory):
     "change, message",
     [
         ({"epochz": 3}, "unknown key 'epochz'"),
-        ({"optimizers": {"main": {"name": "adam", "lr": 0.1, "momentun": 0.9}}}, "unknown key 'optimizers.main.momentun'"),
+        (
+            {"optimizers": {"main": {"name": "adam", "lr": 0.1, "momentun": 0.9}}},
+            "unknown key 'optimizers.main.momentun'",
+        ),
         ({"batch_size": 0}, "'batch_size'"),
         ({"stages": []}, "'stages'"),
         ({"stages": [{"name": "a", "epochs": 1}, {"name": "a", "epochs": 1}]}, "stage names must be unique"),
@@ -120,7 +123,10 @@ def test_config_files_yaml_json_and_bad_files(tmp_path):
 # -- the task's data is what it says --------------------------------------------------------------
 def test_translate_matches_the_analytic_shift():
     rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(40.0), indexing="ij")
-    image = lambda y, x: torch.sin(0.21 * x + 0.3) * torch.cos(0.17 * y)  # smooth: bilinear is nearly exact
+
+    def image(y, x):  # smooth: bilinear interpolation is nearly exact
+        return torch.sin(0.21 * x + 0.3) * torch.cos(0.17 * y)
+
     shift = torch.tensor([1.6, -2.3])  # (lateral, axial) pixels
     moved = translate(image(rows, cols)[None, None], shift)[0, 0]
     inner = (slice(4, -4), slice(4, -4))
@@ -161,7 +167,10 @@ def test_single_process_run_learns_and_exports(reference_run):
     assert bundle.manifest.metrics["val/endpoint_error_px"] == pytest.approx(result.validation["val/endpoint_error_px"])
     pair = TranslationPairs(TranslationTask.parse_args(TINY["task_args"]), seed=3, split="val", size=4)
     batch = torch.stack([pair[i]["pair"] for i in range(4)]).numpy()
-    outputs = {backend: create_predictor(bundle, backend=backend).predict(batch)[0] for backend in ("torch", "torchscript", "onnxruntime")}
+    outputs = {
+        backend: create_predictor(bundle, backend=backend).predict(batch)[0]
+        for backend in ("torch", "torchscript", "onnxruntime")
+    }
     for backend in ("torchscript", "onnxruntime"):
         np.testing.assert_allclose(outputs[backend], outputs["torch"], atol=1e-4, err_msg=backend)
 
@@ -189,9 +198,24 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     single = Trainer(parse_config(data), output_dir=tmp_path / "single", progress=False, device="cpu").run()
     config = write_config(tmp_path / "tiny.yaml", data)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()),
-        "-m", "deepultrasound", "train", str(config), "-o", str(tmp_path / "ddp"), "--no-progress", "--device", "cpu",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "deepultrasound",
+        "train",
+        str(config),
+        "-o",
+        str(tmp_path / "ddp"),
+        "--no-progress",
+        "--device",
+        "cpu",
     ]
     done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -205,7 +229,18 @@ def test_killed_run_resumes_to_the_uninterrupted_result(reference_run, tmp_path)
     _, single = reference_run
     config = write_config(tmp_path / "tiny.yaml", TINY)
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "deepultrasound", "train", str(config), "-o", str(out), "--no-progress", "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "deepultrasound",
+        "train",
+        str(config),
+        "-o",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoint = out / "checkpoints" / "checkpoint_last.pt"
     deadline = time.monotonic() + 240
@@ -222,7 +257,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(reference_run, tmp_path)
     assert resumed.resumed_from_epoch == done_epochs
     assert [int(row["epoch"]) for row in read_metrics(out)] == [0, 1, 2, 3]
     assert resumed.train_losses["train/mse"] == pytest.approx(single.train_losses["train/mse"], rel=1e-5)
-    assert resumed.validation["val/endpoint_error_px"] == pytest.approx(single.validation["val/endpoint_error_px"], rel=1e-5)
+    assert resumed.validation["val/endpoint_error_px"] == pytest.approx(
+        single.validation["val/endpoint_error_px"], rel=1e-5
+    )
 
 
 def test_a_diverging_run_stops_with_a_clear_error(tmp_path):

@@ -59,7 +59,9 @@ class ToyAdversarialTask(Task):
     def training_step(self, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         x, y = batch
         fake = ctx.networks["generator"](x) + ctx.frozen["prior"](x)
-        critic_loss = F.softplus(ctx.networks["critic"](fake.detach())).mean() + F.softplus(-ctx.networks["critic"](y)).mean()
+        critic_loss = (
+            F.softplus(ctx.networks["critic"](fake.detach())).mean() + F.softplus(-ctx.networks["critic"](y)).mean()
+        )
         ctx.optimize(critic_loss, "critic")
         for chunk in x.chunk(self.args.chunks):
             target = 2 * chunk
@@ -73,10 +75,13 @@ class ToyAdversarialTask(Task):
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec(
-            network="generator", architecture="test.linear",
+            network="generator",
+            architecture="test.linear",
             architecture_module="deepultrasound.runtime.architectures",
             architecture_args={"in_features": 3, "out_features": 3},
-            example_inputs=(torch.zeros(1, 3),), input_names=["x"], output_names=["y"],
+            example_inputs=(torch.zeros(1, 3),),
+            input_names=["x"],
+            output_names=["y"],
         )
 
 
@@ -142,5 +147,6 @@ def test_ema_weights_are_validated_and_exported(trained):
     x = np.ones((1, 3), np.float32)
     np.testing.assert_allclose(
         create_predictor(result.bundle, backend="onnxruntime").predict(x)[0],
-        ema(torch.from_numpy(x)).detach().numpy(), atol=1e-5,
+        ema(torch.from_numpy(x)).detach().numpy(),
+        atol=1e-5,
     )

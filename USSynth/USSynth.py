@@ -3,15 +3,17 @@
 from typing import Annotated
 
 import numpy as np
-
 import slicer
+from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
+from DeepUltrasoundCommonLib.moduleWidget import DeepUltrasoundWidget
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
-
-from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
-from DeepUltrasoundCommonLib.moduleWidget import DeepUltrasoundWidget
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+)
 from USSynthLib import labelSummary, synthesisInput, writeSynthesizedImages
 
 #

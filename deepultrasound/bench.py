@@ -12,8 +12,6 @@ import argparse
 import importlib
 import json
 
-HELP = "run a benchmark suite; the last line printed is one JSON object of its figures"
-
 #: suite name -> module that implements it
 SUITES: dict[str, str] = {
     "strain": "deepultrasound.elastography.bench",

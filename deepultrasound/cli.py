@@ -1,7 +1,8 @@
 """The ``deepultrasound`` command line.
 
 Each subcommand lives in the engine module that does its work; that module provides
-``HELP`` (one line), ``configure(parser)`` (adds its arguments) and ``run(args) -> int``.
+``configure(parser)`` (adds its arguments) and ``run(args) -> int``; its one-line help is in
+:data:`COMMANDS`.
 Modules are imported only when their subcommand runs, so ``--help`` stays fast and a
 missing optional dependency of one command never breaks the others.
 """
@@ -21,10 +22,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("deepultrasound.training.command", "train a model from a YAML/JSON config and export its bundle"),
     "export": ("deepultrasound.training.export", "export a training checkpoint to a model bundle"),
     "bundle": ("deepultrasound.runtime.inspect_command", "verify a model bundle and check parity between its backends"),
-    "strain": ("deepultrasound.elastography.strain_command", "RF sequence file -> axial strain sequence in percent (DeepUSE or block matching)"),
-    "import-deepuse": ("deepultrasound.elastography.import_command", "convert an original DeepUSE checkpoint to a bundle"),
-    "scanner": ("deepultrasound.streaming.scanner", "stream RF frames over OpenIGTLink like a PLUS server (file loop or simulated phantom)"),
-    "stream": ("deepultrasound.streaming.command", "live strain: RF over OpenIGTLink in, Strain and BMode images served out"),
+    "strain": (
+        "deepultrasound.elastography.strain_command",
+        "RF sequence file -> axial strain sequence in percent (DeepUSE or block matching)",
+    ),
+    "import-deepuse": (
+        "deepultrasound.elastography.import_command",
+        "convert an original DeepUSE checkpoint to a bundle",
+    ),
+    "scanner": (
+        "deepultrasound.streaming.scanner",
+        "stream RF frames over OpenIGTLink like a PLUS server (file loop or simulated phantom)",
+    ),
+    "stream": (
+        "deepultrasound.streaming.command",
+        "live strain: RF over OpenIGTLink in, Strain and BMode images served out",
+    ),
     "bench": ("deepultrasound.bench", "run a benchmark suite; the last stdout line is one JSON object"),
 }
 

@@ -27,8 +27,6 @@ import numpy as np
 
 from deepultrasound.errors import BundleError
 
-HELP = "run the main job on bundled defaults and write an output folder"
-
 logger = logging.getLogger(__name__)
 
 #: a seed of the reserved bench range: never used for training
@@ -51,17 +49,26 @@ def demo_phantom():
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
-    parser.add_argument("--frames", type=int, default=12, help="strain results to collect from the stream (default: 12)")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)"
+    )
+    parser.add_argument(
+        "--frames", type=int, default=12, help="strain results to collect from the stream (default: 12)"
+    )
     parser.add_argument("--ramp-frames", type=int, default=5, help="frames from rest to full compression (default: 5)")
-    parser.add_argument("--step-percent", type=float, default=0.3,
-                        help="applied strain added per ramp frame in %% (default: 0.3, within block matching's search)")
+    parser.add_argument(
+        "--step-percent",
+        type=float,
+        default=0.3,
+        help="applied strain added per ramp frame in %% (default: 0.3, within block matching's search)",
+    )
     parser.add_argument("--rate", type=float, default=4.0, help="scanner frame rate in Hz (default: 4)")
     parser.add_argument("--height", type=int, default=2000, help="axial samples over the 40 mm depth (default: 2000)")
     parser.add_argument("--width", type=int, default=128, help="lines over the 25.6 mm width (default: 128)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help=f"simulation seed (default: {DEMO_SEED})")
     parser.add_argument(
-        "--model", default=None,
+        "--model",
+        default=None,
         help="DeepUSE bundle folder or bundled name, or 'baseline' for block matching (default: the bundled "
         "DeepUSE model if installed, else baseline)",
     )
@@ -120,10 +127,17 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
     config = SimulationConfig(
-        n_frames=args.ramp_frames, height=args.height, width=args.width, compression_step_percent=args.step_percent,
-        axial_spacing_mm=DEPTH_MM / args.height, lateral_pitch_mm=WIDTH_MM / args.width,
+        n_frames=args.ramp_frames,
+        height=args.height,
+        width=args.width,
+        compression_step_percent=args.step_percent,
+        axial_spacing_mm=DEPTH_MM / args.height,
+        lateral_pitch_mm=WIDTH_MM / args.width,
     )
-    print(f"[1/3] simulating a {config.n_frames}-frame compression ramp of {config.height} x {config.width} ...", flush=True)
+    print(
+        f"[1/3] simulating a {config.n_frames}-frame compression ramp of {config.height} x {config.width} ...",
+        flush=True,
+    )
     started = time.perf_counter()
     source, sequence = phantom_source(config, seed=args.seed, phantom=demo_phantom())
     simulate_seconds = time.perf_counter() - started
@@ -158,17 +172,22 @@ def run(args: argparse.Namespace) -> int:
     print("[3/3] scoring against the FEM truth and drawing figures ...", flush=True)
     # The FEM is linear: pair (frame a, frame b) strains by the ramp's strain at b's phase minus a's
     # (exact on the rest grid; the shift of a's grid is second order).
-    truth_by_phase = np.concatenate([np.zeros((1, *sequence.strain_percent.shape[1:]), np.float32), sequence.strain_percent])
+    truth_by_phase = np.concatenate(
+        [np.zeros((1, *sequence.strain_percent.shape[1:]), np.float32), sequence.strain_percent]
+    )
 
     def phase(index: int) -> int:
         return int(source.order[index % period])
+
     half = window_samples(DEFAULT_WINDOW_MM, config.axial_spacing_mm) // 2
     evaluated = np.zeros((kept.stop - kept.start, config.width), dtype=bool)
     evaluated[half:-half] = True
     background = sequence.background_mask[kept] & evaluated
     stiff, soft = (mask[kept] & evaluated for mask in sequence.inclusion_masks)
     strain = np.stack([result.strain for result, *_ in results])
-    truth = np.stack([(truth_by_phase[phase(index)] - truth_by_phase[phase(ref)])[kept] for _, _, index, ref in results])
+    truth = np.stack(
+        [(truth_by_phase[phase(index)] - truth_by_phase[phase(ref)])[kept] for _, _, index, ref in results]
+    )
     geometry = results[0][1]
     spacing = (*geometry.spacing, 1.0 / args.rate)
     origin = (geometry.origin[0], geometry.origin[1], 0.0)
@@ -177,19 +196,25 @@ def run(args: argparse.Namespace) -> int:
     per_result = []
     for k, ((result, _, index, ref), expected) in enumerate(zip(results, truth)):
         applied = float(sequence.applied_strain_percent[phase(index)] - sequence.applied_strain_percent[phase(ref)])
-        per_result.append({
-            "frame": int(index),
-            "reference": int(ref),
-            "applied_strain_percent": round(applied, 3),
-            "latency_ms": round(latency[k], 1) if k < len(latency) else None,
-            "nrmse": round(strain_nrmse(result.strain, expected, evaluated), 4) if applied else None,
-            "cnr_e_stiff": round(cnr_e(result.strain, stiff, background), 3),
-            "cnr_e_soft": round(cnr_e(result.strain, soft, background), 3),
-            "snr_e": round(snr_e(result.strain, background), 3),
-        })
+        per_result.append(
+            {
+                "frame": int(index),
+                "reference": int(ref),
+                "applied_strain_percent": round(applied, 3),
+                "latency_ms": round(latency[k], 1) if k < len(latency) else None,
+                "nrmse": round(strain_nrmse(result.strain, expected, evaluated), 4) if applied else None,
+                "cnr_e_stiff": round(cnr_e(result.strain, stiff, background), 3),
+                "cnr_e_soft": round(cnr_e(result.strain, soft, background), 3),
+                "snr_e": round(snr_e(result.strain, background), 3),
+            }
+        )
         save_strain_figure(
-            out / f"strain_{k + 1:02d}.png", result.strain, result.bmode_db, spacing_mm=geometry.spacing,
-            origin_mm=geometry.origin[:2], valid_rows=slice(half, -half),
+            out / f"strain_{k + 1:02d}.png",
+            result.strain,
+            result.bmode_db,
+            spacing_mm=geometry.spacing,
+            origin_mm=geometry.origin[:2],
+            valid_rows=slice(half, -half),
             title=f"{processor.name}: frame {index} vs {ref}, applied {applied:.2f} %",
         )
     _save_latency_plot(out / "latency.png", latency, [result.timings_ms["network"] for result, *_ in results])

@@ -26,7 +26,9 @@ def defaultStrainColorNode(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorNod
         node = scene.GetFirstNode(name, "vtkMRMLColorNode")
         if node is not None:
             return node
-    raise ValueError(f"No colour map named {' or '.join(STRAIN_COLOR_MAP_NAMES)} in the scene: choose a strain colour map")
+    raise ValueError(
+        f"No colour map named {' or '.join(STRAIN_COLOR_MAP_NAMES)} in the scene: choose a strain colour map"
+    )
 
 
 def showStrain(

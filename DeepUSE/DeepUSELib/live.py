@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import slicer
-
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeGeometry
 
 from .recording import StrainRecorder
@@ -153,7 +152,12 @@ class LiveStrainLogic(slicer.util.VTKObservationMixin):
             raise ValueError(f"The RF volume '{rfVolume.GetName()}' and the outputs must be three different volumes")
         processor.reset()
         self._processor = processor
-        self.rfVolume, self.strainVolume, self.bmodeVolume, self.recorder = rfVolume, strainVolume, bmodeVolume, recorder
+        self.rfVolume, self.strainVolume, self.bmodeVolume, self.recorder = (
+            rfVolume,
+            strainVolume,
+            bmodeVolume,
+            recorder,
+        )
         with self._condition:
             self._pending, self._finished, self._busy, self._stopRequested = None, [], False, False
             self._counters, self._lastError = LiveCounters(), ""
@@ -319,6 +323,9 @@ class LiveStrainLogic(slicer.util.VTKObservationMixin):
                 arrayToVolume(voxels, volume, item.frame.geometry)
         if self.recorder is not None:
             self.recorder.add(item.frame.index, self.strainVolume, self.bmodeVolume)
-        self.lastTimingsMs = {**item.result.timings_ms, "latency": 1000.0 * (time.perf_counter() - item.frame.arrivedAt)}
+        self.lastTimingsMs = {
+            **item.result.timings_ms,
+            "latency": 1000.0 * (time.perf_counter() - item.frame.arrivedAt),
+        }
         with self._condition:
             self._count(framesShown=1)

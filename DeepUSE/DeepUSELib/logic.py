@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import slicer
-
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
 
 
@@ -20,7 +19,9 @@ def rfFramesFromVolume(rfVolume: slicer.vtkMRMLScalarVolumeNode) -> tuple[np.nda
         ValueError: not a scalar volume, fewer than 2 frames, or non-finite samples.
     """
     if rfVolume is not None and rfVolume.IsA("vtkMRMLVectorVolumeNode"):
-        raise ValueError(f"'{rfVolume.GetName()}' is a vector volume: RF data must be a scalar volume, one frame per slice")
+        raise ValueError(
+            f"'{rfVolume.GetName()}' is a vector volume: RF data must be a scalar volume, one frame per slice"
+        )
     frames, geometry = volumeToArray(rfVolume)
     if frames.shape[0] < 2:
         raise ValueError(

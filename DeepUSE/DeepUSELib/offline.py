@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import slicer
-
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
 
 from .logic import rfFramesFromVolume, writeStrainFrames

@@ -87,6 +87,8 @@ def ensureRequirements(requirementsPath: str | Path, requester: str) -> None:
         "Install them now? This downloads them and can take several minutes."
     )
     if not slicer.util.confirmOkCancelDisplay(question, windowTitle=f"{requester}: install Python packages"):
-        raise RuntimeError(f"{requester} cannot run without: {', '.join(str(r) for r in missing)} (installation declined)")
+        raise RuntimeError(
+            f"{requester} cannot run without: {', '.join(str(r) for r in missing)} (installation declined)"
+        )
     # A list keeps direct references such as "name @ git+https://..." in one piece.
     slicer.util.pip_install([str(requirement) for requirement in missing])

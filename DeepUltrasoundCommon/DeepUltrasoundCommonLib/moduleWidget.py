@@ -11,9 +11,8 @@ Every module's ``.ui`` must therefore contain ``applyButton``, ``modelComboBox``
 ``refreshModelsButton`` and ``statusLabel``, and its parameter node a ``modelName: str`` field.
 """
 
-import vtk
-
 import slicer
+import vtk
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import slicer
-
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
 
 
@@ -50,8 +49,7 @@ def displacementToVolume(
     if displacementVolume is None or not displacementVolume.IsA("vtkMRMLVectorVolumeNode"):
         raise ValueError("Choose a vector volume for the displacement output")
     lateralMm, axialMm = fixedGeometry.spacing[0], fixedGeometry.spacing[1]
-    displacementMm = np.stack(
-        [displacementPixels[0] * lateralMm, displacementPixels[1] * axialMm], axis=-1
-    ).astype(np.float32)
+    displacementMm = np.stack([displacementPixels[0] * lateralMm, displacementPixels[1] * axialMm], axis=-1).astype(
+        np.float32
+    )
     arrayToVolume(displacementMm[np.newaxis], displacementVolume, fixedGeometry)
-

@@ -1,5 +1,5 @@
 """MRML-facing logic of the USSuperRes module (lateral super-resolution)."""
 
-from .logic import superResolvedGeometry, superResolutionInput, writeSuperResolved
+from .logic import superResolutionInput, superResolvedGeometry, writeSuperResolved
 
 __all__ = ["superResolvedGeometry", "superResolutionInput", "writeSuperResolved"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import slicer
-
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, labelMapToArray
 
 

@@ -65,34 +65,49 @@ ORACLE = "oracle"
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the options of the strain suite."""
     parser.add_argument(
-        "--model", action="append", default=None,
+        "--model",
+        action="append",
+        default=None,
         help="model bundle folder or bundled name; repeat to compare models (default: the bundled DeepUSE model)",
     )
     parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default: torch)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument(
-        "--sequences", type=int, default=DEFAULT_SEQUENCES,
+        "--sequences",
+        type=int,
+        default=DEFAULT_SEQUENCES,
         help=f"simulated sequences (default: {DEFAULT_SEQUENCES})",
     )
     parser.add_argument(
-        "--seed-start", type=int, default=BENCH_SEEDS.start,
+        "--seed-start",
+        type=int,
+        default=BENCH_SEEDS.start,
         help=f"first seed, inside the reserved bench range {BENCH_SEEDS.start}..{BENCH_SEEDS.stop - 1} "
         f"(default: {BENCH_SEEDS.start})",
     )
     parser.add_argument(
-        "--simulation", default="{}", metavar="JSON",
-        help='SimulationConfig fields as a JSON object, e.g. \'{"n_frames": 4}\' (default: the in vivo geometry)',
+        "--simulation",
+        default="{}",
+        metavar="JSON",
+        help="SimulationConfig fields as a JSON object, e.g. '{\"n_frames\": 4}' (default: the in vivo geometry)",
     )
     parser.add_argument(
-        "--crop", type=parse_crop, default=PAPER_CROP, metavar="START:STOP",
+        "--crop",
+        type=parse_crop,
+        default=PAPER_CROP,
+        metavar="START:STOP",
         help="axial rows kept before estimation, simulated and in vivo alike (default: 100:-300, as the paper)",
     )
     parser.add_argument(
-        "--window-mm", type=float, default=DEFAULT_WINDOW_MM,
+        "--window-mm",
+        type=float,
+        default=DEFAULT_WINDOW_MM,
         help=f"least-squares strain window in mm (default: {DEFAULT_WINDOW_MM})",
     )
     parser.add_argument(
-        "--invivo", type=Path, default=DEFAULT_INVIVO_DIR,
+        "--invivo",
+        type=Path,
+        default=DEFAULT_INVIVO_DIR,
         help="folder with rf0299.mhd and rf0300.mhd (default: ../shared/data/deepuse_invivo beside the repository)",
     )
 
@@ -257,9 +272,7 @@ def _print_table(simulated: dict[str, Any], invivo: dict[str, Any], note: str) -
     )
     print(f"{'method':<28}{'NRMSE':>11}{'CNRe':>11}{'SNRe':>11}{'s/pair':>11}")
     for name, row in simulated["methods"].items():
-        print(
-            f"{name:<28}" + "".join(_format(row.get(key)) for key in ("nrmse", "cnr_e", "snr_e", "seconds_per_pair"))
-        )
+        print(f"{name:<28}" + "".join(_format(row.get(key)) for key in ("nrmse", "cnr_e", "snr_e", "seconds_per_pair")))
     if "skipped" in invivo:
         print(f"in vivo: skipped ({invivo['skipped']})")
     else:

@@ -133,9 +133,12 @@ def _correlation_volume(pre: torch.Tensor, post: torch.Tensor, params: BlockMatc
     post_pad = F.pad(post, (ra, ra, rl, rl))
     sum_g = _box_sum(post_pad, kh, kw)
     # Flat post blocks (zero variance, e.g. beyond the frame) get correlation 0 instead of 0 / 0.
-    inv_std_g = (_box_sum(post_pad * post_pad, kh, kw) - sum_g * sum_g / n).clamp_min(0).add_(
-        torch.finfo(pre.dtype).tiny
-    ).rsqrt_()
+    inv_std_g = (
+        (_box_sum(post_pad * post_pad, kh, kw) - sum_g * sum_g / n)
+        .clamp_min(0)
+        .add_(torch.finfo(pre.dtype).tiny)
+        .rsqrt_()
+    )
     mean_g_scaled = sum_g * inv_std_g / n
 
     def shifted(image: torch.Tensor, dx: int, first: int, count: int) -> torch.Tensor:
@@ -250,9 +253,7 @@ def block_match(
     prior = None
     if initial_displacement is not None:
         if not isinstance(initial_displacement, torch.Tensor):
-            raise InputError(
-                f"initial_displacement must be a torch.Tensor, got {type(initial_displacement).__name__}"
-            )
+            raise InputError(f"initial_displacement must be a torch.Tensor, got {type(initial_displacement).__name__}")
         prior = initial_displacement[None] if initial_displacement.ndim == 3 else initial_displacement
         expected = (fixed.shape[0], 2, height, width)
         if tuple(prior.shape) != expected:
@@ -299,4 +300,3 @@ def baseline_strain(
     if displacement.ndim == 3:
         return axial_strain(displacement[None], window_mm, axial_spacing_mm)[0, 0]
     return axial_strain(displacement, window_mm, axial_spacing_mm)
-

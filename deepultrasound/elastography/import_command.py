@@ -25,8 +25,6 @@ from deepultrasound.errors import InputError
 from deepultrasound.runtime import StateSpec, save_bundle
 from deepultrasound.runtime.bundle import EXPORT_FORMATS
 
-HELP = "convert an original DeepUSE checkpoint (<epoch>_net_<Model>.pth) to a model bundle"
-
 TASK = "elastography"
 """``task`` of DeepUSE bundles."""
 ARCHITECTURE_MODULE = "deepultrasound.elastography.networks"
@@ -151,16 +149,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="model name in the manifest (default: reusenet or usenet)")
     parser.add_argument("--version", default="1", help="model version in the manifest (default: 1)")
     parser.add_argument(
-        "--norm", choices=NORM_KINDS, default="instance",
+        "--norm",
+        choices=NORM_KINDS,
+        default="instance",
         help="normalisation layers: instance (identical output per frame pair, exports to ONNX) or batch "
         "(the original layer) (default: instance)",
     )
     parser.add_argument(
-        "--example-size", type=int, nargs=2, default=EXAMPLE_SIZE, metavar=("H", "W"),
+        "--example-size",
+        type=int,
+        nargs=2,
+        default=EXAMPLE_SIZE,
+        metavar=("H", "W"),
         help=f"frame size of the export example, multiples of {NETWORK_STRIDE} (default: 1600 128)",
     )
     parser.add_argument(
-        "--formats", nargs="*", choices=EXPORT_FORMATS, default=list(EXPORT_FORMATS),
+        "--formats",
+        nargs="*",
+        choices=EXPORT_FORMATS,
+        default=list(EXPORT_FORMATS),
         help="graphs exported besides the weights; ONNX export takes 10 to 20 seconds (default: torchscript onnx)",
     )
 

@@ -49,7 +49,7 @@ def original_key(key: str) -> str:
 def strip_data_parallel_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop the ``module.`` prefix that ``torch.nn.DataParallel`` adds to every key."""
     return {
-        key[len(_DATA_PARALLEL_PREFIX):] if key.startswith(_DATA_PARALLEL_PREFIX) else key: value
+        key[len(_DATA_PARALLEL_PREFIX) :] if key.startswith(_DATA_PARALLEL_PREFIX) else key: value
         for key, value in state_dict.items()
     }
 
@@ -147,4 +147,3 @@ def import_deepuse_checkpoint(
     )
     load_original_state_dict(model, state_dict)
     return model.eval(), {"architecture": architecture, **model.get_config()}
-

@@ -153,9 +153,7 @@ class ConvLSTMCell(nn.Module):
         super().__init__()
         self.gates = nn.Conv2d(in_channels + hidden_channels, 4 * hidden_channels, kernel_size=3, padding=1)
 
-    def forward(
-        self, x: torch.Tensor, hidden: torch.Tensor, cell: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, hidden: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``(B, C_in, H, W)``, ``hidden`` and ``cell`` ``(B, C_h, H, W)`` -> new (hidden, cell)."""
         in_gate, forget_gate, out_gate, candidate = self.gates(torch.cat([x, hidden], dim=1)).chunk(4, dim=1)
         new_cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(candidate)

@@ -86,7 +86,7 @@ class _DeepUSEEncoderNet(nn.Module):
         self.norm = norm
         # channels[k] at stride 2^k; channels[4] is the bottleneck.
         self.channels = [initial_channels * 2**k for k in range(_LEVELS + 1)]
-        inputs = [in_channels, *self.channels[:_LEVELS - 1]]
+        inputs = [in_channels, *self.channels[: _LEVELS - 1]]
         self.encoder = nn.ModuleList(
             ResidualDownBlock(c_in, c_out, norm) for c_in, c_out in zip(inputs, self.channels[:_LEVELS])
         )
@@ -201,16 +201,13 @@ class ReUSENet(_DeepUSEEncoderNet):
 
     def state_names(self) -> tuple[str, ...]:
         """Names of the state tensors in the order of :meth:`forward`, e.g. ``hidden_s16`` (for export)."""
-        return tuple(
-            f"{kind}_s{2**level}" for level in reversed(range(_LEVELS + 1)) for kind in ("hidden", "cell")
-        )
+        return tuple(f"{kind}_s{2**level}" for level in reversed(range(_LEVELS + 1)) for kind in ("hidden", "cell"))
 
     def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Zero states for input ``x`` ``(B, 2, H, W)``, on its device and with its dtype."""
         batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
         return tuple(
-            x.new_zeros((batch, channels, height // stride, width // stride))
-            for channels, stride in self.state_specs()
+            x.new_zeros((batch, channels, height // stride, width // stride)) for channels, stride in self.state_specs()
         )
 
     def _check_states(self, x: torch.Tensor, states: tuple[torch.Tensor, ...]) -> None:

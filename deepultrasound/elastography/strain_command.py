@@ -30,29 +30,35 @@ from deepultrasound.io import Image, read_sequence, write_image
 from deepultrasound.io.images import WRITE_SUFFIXES, image_suffix
 from deepultrasound.runtime import BACKENDS
 
-HELP = "estimate axial strain (%) from an RF sequence file with a DeepUSE model or block matching"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``deepultrasound strain``."""
     parser.add_argument("input", type=Path, help="RF sequence (frames, axial samples, lines): .mha .mhd .nrrd .nii")
     parser.add_argument("-o", "--output", type=Path, required=True, help="axial strain sequence to write (%%)")
     parser.add_argument(
-        "--model", default=None,
+        "--model",
+        default=None,
         help="model bundle folder or bundled model name (default: the bundled DeepUSE model, if any)",
     )
     parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default: torch)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument(
-        "--crop", type=parse_crop, default=None, metavar="START:STOP",
+        "--crop",
+        type=parse_crop,
+        default=None,
+        metavar="START:STOP",
         help="keep axial rows START:STOP before estimation, e.g. 100:-300 as in the DeepUSE paper (default: all)",
     )
     parser.add_argument(
-        "--reference", choices=REFERENCES, default="first",
+        "--reference",
+        choices=REFERENCES,
+        default="first",
         help="fixed frame of each pair: the first frame or the previous one (default: first)",
     )
     parser.add_argument(
-        "--window-mm", type=float, default=DEFAULT_WINDOW_MM,
+        "--window-mm",
+        type=float,
+        default=DEFAULT_WINDOW_MM,
         help=f"axial least-squares strain window in mm (default: {DEFAULT_WINDOW_MM})",
     )
     parser.add_argument("--bmode", type=Path, default=None, help="also write the B-mode sequence (dB) here")

@@ -114,15 +114,26 @@ def save_strain_figure(
 
     right.imshow(bmode, cmap="gray", extent=extent, aspect="equal", interpolation="antialiased")
     overlay = right.imshow(
-        strain, cmap="viridis", vmin=low, vmax=high, alpha=0.75, extent=extent, aspect="equal",
+        strain,
+        cmap="viridis",
+        vmin=low,
+        vmax=high,
+        alpha=0.75,
+        extent=extent,
+        aspect="equal",
         interpolation="antialiased",
     )
     start, stop, _ = valid_rows.indices(height)
     for first, last in ((0, start), (stop, height)):
         if last > first:
             right.axhspan(
-                origin_mm[1] + (first - 0.5) * axial, origin_mm[1] + (last - 0.5) * axial,
-                facecolor="none", edgecolor="white", hatch="//", linewidth=0, alpha=0.6,
+                origin_mm[1] + (first - 0.5) * axial,
+                origin_mm[1] + (last - 0.5) * axial,
+                facecolor="none",
+                edgecolor="white",
+                hatch="//",
+                linewidth=0,
+                alpha=0.6,
             )
     right.set_title("axial strain")
     figure.colorbar(overlay, ax=right, label="axial strain (%), compression < 0", fraction=0.05, pad=0.02)

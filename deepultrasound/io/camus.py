@@ -35,9 +35,7 @@ from deepultrasound.io.images import read_image, read_sequence
 VIEWS = ("2CH", "4CH")
 PHASES = ("ED", "ES")
 _SEQUENCE_PARTS = ("sequence", "half_sequence")  # 2019 full cycle, newer ED-to-ES half cycle
-_IMAGE_FILE = re.compile(
-    r"^(patient\d+)_(2CH|4CH)_(ED|ES|sequence|half_sequence)(_gt)?\.(mhd|mha|nii|nii\.gz)$"
-)
+_IMAGE_FILE = re.compile(r"^(patient\d+)_(2CH|4CH)_(ED|ES|sequence|half_sequence)(_gt)?\.(mhd|mha|nii|nii\.gz)$")
 _INFO_FILE = re.compile(r"^Info_(2CH|4CH)\.cfg$")
 _PATIENT_DIR = re.compile(r"^patient\d+$")
 
@@ -224,7 +222,5 @@ class CamusDataset:
             )
         unknown = np.setdiff1d(np.unique(labels.array), [label.value for label in CamusLabel])
         if unknown.size:
-            raise FileFormatError(
-                f"{patient} {view} {part}: label map holds values {unknown.tolist()} outside 0-3"
-            )
+            raise FileFormatError(f"{patient} {view} {part}: label map holds values {unknown.tolist()} outside 0-3")
         return labels

@@ -97,9 +97,7 @@ class Image:
         if not -count <= index < count:
             raise InputError(f"frame index {index} is out of range for a sequence of {count} frames")
         direction = np.asarray(self.direction).reshape(3, 3)[:2, :2]
-        return Image(
-            self.array[index], self.spacing[:2], self.origin[:2], tuple(direction.ravel()), self.multichannel
-        )
+        return Image(self.array[index], self.spacing[:2], self.origin[:2], tuple(direction.ravel()), self.multichannel)
 
 
 def _floats(name: str, values: tuple[float, ...], length: int) -> tuple[float, ...]:

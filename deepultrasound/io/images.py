@@ -26,9 +26,7 @@ from deepultrasound.io.integrity import check_image_file, sitk_reason
 
 WRITE_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nii", ".nii.gz")
 READ_SUFFIXES = (*WRITE_SUFFIXES, ".png")
-WRITE_DTYPES = tuple(
-    np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
-)
+WRITE_DTYPES = tuple(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"))
 
 
 def image_suffix(path: str | os.PathLike[str], allowed: tuple[str, ...] = READ_SUFFIXES) -> str:
@@ -65,9 +63,7 @@ def to_sitk(image: Image) -> sitk.Image:
     return result
 
 
-def read_image(
-    path: str | os.PathLike[str], *, ndim: int | None = None, require_finite: bool = False
-) -> Image:
+def read_image(path: str | os.PathLike[str], *, ndim: int | None = None, require_finite: bool = False) -> Image:
     """Read a 2D image or a 3D sequence with its geometry.
 
     Args:
@@ -98,9 +94,7 @@ def read_image(
     return image
 
 
-def read_sequence(
-    path: str | os.PathLike[str], *, min_frames: int = 1, require_finite: bool = False
-) -> Image:
+def read_sequence(path: str | os.PathLike[str], *, min_frames: int = 1, require_finite: bool = False) -> Image:
     """Read a ``(frames, rows, cols)`` sequence stored as a 3D volume whose third axis is time.
 
     Args:

@@ -29,9 +29,7 @@ _COMPONENT_BYTES = {
     for name in names
 }
 _PIXEL_BYTES = {
-    getattr(sitk, prefix + name): size
-    for name, size in _COMPONENT_BYTES.items()
-    for prefix in ("sitk", "sitkVector")
+    getattr(sitk, prefix + name): size for name, size in _COMPONENT_BYTES.items() for prefix in ("sitk", "sitkVector")
 }
 _NIFTI_HEADER_BYTES = 544  # enough for both the NIfTI-1 (348) and NIfTI-2 (540) headers
 _GZIP_CHUNK = 1 << 20

@@ -71,8 +71,7 @@ class Predictor(ABC):
     def __repr__(self) -> str:
         manifest = self.bundle.manifest
         return (
-            f"{type(self).__name__}({manifest.name} {manifest.version}, "
-            f"backend={self.backend}, device={self.device})"
+            f"{type(self).__name__}({manifest.name} {manifest.version}, backend={self.backend}, device={self.device})"
         )
 
 

@@ -41,9 +41,7 @@ def _parse(text: str, source: str) -> torch.device:
     try:
         device = torch.device(text.strip().lower())
     except RuntimeError as error:
-        raise InputError(
-            f"unknown device {text!r} ({source}); use auto, cpu, cuda, cuda:N or mps"
-        ) from error
+        raise InputError(f"unknown device {text!r} ({source}); use auto, cpu, cuda, cuda:N or mps") from error
     available = available_devices()
     if device.type == "cpu":
         return device

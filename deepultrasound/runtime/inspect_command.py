@@ -8,15 +8,16 @@ from deepultrasound.runtime.backends import BACKENDS, available_backends
 from deepultrasound.runtime.bundle import Bundle, load_bundle
 from deepultrasound.runtime.parity import check_parity
 
-HELP = "verify a model bundle and check parity between its backends"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``deepultrasound bundle``."""
     parser.add_argument("path", help="bundle folder (or its manifest.json)")
     parser.add_argument("--parity", action="store_true", help="run every backend on random inputs and compare")
     parser.add_argument(
-        "--backends", nargs="+", choices=BACKENDS, default=None,
+        "--backends",
+        nargs="+",
+        choices=BACKENDS,
+        default=None,
         help="backends compared by --parity; torch is the reference when given, else the first "
         "(default: every backend the bundle was exported for)",
     )

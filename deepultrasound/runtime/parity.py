@@ -103,7 +103,8 @@ def check_parity(
         if backend != reference:
             pairs = list(zip(results[backend], results[reference]))
             report.differences[backend] = {
-                name: float(np.max([_difference(ours[i], ref[i]) for ours, ref in pairs])) for i, name in enumerate(names)
+                name: float(np.max([_difference(ours[i], ref[i]) for ours, ref in pairs]))
+                for i, name in enumerate(names)
             }
     return report
 

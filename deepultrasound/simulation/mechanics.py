@@ -71,15 +71,24 @@ class CompressionSolution:
         Build it once for a fixed set of points and reuse it (the FE solution is linear in ``d``)."""
         pts = np.stack([np.ravel(x_mm), np.ravel(z_mm)]).astype(float)
         x0, x1 = self.basis.mesh.p[0].min(), self.basis.mesh.p[0].max()
-        if pts.size and (pts[0].min() < x0 - 1e-9 or pts[0].max() > x1 + 1e-9 or pts[1].min() < -1e-9
-                         or pts[1].max() > self.depth_mm + 1e-9):
+        if pts.size and (
+            pts[0].min() < x0 - 1e-9
+            or pts[0].max() > x1 + 1e-9
+            or pts[1].min() < -1e-9
+            or pts[1].max() > self.depth_mm + 1e-9
+        ):
             raise InputError(
                 f"points must lie in the mechanical domain x in [{x0:.3f}, {x1:.3f}] mm, "
-                f"z in [0, {self.depth_mm:.3f}] mm")
+                f"z in [0, {self.depth_mm:.3f}] mm"
+            )
         cells = self._find_cells(pts)
         local = self.basis.mapping.invF(pts[:, :, None], tind=cells)
-        phis = np.stack([np.asarray(self.basis.elem.gbasis(self.basis.mapping, local, k, tind=cells)[0])[:, :, 0]
-                         for k in range(self.basis.Nbfun)])  # (Nbfun, 2 components, n)
+        phis = np.stack(
+            [
+                np.asarray(self.basis.elem.gbasis(self.basis.mapping, local, k, tind=cells)[0])[:, :, 0]
+                for k in range(self.basis.Nbfun)
+            ]
+        )  # (Nbfun, 2 components, n)
         n = pts.shape[1]
         rows = np.broadcast_to(np.arange(2 * n).reshape(2, n), phis.shape)
         cols = np.broadcast_to(self.basis.element_dofs[:, None, cells], phis.shape)

@@ -120,8 +120,11 @@ class Phantom:
         for k, region in enumerate(self._regions):
             label[region.contains(x_mm, z_mm)] = k
         first = len(self.layers)
-        return np.stack([label == first + k for k in range(len(self.inclusions))]) if self.inclusions else (
-            np.zeros((0, *x_mm.shape), bool))
+        return (
+            np.stack([label == first + k for k in range(len(self.inclusions))])
+            if self.inclusions
+            else (np.zeros((0, *x_mm.shape), bool))
+        )
 
     def background_mask(self, x_mm: np.ndarray, z_mm: np.ndarray) -> np.ndarray:
         """``shape`` bool: pixels in no layer and no inclusion (the CNR reference region)."""

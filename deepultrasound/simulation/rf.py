@@ -81,7 +81,8 @@ def _check_positions(x_mm: np.ndarray, z_mm: np.ndarray, amplitude: np.ndarray) 
     if not (x_mm.shape == z_mm.shape == amplitude.shape and x_mm.ndim == 1):
         raise InputError(
             f"scatterer x, z and amplitude must be 1D arrays of one length, got {x_mm.shape}, {z_mm.shape}, "
-            f"{amplitude.shape}")
+            f"{amplitude.shape}"
+        )
 
 
 def beamformed_rf(
@@ -117,7 +118,7 @@ def beamformed_rf(
     axial_offsets = np.arange(-half_axial, half_axial + 1)
     out = np.zeros(hp * wp)
     for start in range(0, x_mm.size, chunk):
-        xs, zs, amp = (v[start:start + chunk] for v in (x_mm, z_mm, amplitude))
+        xs, zs, amp = (v[start : start + chunk] for v in (x_mm, z_mm, amplitude))
         centre_row = np.clip(np.rint(zs / dz - 0.5).astype(np.int64), -half_axial - 1, h + half_axial)
         rows = centre_row[:, None] + axial_offsets  # (S, K)
         axial = transducer.axial_pulse((rows + 0.5) * dz - zs[:, None])
@@ -127,7 +128,7 @@ def beamformed_rf(
         for offset in range(-half_lateral, half_lateral + 1):
             lateral = amp * np.exp(-0.5 * (((centre_col + offset + 0.5) * pitch - xs) / sigma) ** 2)
             out += np.bincount((base + offset).ravel(), (axial * lateral[:, None]).ravel(), minlength=hp * wp)
-    return out.reshape(hp, wp)[pad_r:pad_r + h, pad_c:pad_c + w]
+    return out.reshape(hp, wp)[pad_r : pad_r + h, pad_c : pad_c + w]
 
 
 def attenuation_gain(z_mm: np.ndarray, attenuation_db_cm_mhz: float, center_frequency_mhz: float) -> np.ndarray:
@@ -135,8 +136,9 @@ def attenuation_gain(z_mm: np.ndarray, attenuation_db_cm_mhz: float, center_freq
     return 10.0 ** (-attenuation_db_cm_mhz * center_frequency_mhz * 2.0 * (z_mm / 10.0) / 20.0)
 
 
-def band_limited_noise(rng: np.random.Generator, shape: tuple[int, int], transducer: Transducer,
-                       dz_mm: float) -> np.ndarray:
+def band_limited_noise(
+    rng: np.random.Generator, shape: tuple[int, int], transducer: Transducer, dz_mm: float
+) -> np.ndarray:
     """``(H, W)`` electronic noise of unit standard deviation, filtered axially by the pulse (the
     transducer's passband), independent between lines."""
     half = int(np.ceil(_ENVELOPE_HALF_WIDTH_SIGMAS * transducer.axial_sigma_mm / dz_mm))

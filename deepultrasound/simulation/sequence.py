@@ -47,17 +47,24 @@ class SimulationConfig(BaseModel):
     axial_spacing_mm: float = Field(0.02, gt=0.002, le=0.2, description="mm per sample (0.02 = 38.5 MHz)")
     lateral_pitch_mm: float = Field(0.2, ge=0.05, le=0.5, description="mm between lines")
 
-    compression_step_percent: float = Field(1.0, ge=0.1, le=3.0,
-                                            description="applied axial strain added per frame, % of depth")
-    compression_jitter: float = Field(0.0, ge=0.0, le=0.9,
-                                      description="relative random variation of each step (uniform +-)")
+    compression_step_percent: float = Field(
+        1.0, ge=0.1, le=3.0, description="applied axial strain added per frame, % of depth"
+    )
+    compression_jitter: float = Field(
+        0.0, ge=0.0, le=0.9, description="relative random variation of each step (uniform +-)"
+    )
     poisson: float = Field(0.495, ge=0.3, lt=0.5, description="Poisson ratio (plane strain)")
     contact: Literal["slip", "bonded"] = Field("slip", description="probe-tissue contact")
-    mesh_cells: tuple[MeshCount, MeshCount] = Field((80, 64),
-                                                    description="(axial, lateral) FE cells, 2 P2 triangles each")
-    margin_mm: float = Field(2.0, ge=0.0, le=20.0,
-                             description="tissue modelled beyond the image sides and bottom (plus the "
-                                         "compression, so no tissue enters from outside)")
+    mesh_cells: tuple[MeshCount, MeshCount] = Field(
+        (80, 64), description="(axial, lateral) FE cells, 2 P2 triangles each"
+    )
+    margin_mm: float = Field(
+        2.0,
+        ge=0.0,
+        le=20.0,
+        description="tissue modelled beyond the image sides and bottom (plus the "
+        "compression, so no tissue enters from outside)",
+    )
 
     center_frequency_mhz: float = Field(4.4, ge=1.0, le=20.0, description="pulse centre frequency")
     fractional_bandwidth: float = Field(0.5, ge=0.2, le=1.2, description="pulse-echo -6 dB bandwidth / f0")
@@ -65,22 +72,30 @@ class SimulationConfig(BaseModel):
     focal_depth_mm: float = Field(20.0, gt=0.0, le=200.0, description="transmit focal depth")
     transmit: Literal["focused", "plane_wave"] = "focused"
     sound_speed_m_s: float = Field(1540.0, ge=1300.0, le=1800.0)
-    scatterers_per_cell: float = Field(12.0, ge=0.5, le=100.0,
-                                       description="scatterers per -6 dB resolution cell at the focus")
+    scatterers_per_cell: float = Field(
+        12.0, ge=0.5, le=100.0, description="scatterers per -6 dB resolution cell at the focus"
+    )
     attenuation_db_cm_mhz: float = Field(0.5, ge=0.0, le=2.0, description="frequency-independent, at f0")
     tgc: bool = Field(True, description="time-gain compensation of the nominal attenuation")
-    snr_db: float | None = Field(40.0, ge=-10.0, le=120.0,
-                                 description="echo RMS / noise RMS before TGC; None = no noise")
-    decorrelation: float = Field(0.0, ge=0.0, le=1.0,
-                                 description="fraction of scatterer amplitudes re-drawn per frame "
-                                             "(out-of-plane motion)")
+    snr_db: float | None = Field(
+        40.0, ge=-10.0, le=120.0, description="echo RMS / noise RMS before TGC; None = no noise"
+    )
+    decorrelation: float = Field(
+        0.0, ge=0.0, le=1.0, description="fraction of scatterer amplitudes re-drawn per frame (out-of-plane motion)"
+    )
 
     max_inclusions: int = Field(3, ge=0, le=3, description="random phantom: 0..max inclusions")
     layer_probability: float = Field(0.3, ge=0.0, le=1.0, description="random phantom: chance of a layer")
 
     def transducer(self) -> Transducer:
-        return Transducer(self.center_frequency_mhz, self.fractional_bandwidth, self.f_number,
-                          self.focal_depth_mm, self.transmit, self.sound_speed_m_s)
+        return Transducer(
+            self.center_frequency_mhz,
+            self.fractional_bandwidth,
+            self.f_number,
+            self.focal_depth_mm,
+            self.transmit,
+            self.sound_speed_m_s,
+        )
 
     @property
     def spacing_mm(self) -> tuple[float, float]:
@@ -111,7 +126,9 @@ class SimulatedSequence:
 
 
 def _compression_steps(config: SimulationConfig, rng: np.random.Generator) -> np.ndarray:
-    steps = config.compression_step_percent * (1.0 + config.compression_jitter * rng.uniform(-1, 1, config.n_frames - 1))
+    steps = config.compression_step_percent * (
+        1.0 + config.compression_jitter * rng.uniform(-1, 1, config.n_frames - 1)
+    )
     return np.concatenate([[0.0], np.cumsum(steps)]) / 100.0  # applied |strain| per frame
 
 
@@ -141,8 +158,9 @@ def _frame_to_frame(unit_px: np.ndarray, scale: np.ndarray, shape: tuple[int, in
     return np.stack(out).astype(np.float32)
 
 
-def simulate_sequence(config: SimulationConfig | None = None, seed: int = 0,
-                      phantom: Phantom | None = None) -> SimulatedSequence:
+def simulate_sequence(
+    config: SimulationConfig | None = None, seed: int = 0, phantom: Phantom | None = None
+) -> SimulatedSequence:
     """Simulate ``config.n_frames`` RF frames under increasing compression.
 
     Args:
@@ -176,7 +194,7 @@ def simulate_sequence(config: SimulationConfig | None = None, seed: int = 0,
     x_ext = np.clip((np.arange(-pad_col, w + pad_col) + 0.5) * pitch, *x_range)
     z_ext = np.minimum((np.arange(h + pad_row) + 0.5) * dz, fe_depth)
     unit_ext = solution.displacement_at(x_ext[None, :], z_ext[:, None])  # (2, H+, W+) per mm of compression
-    unit_mm = unit_ext[:, :h, pad_col:pad_col + w]
+    unit_mm = unit_ext[:, :h, pad_col : pad_col + w]
     displacement_mm = (scale_mm[1:, None, None, None] * unit_mm).astype(np.float32)
     frame_px = _frame_to_frame(_to_pixels(unit_ext, config.spacing_mm), scale_mm, (h, w), pad_col)
 

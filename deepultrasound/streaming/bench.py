@@ -63,7 +63,9 @@ def _frames(height: int, width: int, count: int = 8, step: float = 0.005) -> np.
     base = gaussian_filter1d(rng.standard_normal((height, width)), 1.5, axis=0)
     base *= np.cos(np.arange(height) * 0.9)[:, None]
     rows, cols = np.meshgrid(np.arange(height, dtype=float), np.arange(width, dtype=float), indexing="ij")
-    return np.stack([map_coordinates(base, [rows * (1 + k * step), cols], order=3) for k in range(count)]).astype(np.float32)
+    return np.stack([map_coordinates(base, [rows * (1 + k * step), cols], order=3) for k in range(count)]).astype(
+        np.float32
+    )
 
 
 def _reference_bundle(folder: Path) -> Path:
@@ -73,7 +75,9 @@ def _reference_bundle(folder: Path) -> Path:
 
     torch.manual_seed(0)
     model = ReUSENet(initial_channels=8, norm="batch").eval()
-    return save_deepuse_bundle(model, folder / "reusenet-original", name="reusenet-original", example_size=(64, 32), formats=())
+    return save_deepuse_bundle(
+        model, folder / "reusenet-original", name="reusenet-original", example_size=(64, 32), formats=()
+    )
 
 
 def _model_fps(bundle: Path, backend: str, device: str, threads: int | None, frames: np.ndarray, steps: int) -> float:
@@ -96,9 +100,10 @@ def _stream_run(processor, frames: np.ndarray, count: int, rate: float) -> dict[
 
     processor.reset()
     source = LoopedFrames(frames, FrameGeometry((0.2, 0.02)), cyclic_order(len(frames)))
-    with Scanner(source, rate_hz=rate) as scanner, StrainStream(
-        processor, StreamConfig(source_port=scanner.port, serve_port=0)
-    ) as stream:
+    with (
+        Scanner(source, rate_hz=rate) as scanner,
+        StrainStream(processor, StreamConfig(source_port=scanner.port, serve_port=0)) as stream,
+    ):
         viewer = IgtlClient(port=stream.output.port)
         viewed, end_to_end = 0, []
         deadline = time.monotonic() + 600
@@ -132,17 +137,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         reference = _reference_bundle(Path(scratch))
         timed_model = model or reference
-        print(f"pipeline: {'block matching' if baseline else model}; model-only: {timed_model.name} vs original ReUSENet (8 ch, eager, batch norm)")
+        print(
+            f"pipeline: {'block matching' if baseline else model}; model-only: {timed_model.name} vs original ReUSENet (8 ch, eager, batch norm)"
+        )
         sizes: dict[str, Any] = {}
         for height, width in _sizes(args.sizes):
             frames = _frames(height, width)
             processor = LiveStrainProcessor(
-                model, baseline=baseline, backend=args.backend, device=args.device, threads=args.threads, reference_every=len(frames)
+                model,
+                baseline=baseline,
+                backend=args.backend,
+                device=args.device,
+                threads=args.threads,
+                reference_every=len(frames),
             )
             runs = [_stream_run(processor, frames, args.frames, args.rate) for _ in range(args.runs)]
             steps = max(3, args.frames // 4)
-            model_fps = [_model_fps(timed_model, args.backend, args.device, args.threads, frames, steps) for _ in range(args.runs)]
-            original_fps = [_model_fps(reference, "torch", args.device, args.threads, frames, steps) for _ in range(args.runs)]
+            model_fps = [
+                _model_fps(timed_model, args.backend, args.device, args.threads, frames, steps)
+                for _ in range(args.runs)
+            ]
+            original_fps = [
+                _model_fps(reference, "torch", args.device, args.threads, frames, steps) for _ in range(args.runs)
+            ]
 
             def median(key: str) -> float | None:
                 values = [r[key] for r in runs if r[key] is not None]
@@ -150,20 +167,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             stage_names = sorted({name for r in runs for name in r["stages_ms"]})
             figures = {
-                "fps": median("fps"), "latency_p50_ms": median("latency_p50_ms"), "latency_p95_ms": median("latency_p95_ms"),
+                "fps": median("fps"),
+                "latency_p50_ms": median("latency_p50_ms"),
+                "latency_p95_ms": median("latency_p95_ms"),
                 "end_to_end_p50_ms": median("end_to_end_p50_ms"),
-                "dropped": [r["dropped"] for r in runs], "received": [r["received"] for r in runs],
-                "stages_ms": {n: round(statistics.median(r["stages_ms"].get(n, 0.0) for r in runs), 2) for n in stage_names},
+                "dropped": [r["dropped"] for r in runs],
+                "received": [r["received"] for r in runs],
+                "stages_ms": {
+                    n: round(statistics.median(r["stages_ms"].get(n, 0.0) for r in runs), 2) for n in stage_names
+                },
                 "model_fps": round(statistics.median(model_fps), 2),
                 "original_reusenet_fps": round(statistics.median(original_fps), 2),
             }
             figures["model_vs_original_ratio"] = round(figures["model_fps"] / figures["original_reusenet_fps"], 2)
             sizes[f"{height}x{width}"] = figures
-            print(f"{height} x {width}: {figures['fps']} results/s, latency p50 {figures['latency_p50_ms']} ms "
-                  f"p95 {figures['latency_p95_ms']} ms, dropped {figures['dropped']}, stages {figures['stages_ms']}; "
-                  f"model {figures['model_fps']} pairs/s vs original {figures['original_reusenet_fps']} "
-                  f"(x{figures['model_vs_original_ratio']})", flush=True)
+            print(
+                f"{height} x {width}: {figures['fps']} results/s, latency p50 {figures['latency_p50_ms']} ms "
+                f"p95 {figures['latency_p95_ms']} ms, dropped {figures['dropped']}, stages {figures['stages_ms']}; "
+                f"model {figures['model_fps']} pairs/s vs original {figures['original_reusenet_fps']} "
+                f"(x{figures['model_vs_original_ratio']})",
+                flush=True,
+            )
     return {
-        "pipeline": "block matching" if baseline else str(model), "backend": args.backend, "device": args.device,
-        "rate_hz": args.rate, "frames": args.frames, "runs": args.runs, "sizes": sizes,
+        "pipeline": "block matching" if baseline else str(model),
+        "backend": args.backend,
+        "device": args.device,
+        "rate_hz": args.rate,
+        "frames": args.frames,
+        "runs": args.runs,
+        "sizes": sizes,
     }

@@ -19,25 +19,33 @@ from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM
 from deepultrasound.runtime import BACKENDS
 from deepultrasound.streaming.igtl import DEFAULT_OUTPUT_PORT, DEFAULT_SOURCE_PORT
 
-HELP = "live strain: RF frames from an OpenIGTLink source -> Strain and BMode images on a server port"
-
 logger = logging.getLogger(__name__)
 
 
 def add_processor_options(parser: argparse.ArgumentParser) -> None:
     """Options of :class:`LiveStrainProcessor`, shared by the commands that build one."""
-    parser.add_argument("--model", default=None, help="DeepUSE bundle folder or bundled name (default: the bundled model)")
+    parser.add_argument(
+        "--model", default=None, help="DeepUSE bundle folder or bundled name (default: the bundled model)"
+    )
     parser.add_argument("--baseline", action="store_true", help="NCC block matching instead of a network")
     parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default: torch)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: library default)")
-    parser.add_argument("--reference-every", type=int, default=10,
-                        help="new reference frame every K frames, 0 for never (default: 10)")
-    parser.add_argument("--reference-min-ncc", type=float, default=None,
-                        help="also a new reference when NCC(reference, frame) drops below this (default: off)")
-    parser.add_argument("--window-mm", type=float, default=DEFAULT_WINDOW_MM,
-                        help=f"strain window in mm (default: {DEFAULT_WINDOW_MM})")
-    parser.add_argument("--crop", type=parse_crop, default=None, help="rows START:STOP kept, e.g. 100:-300 (default: all)")
+    parser.add_argument(
+        "--reference-every", type=int, default=10, help="new reference frame every K frames, 0 for never (default: 10)"
+    )
+    parser.add_argument(
+        "--reference-min-ncc",
+        type=float,
+        default=None,
+        help="also a new reference when NCC(reference, frame) drops below this (default: off)",
+    )
+    parser.add_argument(
+        "--window-mm", type=float, default=DEFAULT_WINDOW_MM, help=f"strain window in mm (default: {DEFAULT_WINDOW_MM})"
+    )
+    parser.add_argument(
+        "--crop", type=parse_crop, default=None, help="rows START:STOP kept, e.g. 100:-300 (default: all)"
+    )
 
 
 def build_processor(args: argparse.Namespace):
@@ -45,21 +53,42 @@ def build_processor(args: argparse.Namespace):
     from deepultrasound.streaming.processor import LiveStrainProcessor
 
     return LiveStrainProcessor(
-        args.model, backend=args.backend, device=args.device, threads=args.threads, baseline=args.baseline,
-        reference_every=args.reference_every or None, reference_min_ncc=args.reference_min_ncc,
-        window_mm=args.window_mm, crop=args.crop,
+        args.model,
+        backend=args.backend,
+        device=args.device,
+        threads=args.threads,
+        baseline=args.baseline,
+        reference_every=args.reference_every or None,
+        reference_min_ncc=args.reference_min_ncc,
+        window_mm=args.window_mm,
+        crop=args.crop,
     )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="RF source host (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_SOURCE_PORT, help=f"RF source port (default: {DEFAULT_SOURCE_PORT})")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_SOURCE_PORT, help=f"RF source port (default: {DEFAULT_SOURCE_PORT})"
+    )
     parser.add_argument("--device-name", default="RF", help="IMAGE device name of the RF frames (default: RF)")
-    parser.add_argument("--serve-host", default="127.0.0.1", help="address to serve on; 0.0.0.0 for every interface (default: 127.0.0.1)")
-    parser.add_argument("--serve-port", type=int, default=DEFAULT_OUTPUT_PORT, help=f"port to serve strain on (default: {DEFAULT_OUTPUT_PORT})")
-    parser.add_argument("--source-timeout", type=float, default=2.0, help="seconds without a frame before reconnecting (default: 2)")
+    parser.add_argument(
+        "--serve-host",
+        default="127.0.0.1",
+        help="address to serve on; 0.0.0.0 for every interface (default: 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--serve-port",
+        type=int,
+        default=DEFAULT_OUTPUT_PORT,
+        help=f"port to serve strain on (default: {DEFAULT_OUTPUT_PORT})",
+    )
+    parser.add_argument(
+        "--source-timeout", type=float, default=2.0, help="seconds without a frame before reconnecting (default: 2)"
+    )
     parser.add_argument("--status-every", type=float, default=2.0, help="seconds between status lines (default: 2)")
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+    parser.add_argument(
+        "--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)"
+    )
     add_processor_options(parser)
 
 
@@ -70,13 +99,19 @@ def run(args: argparse.Namespace) -> int:
 
     processor = build_processor(args)
     config = StreamConfig(
-        source_host=args.host, source_port=args.port, source_device=args.device_name,
-        serve_host=args.serve_host, serve_port=args.serve_port, source_timeout_s=args.source_timeout,
+        source_host=args.host,
+        source_port=args.port,
+        source_device=args.device_name,
+        serve_host=args.serve_host,
+        serve_port=args.serve_port,
+        source_timeout_s=args.source_timeout,
     )
     stream = StrainStream(processor, config).start()
-    print(f"{processor.name}: reading '{args.device_name}' from {args.host}:{args.port}, serving "
-          f"'{config.strain_device}' and '{config.bmode_device}' on {args.serve_host}:{stream.output.port} (Ctrl-C stops)",
-          flush=True)
+    print(
+        f"{processor.name}: reading '{args.device_name}' from {args.host}:{args.port}, serving "
+        f"'{config.strain_device}' and '{config.bmode_device}' on {args.serve_host}:{stream.output.port} (Ctrl-C stops)",
+        flush=True,
+    )
     finished = threading.Event()
     if args.duration is not None:
         timer = threading.Timer(args.duration, finished.set)

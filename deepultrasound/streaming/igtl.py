@@ -101,8 +101,10 @@ def image_message(
     if frame.ndim != 2:
         raise InputError(f"an IMAGE frame must be 2-D (H, W), got shape {frame.shape}")
     message = pyigtl.ImageMessage(
-        np.ascontiguousarray(frame)[None], ijk_to_world_matrix=geometry.ijk_to_world(),
-        timestamp=timestamp, device_name=device_name,
+        np.ascontiguousarray(frame)[None],
+        ijk_to_world_matrix=geometry.ijk_to_world(),
+        timestamp=timestamp,
+        device_name=device_name,
     )
     if metadata:
         message.header_version = 2

@@ -227,7 +227,9 @@ class StrainStream:
         self._estimated: LatestSlot[_Pending] = LatestSlot()
         self._finished: LatestSlot[_Result] = LatestSlot()
         self._threads = [
-            threading.Thread(target=self._guarded, args=(stage,), name=f"stream-{stage.__name__.strip('_')}", daemon=True)
+            threading.Thread(
+                target=self._guarded, args=(stage,), name=f"stream-{stage.__name__.strip('_')}", daemon=True
+            )
             for stage in (self._receive_stage, self._network_stage, self._strain_stage, self._send_stage)
         ]
 
@@ -302,8 +304,11 @@ class StrainStream:
             if got_any:
                 backoff = config.backoff_initial_s
                 lost_at = time.perf_counter()
-                self._report(STATUS_DEVICE_NOT_READY, "SourceLost",
-                             f"no frame from {config.source_host}:{config.source_port} for {config.source_timeout_s} s; reconnecting")
+                self._report(
+                    STATUS_DEVICE_NOT_READY,
+                    "SourceLost",
+                    f"no frame from {config.source_host}:{config.source_port} for {config.source_timeout_s} s; reconnecting",
+                )
             else:
                 self._stop.wait(backoff)
                 backoff = min(2 * backoff, config.backoff_max_s)
@@ -322,7 +327,11 @@ class StrainStream:
             if client.decode_errors > decode_errors:
                 self.stats.add("rejected", client.decode_errors - decode_errors)
                 decode_errors = client.decode_errors
-                self._report(STATUS_CHECKSUM_ERROR, "MalformedMessage", f"undecodable message skipped: {client.last_decode_error}")
+                self._report(
+                    STATUS_CHECKSUM_ERROR,
+                    "MalformedMessage",
+                    f"undecodable message skipped: {client.last_decode_error}",
+                )
             if not messages:
                 if time.perf_counter() - quiet_since > config.source_timeout_s:
                     return got_any, last_index
@@ -330,19 +339,29 @@ class StrainStream:
             quiet_since = time.perf_counter()
             for message in messages:
                 if message.device_name != config.source_device:
-                    self._report(STATUS_NOT_FOUND, "UnknownDevice",
-                                 f"{message.message_type} message from unknown device {message.device_name!r} ignored "
-                                 f"(reading {config.source_device!r})")
+                    self._report(
+                        STATUS_NOT_FOUND,
+                        "UnknownDevice",
+                        f"{message.message_type} message from unknown device {message.device_name!r} ignored "
+                        f"(reading {config.source_device!r})",
+                    )
                     continue
                 index = frame_index(message)
                 new_session = not got_any
                 if new_session and lost_at is not None:
-                    missed = index - last_index - 1 if index is not None and last_index is not None and index > last_index else None
+                    missed = (
+                        index - last_index - 1
+                        if index is not None and last_index is not None and index > last_index
+                        else None
+                    )
                     outage = time.perf_counter() - lost_at
                     self.stats.outage(outage, missed)
-                    self._report(STATUS_OK, "Reconnected",
-                                 f"source back after {outage:.2f} s; frames missed: {'unknown' if missed is None else missed}; "
-                                 "new reference frame")
+                    self._report(
+                        STATUS_OK,
+                        "Reconnected",
+                        f"source back after {outage:.2f} s; frames missed: {'unknown' if missed is None else missed}; "
+                        "new reference frame",
+                    )
                 got_any = True
                 last_index = index if index is not None else last_index
                 self._accept(message, index, new_session)

@@ -266,7 +266,9 @@ class LiveStrainProcessor:
         timings = dict(pending.timings_ms)
         started = time.perf_counter()
         with torch.inference_mode():
-            strain = axial_strain(torch.from_numpy(pending.displacement[None]), self.window_mm, pending.axial_spacing_mm)
+            strain = axial_strain(
+                torch.from_numpy(pending.displacement[None]), self.window_mm, pending.axial_spacing_mm
+            )
         timings["strain"] = _ms_since(started)
         started = time.perf_counter()
         bmode = bmode_db(pending.frame)
@@ -293,7 +295,9 @@ class LiveStrainProcessor:
         if self.reference_min_ncc is not None:
             similarity = ncc(reference, values)
             if similarity < self.reference_min_ncc:
-                logger.debug("NCC %.3f with the reference < %.3f: new reference frame", similarity, self.reference_min_ncc)
+                logger.debug(
+                    "NCC %.3f with the reference < %.3f: new reference frame", similarity, self.reference_min_ncc
+                )
                 return True
         return False
 

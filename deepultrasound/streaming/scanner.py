@@ -23,8 +23,6 @@ import numpy as np
 from deepultrasound.errors import InputError
 from deepultrasound.streaming.igtl import DEFAULT_SOURCE_PORT, FRAME_INDEX_KEY, FrameGeometry, IgtlServer, image_message
 
-HELP = "stream RF frames over OpenIGTLink like a PLUS server (a file in a loop or a simulated phantom)"
-
 logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "int16")
@@ -145,8 +143,11 @@ class Scanner:
                 due = time.monotonic()
                 continue
             message = image_message(
-                self.source.frame(self.sent), self.source.geometry, self.device_name,
-                timestamp=time.time(), metadata={FRAME_INDEX_KEY: str(self.sent)},
+                self.source.frame(self.sent),
+                self.source.geometry,
+                self.device_name,
+                timestamp=time.time(),
+                metadata={FRAME_INDEX_KEY: str(self.sent)},
             )
             self.server.publish(message)
             self.sent += 1
@@ -172,15 +173,33 @@ class Scanner:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", nargs="?", type=Path, help="RF sequence file to replay in a loop (default: a simulated phantom)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for every interface (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_SOURCE_PORT, help=f"TCP port (default: {DEFAULT_SOURCE_PORT})")
+    parser.add_argument(
+        "input", nargs="?", type=Path, help="RF sequence file to replay in a loop (default: a simulated phantom)"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for every interface (default: 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_SOURCE_PORT, help=f"TCP port (default: {DEFAULT_SOURCE_PORT})"
+    )
     parser.add_argument("--device-name", default="RF", help="IMAGE device name (default: RF)")
     parser.add_argument("--rate", type=float, default=20.0, help="frames per second (default: 20)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="sample type sent (default: float32)")
-    parser.add_argument("--count", type=int, default=None, help="stop after this many frames (default: run until Ctrl-C)")
-    parser.add_argument("--ramp-frames", type=int, default=6, help="simulated phantom: frames from rest to full compression (default: 6)")
-    parser.add_argument("--step-percent", type=float, default=0.5, help="simulated phantom: applied strain per frame in %% (default: 0.5)")
+    parser.add_argument(
+        "--count", type=int, default=None, help="stop after this many frames (default: run until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--ramp-frames",
+        type=int,
+        default=6,
+        help="simulated phantom: frames from rest to full compression (default: 6)",
+    )
+    parser.add_argument(
+        "--step-percent",
+        type=float,
+        default=0.5,
+        help="simulated phantom: applied strain per frame in %% (default: 0.5)",
+    )
     parser.add_argument("--height", type=int, default=2000, help="simulated phantom: axial samples (default: 2000)")
     parser.add_argument("--width", type=int, default=128, help="simulated phantom: lines (default: 128)")
     parser.add_argument("--seed", type=int, default=0, help="simulated phantom: seed (default: 0)")
@@ -201,8 +220,11 @@ def run(args: argparse.Namespace) -> int:
         source, _ = phantom_source(config, seed=args.seed, phantom=demo_phantom())
         what = f"simulated phantom, cycle of {len(source.order)} frames"
     scanner = Scanner(source.as_dtype(args.dtype), args.port, args.host, args.device_name, args.rate, args.count)
-    print(f"serving {what} as {args.dtype} IMAGE '{args.device_name}' on {args.host}:{scanner.port} at {args.rate} Hz "
-          "(Ctrl-C stops)", flush=True)
+    print(
+        f"serving {what} as {args.dtype} IMAGE '{args.device_name}' on {args.host}:{scanner.port} at {args.rate} Hz "
+        "(Ctrl-C stops)",
+        flush=True,
+    )
     try:
         while not scanner.wait(1.0):
             pass

@@ -17,9 +17,13 @@ HELP = "soak test: many small frames through the live pipeline, resident memory 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=10000, help="results to stream (default: 10000)")
-    parser.add_argument("--warmup", type=int, default=200, help="results before the first memory reading (default: 200)")
+    parser.add_argument(
+        "--warmup", type=int, default=200, help="results before the first memory reading (default: 200)"
+    )
     parser.add_argument("--rate", type=float, default=500.0, help="scanner frame rate in Hz (default: 500)")
-    parser.add_argument("--size", type=int, nargs=2, default=(64, 16), metavar=("H", "W"), help="frame size (default: 64 16)")
+    parser.add_argument(
+        "--size", type=int, nargs=2, default=(64, 16), metavar=("H", "W"), help="frame size (default: 64 16)"
+    )
 
 
 def resident_bytes() -> int:
@@ -44,9 +48,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     source = LoopedFrames(frames, FrameGeometry((0.2, 0.02)), np.arange(len(frames)))
     started = time.perf_counter()
     warm = None
-    with Scanner(source, rate_hz=args.rate) as scanner, StrainStream(
-        processor, StreamConfig(source_port=scanner.port, serve_port=0)
-    ) as stream:
+    with (
+        Scanner(source, rate_hz=args.rate) as scanner,
+        StrainStream(processor, StreamConfig(source_port=scanner.port, serve_port=0)) as stream,
+    ):
         viewer = IgtlClient(port=stream.output.port)
         try:
             last_print = time.perf_counter()
@@ -63,11 +68,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     end = resident_bytes()
     warm = warm or end
     growth = 100.0 * (end / warm - 1)
-    print(f"{figures['sent']} results in {time.perf_counter() - started:.1f} s; resident memory {warm / 2**20:.1f} MiB "
-          f"after warm-up, {end / 2**20:.1f} MiB at the end ({growth:+.2f} %)", flush=True)
+    print(
+        f"{figures['sent']} results in {time.perf_counter() - started:.1f} s; resident memory {warm / 2**20:.1f} MiB "
+        f"after warm-up, {end / 2**20:.1f} MiB at the end ({growth:+.2f} %)",
+        flush=True,
+    )
     return {
-        "results": figures["sent"], "fps": figures["fps"], "rss_warm_mib": round(warm / 2**20, 2),
-        "rss_end_mib": round(end / 2**20, 2), "rss_growth_percent": round(growth, 2),
-        "dropped": figures["dropped"], "rejected": figures["rejected"], "errors": figures["errors"],
-        "latency_p50_ms": figures["latency_p50_ms"], "latency_p95_ms": figures["latency_p95_ms"],
+        "results": figures["sent"],
+        "fps": figures["fps"],
+        "rss_warm_mib": round(warm / 2**20, 2),
+        "rss_end_mib": round(end / 2**20, 2),
+        "rss_growth_percent": round(growth, 2),
+        "dropped": figures["dropped"],
+        "rejected": figures["rejected"],
+        "errors": figures["errors"],
+        "latency_p50_ms": figures["latency_p50_ms"],
+        "latency_p95_ms": figures["latency_p95_ms"],
     }

@@ -11,15 +11,17 @@ import json
 import os
 from pathlib import Path
 
-HELP = "train a model from a YAML/JSON config and export its bundle"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, help="training config (.yaml, .yml or .json)")
-    parser.add_argument("-o", "--output", type=Path, default=None, help="output folder (default: the config's output_dir)")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=None, help="output folder (default: the config's output_dir)"
+    )
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: the config's device)")
     parser.add_argument(
-        "--no-resume", dest="resume", action="store_false",
+        "--no-resume",
+        dest="resume",
+        action="store_false",
         help="start from scratch even if the output folder holds a checkpoint (default: resume)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="override: train a single stage of this many epochs")
@@ -38,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         overrides["stages"] = [{"epochs": args.epochs}]
     config = load_config(args.config, overrides)
-    result = Trainer(config, output_dir=args.output, resume=args.resume, progress=args.progress, device=args.device).run()
+    result = Trainer(
+        config, output_dir=args.output, resume=args.resume, progress=args.progress, device=args.device
+    ).run()
     if not launched_by_torchrun() or os.environ.get("RANK") == "0":
         summary = {
             "output_dir": str(result.output_dir),

@@ -20,8 +20,6 @@ from deepultrasound.training.checkpoint import load_checkpoint
 from deepultrasound.training.config import TrainConfig
 from deepultrasound.training.task import Task, get_task
 
-HELP = "export a training checkpoint to a model bundle (manifest, weights, TorchScript, ONNX)"
-
 
 def export_bundle(
     task: Task, networks: Mapping[str, nn.Module], config: TrainConfig, metrics: Mapping[str, float], directory: Path

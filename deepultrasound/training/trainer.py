@@ -258,7 +258,9 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({k: f"{v.item():.4g}" for k, v in losses.items()}, refresh=False)
         keys = sorted(sums)
-        totals = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys] + [torch.tensor(float(steps), device=device)]))
+        totals = distributed.all_reduce_sum(
+            torch.stack([sums[k] for k in keys] + [torch.tensor(float(steps), device=device)])
+        )
         means = {f"train/{k}": (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}
         diverged = sorted(k for k, v in means.items() if not math.isfinite(v))
         if diverged:
@@ -310,7 +312,9 @@ class Trainer:
                 logger.info("resuming %s at epoch %d of %d", self.output_dir, start_epoch, config.total_epochs)
         if dist_info.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+            (self.output_dir / "config.yaml").write_text(
+                yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+            )
         log = TrainingLog(self.output_dir, resume_epoch=start_epoch) if dist_info.is_main else None
         result = TrainResult(self.output_dir, epochs_done=start_epoch, resumed_from_epoch=start_epoch)
         show = self.progress and dist_info.is_main
@@ -330,7 +334,11 @@ class Trainer:
                 self.ctx.epoch, self.ctx.stage = epoch, stage.name
                 started = time.perf_counter()
                 bar = (
-                    tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{config.total_epochs} [{stage.name}]", leave=False)
+                    tqdm(
+                        total=len(train_loader),
+                        desc=f"epoch {epoch + 1}/{config.total_epochs} [{stage.name}]",
+                        leave=False,
+                    )
                     if show
                     else None
                 )
@@ -348,7 +356,9 @@ class Trainer:
                 if dist_info.is_main:
                     log.log(record)
                     logger.info(
-                        "epoch %d/%d %s", epoch + 1, config.total_epochs,
+                        "epoch %d/%d %s",
+                        epoch + 1,
+                        config.total_epochs,
                         " ".join(f"{k}={v:.5g}" for k, v in record.items() if isinstance(v, float)),
                     )
                     if (epoch + 1) % config.model_update_freq == 0 or last:
@@ -358,7 +368,9 @@ class Trainer:
                 from deepultrasound.training.export import export_bundle
 
                 metrics = {**result.train_losses, **result.validation}
-                result.bundle = export_bundle(self.task, self.evaluation_networks(), config, metrics, self.output_dir / "bundle")
+                result.bundle = export_bundle(
+                    self.task, self.evaluation_networks(), config, metrics, self.output_dir / "bundle"
+                )
             distributed.barrier()
         finally:
             if log is not None:
@@ -366,7 +378,9 @@ class Trainer:
         return result
 
 
-def restore_networks(networks: Mapping[str, nn.Module], ema: Mapping[str, AveragedModel], state: Mapping[str, Any]) -> None:
+def restore_networks(
+    networks: Mapping[str, nn.Module], ema: Mapping[str, AveragedModel], state: Mapping[str, Any]
+) -> None:
     """Load networks (and EMA copies) from a checkpoint ``state``, strictly."""
     for name, net in networks.items():
         net.load_state_dict(state["networks"][name], strict=True)

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import slicer
+from DeepUSELib import DEFAULT_WINDOW_MM, StrainMethod
 
 from DeepUSE import DeepUSELogic
-from DeepUSELib import DEFAULT_WINDOW_MM, StrainMethod
 
 
 def main(argv: list[str]) -> int:
@@ -26,8 +26,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("strain", type=Path, help="axial strain volume to write (%%)")
     parser.add_argument("--model", default="", help="model bundle folder or bundled model name (default: bundled)")
     parser.add_argument("--baseline", action="store_true", help="NCC block matching instead of a network")
-    parser.add_argument("--window-mm", type=float, default=DEFAULT_WINDOW_MM, help="strain window in mm (default: 5.74)")
-    parser.add_argument("--previous", action="store_true", help="pair each frame with the previous one (default: first)")
+    parser.add_argument(
+        "--window-mm", type=float, default=DEFAULT_WINDOW_MM, help="strain window in mm (default: 5.74)"
+    )
+    parser.add_argument(
+        "--previous", action="store_true", help="pair each frame with the previous one (default: first)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     args = parser.parse_args(argv)
 

@@ -110,7 +110,9 @@ class TranslationTask(Task):
         ctx.optimize(loss)
         return {"mse": loss}
 
-    def validation_step(self, batch: Mapping[str, torch.Tensor], networks: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+    def validation_step(
+        self, batch: Mapping[str, torch.Tensor], networks: Mapping[str, nn.Module]
+    ) -> dict[str, torch.Tensor]:
         predicted = networks["regressor"](batch["pair"])
         return {
             "endpoint_error_px": (predicted - batch["shift"]).norm(dim=1),
