@@ -19,7 +19,11 @@ from deepultrasound.elastography.data import (
     RFSequence,
     SequenceCrops,
     cache_path,
+    chained_prealignment,
+    compose_displacements,
+    linear_prealignment,
     load_simulated,
+    prealigned_previous,
     prepare_simulated,
 )
 from deepultrasound.elastography.losses import (
@@ -29,6 +33,7 @@ from deepultrasound.elastography.losses import (
     similarity_loss,
     smoothness_loss,
 )
+from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.networks import ReUSENet
 from deepultrasound.elastography.training_task import NETWORK, DeepUSETask
 from deepultrasound.errors import ConfigError, InputError
@@ -132,6 +137,7 @@ def test_task_is_registered_and_committed_configs_are_valid():
         ({"train_sequences": 0}, "no training data"),
         ({"consistency_window_mm": 5.74}, "consistency_window_mm"),
         ({"simulation": {"height": 5}}, "simulation"),
+        ({"prealign": True}, "prealign needs pairs: previous"),
     ],
 )
 def test_bad_task_args_are_named(tmp_path, change, message):
@@ -189,6 +195,87 @@ def test_training_crops_are_a_function_of_the_index():
     assert not torch.equal(first[0]["rf"], SequenceCrops(sequences, 3, (32, 16), 8, seed=5)[0]["rf"])
     with pytest.raises(ConfigError, match="too small"):
         SequenceCrops(sequences, length=6, patch=(32, 16), samples=8, seed=4)
+
+
+# -- pre-alignment --------------------------------------------------------------------------------
+def uniform_strain(strain: float, offset: float, shape: tuple[int, int]) -> torch.Tensor:
+    """``(1, 2, H, W)`` axial displacement ``offset + strain * z`` px, lateral 0."""
+    displacement = torch.zeros(1, 2, *shape)
+    displacement[:, 1] = offset + strain * torch.arange(float(shape[0]))[:, None]
+    return displacement
+
+
+def band_limited_speckle(shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """``(1, 1, H, W)`` RF-like speckle: white noise smoothed along the rows (several samples per cycle)."""
+    noise = speckle((1, 1, shape[0] + 8, shape[1]), seed)
+    return torch.nn.functional.avg_pool2d(noise, (9, 1), stride=1)
+
+
+def test_linear_prealignment_recovers_a_uniform_strain_and_chains():
+    shape = (512, 16)
+    fixed = band_limited_speckle(shape)
+    steps = [uniform_strain(-0.02, -1.5, shape), uniform_strain(-0.01, 0.5, shape)]  # 2 % then 1 % compression
+    # moving(p + u(p)) ~ fixed(p): sample fixed at the inverse map (u is affine in z, so exactly invertible)
+    frames = [fixed]
+    for step in steps:
+        scale, offset = 1 + step[0, 1, 1, 0] - step[0, 1, 0, 0], step[0, 1, 0, 0]
+        inverse = uniform_strain(1 / scale - 1, -offset / scale, shape)
+        frames.append(warp_image(frames[-1], inverse))
+    estimate = linear_prealignment(frames[0], frames[1])
+    interior = slice(64, -64)  # rows warped in from outside the image excluded
+    assert (estimate - steps[0])[..., interior, :].abs().max() < 0.2
+    assert estimate[:, 0].abs().max() == 0
+    chained = chained_prealignment(torch.cat(frames))
+    total = compose_displacements(steps[0], steps[1])
+    assert chained.shape == (2, 2, *shape)
+    assert (chained[1:] - total)[..., interior, :].abs().max() < 0.3
+    aligned = prealigned_previous(torch.cat(frames)[:, 0].numpy())
+    assert aligned.shape == (2, *shape)
+    reference, moving = frames[0][0, 0].numpy()[interior], frames[1][0, 0].numpy()[interior]
+    assert np.abs(aligned[0][interior] - reference).mean() < 0.2 * np.abs(moving - reference).mean()
+
+
+def test_composition_of_two_uniform_shifts_adds_them():
+    one, two = uniform_strain(0.0, 2.0, (32, 8)), uniform_strain(0.0, -0.5, (32, 8))
+    assert torch.allclose(compose_displacements(one, two), uniform_strain(0.0, 1.5, (32, 8)))
+
+
+def test_prealigned_crops_follow_the_rf_crop_and_flip():
+    rf = speckle((4, 96, 48)).numpy()
+    crops = SequenceCrops([RFSequence(rf, None, "a", 2 * rf[1:])], length=3, patch=(32, 16), samples=8, seed=2)
+    for index in range(8):
+        item = crops[index]
+        assert item["aligned"].shape == (2, 32, 16)
+        assert torch.equal(item["aligned"], 2 * item["rf"][1:])  # same frames, window and flip
+
+
+def test_previous_pairs_train_on_the_prealigned_frames(tmp_path):
+    args = {
+        **tiny_config(tmp_path)["task_args"],
+        "architecture": "usenet",
+        "beta": 0.0,
+        "pairs": "previous",
+        "prealign": True,
+    }
+    task = DeepUSETask(DeepUSETask.parse_args(args), seed=0)
+    network = task.build_networks()[NETWORK]
+    seen = []
+    network.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    optimizer = torch.optim.SGD(network.parameters(), lr=1e-3)
+
+    def optimize(loss, name):
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    rf, aligned = speckle((2, 3, 64, 32)), speckle((2, 2, 64, 32), seed=3)
+    task.training_step(
+        {"rf": rf, "aligned": aligned},
+        StepContext({NETWORK: network}, {}, {"main": optimizer}, torch.device("cpu"), optimize),
+    )
+    assert len(seen) == 2
+    for t, pair in enumerate(seen, start=1):
+        assert torch.equal(pair[:, 0], rf[:, t - 1]) and torch.equal(pair[:, 1], aligned[:, t - 1])
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,23 @@
 """The ``deepuse`` training task: unsupervised USENet / ReUSENet training on RF sequences.
 
-Each training sample is a crop of ``sequence_length`` consecutive RF frames; the first is the
-fixed frame and every later frame ``t`` is paired with it, as ReUSENet runs at inference. The
+Each training sample is a crop of ``sequence_length`` consecutive RF frames. With ``pairs:
+first`` the first is the fixed frame and every later frame ``t`` is paired with it, as ReUSENet
+runs at inference; with ``pairs: previous`` frame ``t`` is paired with frame ``t - 1`` (small
+displacements). With ``prealign`` the moving frame is first warped by the uniform-strain field of
+:func:`~deepultrasound.elastography.data.linear_prealignment` (on the whole frame, before the
+crop) and the network learns the residual; validation then composes the network's residual with
+:func:`~deepultrasound.elastography.data.chained_prealignment`. The
 loss (:mod:`deepultrasound.elastography.losses`) needs no truth, so simulated and real RF train
 alike. ReUSENet carries its convLSTM state from pair to pair; with truncated back-propagation
 through time the pairs are processed in chunks of ``truncation`` steps, the optimiser steps after
 each chunk and the states (and the last motion-compensated strain of the consistency term) are
 detached before the next one.
 
-Validation runs the network over the first frames of simulated validation sequences (a centred
-crop) and reports, per sequence, the axial strain NRMSE against the FEM truth (least-squares
-strain with ``eval_window_mm``, on the rows where the window is complete) and the NCC between
-the fixed frame and the warped moving frame, both averaged over the pairs.
+Validation runs the network over the pairs (0, k) of the first frames of simulated validation
+sequences (a centred crop), whatever the training pairs, and reports, per sequence, the axial
+strain NRMSE against the FEM truth (least-squares strain with ``eval_window_mm``, on the rows
+where the window is complete) and the NCC between the fixed frame and the warped moving frame,
+both averaged over the pairs.
 
 Example configs: ``deepultrasound/configs/deepuse_original.yaml`` (the paper's settings),
 ``deepuse_reusenet.yaml`` and ``deepuse_usenet.yaml``.
@@ -20,6 +26,7 @@ Example configs: ``deepultrasound/configs/deepuse_original.yaml`` (the paper's s
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,8 +40,11 @@ from deepultrasound.elastography.data import (
     RFSequence,
     SequenceCrops,
     ValidationSequences,
+    chained_prealignment,
+    compose_displacements,
     load_real,
     load_simulated,
+    prealigned_previous,
     prepare_simulated,
 )
 from deepultrasound.elastography.import_command import (
@@ -83,6 +93,8 @@ class DeepUSEArgs(TaskArgs):
     patch_size: Size = Field((256, 64), description="training crop (rows, lines), multiples of 16")
     sequence_length: int = Field(6, ge=2, description="frames per training sample, the first one fixed")
     truncation: int = Field(5, ge=1, description="pairs per back-propagation chunk (TBPTT)")
+    pairs: Literal["first", "previous"] = Field("first", description="training pairs (0, t) or (t - 1, t)")
+    prealign: bool = Field(False, description="train and validate on the residual after linear_prealignment")
     similarity_window: Size = Field((8, 8), description="NCC tile (rows, lines) of similarity and consistency")
     alpha: float = Field(5.0, ge=0, description="weight of the smoothness term")
     beta: float = Field(0.1, ge=0, description="weight of the temporal consistency term")
@@ -120,6 +132,8 @@ class DeepUSEArgs(TaskArgs):
 
     @model_validator(mode="after")
     def _consistent(self) -> DeepUSEArgs:
+        if self.prealign and self.pairs != "previous":
+            raise ValueError("prealign needs pairs: previous (pre-aligned training pairs are frame to frame)")
         if self.train_sequences == 0 and not self.real_sequences:
             raise ValueError("no training data: set train_sequences > 0 or give real_sequences")
         spacing = self.simulation_config.axial_spacing_mm
@@ -180,23 +194,29 @@ class DeepUSETask(Task):
         validation_sequences = loaded[: len(val_seeds)]
         training: list[RFSequence] = loaded[len(val_seeds) :]
         training += [load_real(path, args.normalisation) for path in args.real_sequences]
+        if args.prealign:
+            training = [replace(sequence, aligned=prealigned_previous(sequence.rf)) for sequence in training]
         train_set = SequenceCrops(
             training, args.sequence_length, args.patch_size, args.samples_per_epoch, self.seed, args.flip_lateral
         )
         val_set = None
         if validation_sequences:
             val_set = ValidationSequences(
-                validation_sequences, args.sequence_length, args.val_patch_size, args.eval_window_mm,
+                validation_sequences,
+                args.sequence_length,
+                args.val_patch_size,
+                args.eval_window_mm,
                 config.axial_spacing_mm,
             )
         return train_set, val_set
 
     # -- steps -----------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
-        """Back-propagate the loss of the pairs (frame 0, frame t) chunk by chunk (TBPTT).
+        """Back-propagate the loss of the pairs (frame 0 or t - 1, frame t) chunk by chunk (TBPTT).
 
-        ``batch["rf"]`` is ``(B, L, H, W)``. Returns the means over the chunks of the total loss
-        and of each term (the consistency term only when ``beta > 0`` and two steps exist).
+        ``batch["rf"]`` is ``(B, L, H, W)``; with ``prealign``, ``batch["aligned"]`` ``(B, L-1, H, W)``
+        holds the moving frames pre-aligned onto their predecessors. Returns the means over the
+        chunks of the total loss and of each term (the consistency term only when ``beta > 0`` and two steps exist).
         """
         args = self.args
         spacing = args.simulation_config.axial_spacing_mm
@@ -210,7 +230,9 @@ class DeepUSETask(Task):
         for first in range(0, len(steps), args.truncation):
             terms: dict[str, list[torch.Tensor]] = {"similarity": [], "smoothness": [], "consistency": []}
             for t in steps[first : first + args.truncation]:
-                moving = rf[:, t : t + 1]
+                if args.pairs == "previous":
+                    fixed = rf[:, t - 1 : t]
+                moving = batch["aligned"][:, t - 1 : t] if args.prealign else rf[:, t : t + 1]
                 displacement, states = network_step(network, torch.cat([fixed, moving], dim=1), states)
                 terms["similarity"].append(similarity_loss(fixed, moving, displacement, args.similarity_window))
                 terms["smoothness"].append(smoothness_loss(displacement))
@@ -218,7 +240,9 @@ class DeepUSETask(Task):
                     current = compensated_strain(displacement, args.consistency_window_mm, spacing)
                     if previous is not None:
                         terms["consistency"].append(
-                            consistency_loss(previous, current, args.consistency_window_mm, spacing, args.similarity_window)
+                            consistency_loss(
+                                previous, current, args.consistency_window_mm, spacing, args.similarity_window
+                            )
                         )
                     previous = current
             means = {key: torch.stack(values).mean() for key, values in terms.items() if values}
@@ -232,8 +256,10 @@ class DeepUSETask(Task):
         return {key: torch.stack(values).mean() for key, values in logged.items()}
 
     @torch.no_grad()
-    def validation_step(self, batch: Mapping[str, torch.Tensor], networks: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
-        """Per sequence ``(B,)``: ``strain_nrmse`` vs truth and ``warped_ncc``, means over the pairs."""
+    def validation_step(
+        self, batch: Mapping[str, torch.Tensor], networks: Mapping[str, nn.Module]
+    ) -> dict[str, torch.Tensor]:
+        """Per sequence ``(B,)``: ``strain_nrmse`` vs truth and ``warped_ncc``, means over the pairs (0, k)."""
         args = self.args
         spacing = args.simulation_config.axial_spacing_mm
         rf, truth, region = batch["rf"], batch["strain"], batch["region"]
@@ -243,9 +269,17 @@ class DeepUSETask(Task):
         pairs = rf.shape[1] - 1
         nrmse = torch.zeros(rf.shape[0], pairs)
         similarity = torch.zeros(rf.shape[0], pairs)
+        if args.prealign:
+            prealignment = torch.stack([chained_prealignment(sequence[:, None]) for sequence in rf], dim=1)
         for t in range(1, rf.shape[1]):
             moving = rf[:, t : t + 1]
-            displacement, states = network_step(network, torch.cat([fixed, moving], dim=1), states)
+            if args.prealign:
+                residual, states = network_step(
+                    network, torch.cat([fixed, warp_image(moving, prealignment[t - 1])], dim=1), states
+                )
+                displacement = compose_displacements(residual, prealignment[t - 1])
+            else:
+                displacement, states = network_step(network, torch.cat([fixed, moving], dim=1), states)
             strain = axial_strain(displacement, args.eval_window_mm, spacing)[:, 0]
             warped = warp_image(moving, displacement)[:, 0]
             for b in range(rf.shape[0]):
