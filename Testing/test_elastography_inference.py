@@ -305,11 +305,11 @@ def test_strain_command_bad_input_is_one_clean_line(
 def test_strain_command_without_model_says_how_to_get_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inference, "bundled_models_dir", lambda: tmp_path / "no-models")
+    monkeypatch.setattr(inference, "model_directories", lambda: [tmp_path / "no-models"])
     _write_rf(tmp_path / "rf.mha", _speckle(np.random.default_rng(6), (2, 16, 16)))
     assert main(["strain", str(tmp_path / "rf.mha"), "-o", str(tmp_path / "s.mha")]) == 2
     err = capsys.readouterr().err
-    assert "no DeepUSE model is bundled" in err and "import-deepuse" in err and "Traceback" not in err
+    assert "no DeepUSE model is installed" in err and "import-deepuse" in err and "Traceback" not in err
     assert main(["strain", str(tmp_path / "rf.mha"), "-o", str(tmp_path / "s.mha"), "--model", "nope"]) == 2
     assert "'nope' is neither a bundle folder" in capsys.readouterr().err
 

@@ -58,7 +58,7 @@ from deepultrasound.io import Image
 from deepultrasound.runtime import (
     Predictor,
     RecurrentPredictor,
-    bundled_models_dir,
+    model_directories,
     choose_device,
     create_predictor,
     find_bundles,
@@ -298,7 +298,7 @@ class StrainEstimator(SequenceStrainEstimator):
 
     Args:
         model: bundle folder, or the name of a bundled model (folder or manifest name in
-            :func:`deepultrasound.runtime.bundled_models_dir`); None takes the bundled default.
+            :func:`deepultrasound.runtime.model_directories`: the package and DEEPULTRASOUND_MODELS); None takes the default.
         backend: "torch", "torchscript" or "onnxruntime".
         device: "auto", "cpu", "cuda", "cuda:N", "mps" (see :func:`choose_device`).
         threads: intra-op CPU threads, None for the library default.
@@ -381,7 +381,7 @@ def _bundled_deepuse_models() -> list[tuple[Path, dict[str, object]]]:
     Manifests are only peeked at here; the chosen bundle is verified when it is loaded.
     """
     found = []
-    for folder in find_bundles([bundled_models_dir()]):
+    for folder in find_bundles(model_directories()):
         try:
             manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -412,5 +412,6 @@ def resolve_model(model: str | os.PathLike[str] | None = None) -> Path:
             + HOW_TO_GET_A_MODEL
         )
     if not bundled:
-        raise BundleError(f"no DeepUSE model is bundled (looked in {bundled_models_dir()}); " + HOW_TO_GET_A_MODEL)
+        looked = ", ".join(str(folder) for folder in model_directories())
+        raise BundleError(f"no DeepUSE model is installed (looked in {looked}); " + HOW_TO_GET_A_MODEL)
     return bundled[0][0]
