@@ -18,16 +18,20 @@ from deepultrasound.cli import main
 from deepultrasound.elastography import inference
 from deepultrasound.elastography.import_command import import_deepuse_bundle, save_deepuse_bundle
 from deepultrasound.elastography.inference import (
+    DEEPUSE_NORMALISATION,
     BlockMatchingEstimator,
     StrainEstimator,
+    UniformStrainEstimator,
     crop_rows,
     normalise_frame,
     parse_crop,
     prepare_rf,
 )
+from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.networks import ReUSENet
+from deepultrasound.elastography.prealign import PREALIGN_UNIFORM_STRAIN, compose_displacements, linear_prealignment
 from deepultrasound.elastography.strain import axial_strain_np
-from deepultrasound.errors import InputError
+from deepultrasound.errors import BundleError, InputError
 from deepultrasound.io import Image, read_image, write_image
 from deepultrasound.runtime import RecurrentPredictor, create_predictor, load_bundle
 
@@ -124,7 +128,9 @@ def test_import_command_missing_checkpoint_is_one_line(tmp_path: Path, capsys: p
 def test_estimator_carries_state_like_the_network_by_hand(small_bundle: Path, small_model: ReUSENet) -> None:
     rng = np.random.default_rng(1)
     rf = _speckle(rng, (4, 40, 20)) * 7.0  # 40 x 20: not multiples of 16, padded inside
-    result = StrainEstimator(small_bundle, "torch", "cpu").estimate(rf, SPACING[1], window_mm=WINDOW_MM)
+    estimator = StrainEstimator(small_bundle, "torch", "cpu")
+    assert estimator.prealignment is None  # no pre-alignment in the manifest: the network alone
+    result = estimator.estimate(rf, SPACING[1], window_mm=WINDOW_MM)
     assert result.displacement.shape == (3, 2, 40, 20) and result.strain.shape == (3, 40, 20)
     assert result.pairs.tolist() == [[0, 1], [0, 2], [0, 3]] and result.valid.all()
 
@@ -212,6 +218,69 @@ def _compressed_sequence(strains_percent: list[float], height: int = 400, width:
             frame[:, line] = pulse @ amplitude[line]
         frames.append(frame)
     return np.stack(frames).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def prealigned_bundle(small_model: ReUSENet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The untrained small ReUSENet, its manifest asking for uniform-strain pre-alignment."""
+    folder = tmp_path_factory.mktemp("prealigned") / "tiny-prealigned"
+    normalisation = {**DEEPUSE_NORMALISATION, "prealign": PREALIGN_UNIFORM_STRAIN}
+    return save_deepuse_bundle(
+        small_model, folder, name="tiny-prealigned", example_size=(32, 16), formats=(), normalisation=normalisation
+    )
+
+
+def _network_on_prealigned(
+    model: ReUSENet, fixed: torch.Tensor, moving: torch.Tensor, prealignment: torch.Tensor, states: tuple
+) -> tuple[torch.Tensor, tuple]:
+    """Total displacement (1, 2, H, W) of the network on (fixed, moving warped by the pre-alignment), H = 128, W = 8."""
+    warped = warp_image(moving, prealignment)
+    padded = torch.zeros(1, 2, 128, 16)
+    padded[:, :, :, :8] = torch.cat([fixed, warped], dim=1)
+    residual, *states = model(padded, *states)
+    return compose_displacements(residual[..., :8], prealignment), tuple(states)
+
+
+def test_prealigned_bundle_composes_the_network_with_the_chained_prealignment(
+    prealigned_bundle: Path, small_model: ReUSENet
+) -> None:
+    rf = _compressed_sequence([-1.0, -2.0], height=128)
+    estimator = StrainEstimator(prealigned_bundle, "torch", "cpu")
+    assert estimator.prealignment == PREALIGN_UNIFORM_STRAIN
+    result = estimator.estimate(rf, SPACING[1], window_mm=WINDOW_MM)
+    previous = estimator.estimate(rf, SPACING[1], reference="previous", window_mm=WINDOW_MM)
+
+    frames = torch.from_numpy(np.stack([normalise_frame(frame, "frame_max") for frame in rf]))[:, None]
+    steps = [linear_prealignment(frames[k - 1 : k], frames[k : k + 1]) for k in (1, 2)]
+    chained = [steps[0], compose_displacements(steps[0], steps[1])]  # frame 0 -> 1, 0 -> 2
+    states: tuple = ()
+    with torch.no_grad():
+        for k in (1, 2):
+            total, states = _network_on_prealigned(small_model, frames[:1], frames[k : k + 1], chained[k - 1], states)
+            np.testing.assert_allclose(result.displacement[k - 1], total[0].numpy(), atol=1e-4)
+        fresh, _ = _network_on_prealigned(small_model, frames[1:2], frames[2:3], steps[1], ())
+    np.testing.assert_allclose(previous.displacement[1], fresh[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        result.strain, axial_strain_np(result.displacement[:, 1], WINDOW_MM, SPACING[1]), atol=1e-5
+    )
+
+
+def test_unknown_prealignment_is_refused(small_model: ReUSENet, tmp_path: Path) -> None:
+    normalisation = {**DEEPUSE_NORMALISATION, "prealign": "affine"}
+    folder = save_deepuse_bundle(
+        small_model, tmp_path / "b", name="b", example_size=(32, 16), formats=(), normalisation=normalisation
+    )
+    with pytest.raises(BundleError, match="pre-alignment 'affine'"):
+        StrainEstimator(folder)
+
+
+def test_uniform_estimator_recovers_uniform_compression() -> None:
+    rf = _compressed_sequence([-1.0, -2.0])
+    result = UniformStrainEstimator().estimate(rf, 0.02, window_mm=2.0)
+    assert result.displacement[:, 0].max() == 0 == result.displacement[:, 0].min()
+    interior = result.strain[:, 80:-80]  # chained fits compose with clamped borders: edge rows deviate
+    assert (np.ptp(interior, axis=(1, 2)) < 1e-3).all()  # uniform per pair
+    assert interior[:, 0, 0] == pytest.approx([-1.0, -2.0], rel=0.05)
 
 
 def test_block_matching_recovers_uniform_compression() -> None:
@@ -318,7 +387,8 @@ def test_strain_command_without_model_says_how_to_get_one(
 
 
 def test_bench_strain_prints_json_last(tmp_path: Path, small_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    simulation = json.dumps({"n_frames": 3, "height": 128, "width": 16, "mesh_cells": [8, 4]})
+    # a layer (and here an inclusion) for a strain contrast; a homogeneous phantom has none
+    simulation = json.dumps({"n_frames": 3, "height": 128, "width": 16, "mesh_cells": [8, 4], "layer_probability": 1.0})
     code = main(
         [
             "bench",
@@ -344,7 +414,12 @@ def test_bench_strain_prints_json_last(tmp_path: Path, small_bundle: Path, capsy
     figures = json.loads(lines[-1])
     methods = figures["simulated"]["methods"]
     assert figures["suite"] == "strain" and figures["simulated"]["pairs"] == 2
-    assert set(methods) == {"tiny-reusenet", "block matching", "oracle"}
+    assert set(methods) == {"tiny-reusenet", "block matching", "uniform", "oracle"}
     assert methods["oracle"]["nrmse"] < methods["tiny-reusenet"]["nrmse"]
+    assert methods["oracle"]["nrmse_contrast"] < methods["tiny-reusenet"]["nrmse_contrast"]
+    # a uniform strain has no contrast: its contrast NRMSE is 1 whatever its level, and no SNRe/CNRe
+    assert methods["uniform"]["nrmse_contrast"] == pytest.approx(1.0, abs=0.02)
+    assert methods["uniform"]["nrmse"] < methods["block matching"]["nrmse"]  # the mean strain dominates NRMSE
+    assert methods["uniform"]["snr_e"] is None and methods["uniform"]["cnr_e"] is None
     assert "skipped" in figures["invivo"]
     assert any(line.startswith("block matching") for line in lines[:-1])

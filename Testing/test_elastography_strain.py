@@ -15,6 +15,7 @@ from deepultrasound.elastography.metrics import (
     ncc,
     snr_e,
     strain_nrmse,
+    strain_nrmse_contrast,
     warp_image,
     warped_ncc,
 )
@@ -140,6 +141,23 @@ def test_nrmse_is_normalised_by_truth_rms():
         strain_nrmse(truth, torch.zeros(100))
     with pytest.raises(InputError, match="shape"):
         strain_nrmse(truth, truth[:50])
+
+
+def test_contrast_nrmse_ignores_the_mean_strain_and_scores_a_uniform_estimate_one():
+    # -1 % compression with a +-0.1 % pattern: the mean dominates the RMS of the truth
+    pattern = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(50)
+    truth = -1.0 + 0.1 * pattern
+    uniform = torch.full((100,), -1.0, dtype=torch.float64)
+    assert strain_nrmse(uniform, truth) == pytest.approx(0.1 / math.sqrt(1.01), rel=1e-6)
+    assert strain_nrmse_contrast(uniform, truth) == pytest.approx(1.0)
+    assert strain_nrmse_contrast(truth - 0.3, truth) == pytest.approx(0.0, abs=1e-6)  # off by a constant
+    assert strain_nrmse_contrast(-1.0 + 0.15 * pattern, truth) == pytest.approx(0.5, rel=1e-6)  # 1.5 x contrast
+    # the mean is taken over the region only: outside values do not shift it
+    region = torch.arange(120) < 100
+    padded = torch.cat([-1.0 + 0.15 * pattern, torch.full((20,), 50.0, dtype=torch.float64)])
+    assert strain_nrmse_contrast(padded, torch.cat([truth, torch.zeros(20)]), region) == pytest.approx(0.5, rel=1e-6)
+    with pytest.raises(InputError, match="uniform"):
+        strain_nrmse_contrast(truth, torch.full((100,), -1.0))
 
 
 def test_metric_masks_are_validated():

@@ -19,11 +19,7 @@ from deepultrasound.elastography.data import (
     RFSequence,
     SequenceCrops,
     cache_path,
-    chained_prealignment,
-    compose_displacements,
-    linear_prealignment,
     load_simulated,
-    prealigned_previous,
     prepare_simulated,
 )
 from deepultrasound.elastography.losses import (
@@ -35,6 +31,13 @@ from deepultrasound.elastography.losses import (
 )
 from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.networks import ReUSENet
+from deepultrasound.elastography.prealign import (
+    PREALIGN_UNIFORM_STRAIN,
+    chained_prealignment,
+    compose_displacements,
+    linear_prealignment,
+    prealigned_previous,
+)
 from deepultrasound.elastography.training_task import NETWORK, DeepUSETask
 from deepultrasound.errors import ConfigError, InputError
 from deepultrasound.runtime import RecurrentPredictor, create_predictor
@@ -247,6 +250,14 @@ def test_prealigned_crops_follow_the_rf_crop_and_flip():
         item = crops[index]
         assert item["aligned"].shape == (2, 32, 16)
         assert torch.equal(item["aligned"], 2 * item["rf"][1:])  # same frames, window and flip
+
+
+@pytest.mark.parametrize("prealign", [False, True])
+def test_export_spec_records_the_prealignment_for_inference(tmp_path, prealign):
+    args = {**tiny_config(tmp_path)["task_args"], "pairs": "previous", "prealign": prealign}
+    normalisation = DeepUSETask(DeepUSETask.parse_args(args), seed=0).export_spec().normalisation
+    assert normalisation["kind"] == "frame_max"
+    assert normalisation.get("prealign") == (PREALIGN_UNIFORM_STRAIN if prealign else None)
 
 
 def test_previous_pairs_train_on_the_prealigned_frames(tmp_path):

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from deepultrasound.elastography.import_command import save_deepuse_bundle
-from deepultrasound.elastography.inference import StrainEstimator
+from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION, StrainEstimator
 from deepultrasound.elastography.networks import ReUSENet
+from deepultrasound.elastography.prealign import PREALIGN_UNIFORM_STRAIN
 from deepultrasound.errors import InputError
 from deepultrasound.streaming import LiveStrainProcessor
 from deepultrasound.streaming.igtl import (
@@ -74,6 +75,21 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.fixture(scope="module")
+def prealigned_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny ReUSENet of ``tiny_bundle``, its manifest asking for uniform-strain pre-alignment."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("live") / "tiny-prealigned"
+    return save_deepuse_bundle(
+        ReUSENet(initial_channels=2).eval(),
+        folder,
+        name="tiny-prealigned",
+        example_size=(32, 16),
+        formats=(),
+        normalisation={**DEEPUSE_NORMALISATION, "prealign": PREALIGN_UNIFORM_STRAIN},
+    )
+
+
 @pytest.fixture()
 def baseline() -> LiveStrainProcessor:
     return LiveStrainProcessor(baseline=True, device="cpu", window_mm=WINDOW_MM, reference_every=None)
@@ -97,10 +113,14 @@ def test_rigid_shift_gives_the_shift_and_zero_strain(baseline: LiveStrainProcess
         assert set(result.timings_ms) == {"normalise", "network", "strain", "bmode"}
 
 
-def test_live_reusenet_equals_offline_estimate_with_a_first_frame_reference(tiny_bundle: Path) -> None:
+@pytest.mark.parametrize("bundle", ["tiny_bundle", "prealigned_bundle"])
+def test_live_reusenet_equals_offline_estimate_with_a_first_frame_reference(
+    bundle: str, request: pytest.FixtureRequest
+) -> None:
+    model = request.getfixturevalue(bundle)  # the pre-aligned one chains frame-to-frame fits live as offline
     frames = _shifted_speckle([0, 1, 2, 3], (64, 32))
-    offline = StrainEstimator(tiny_bundle, device="cpu").estimate(frames, 0.02, window_mm=WINDOW_MM)
-    live = LiveStrainProcessor(tiny_bundle, device="cpu", window_mm=WINDOW_MM, reference_every=None)
+    offline = StrainEstimator(model, device="cpu").estimate(frames, 0.02, window_mm=WINDOW_MM)
+    live = LiveStrainProcessor(model, device="cpu", window_mm=WINDOW_MM, reference_every=None)
     results = [live.process(frame, 0.02) for frame in frames]
     assert results[0] is None
     for k, result in enumerate(results[1:]):  # the recurrent state is carried exactly as offline

@@ -6,7 +6,11 @@ compared with frame 0 (``reference="first"``). Per pair, over the rows where the
 is complete:
 
 - ``nrmse``: :func:`strain_nrmse` against the FEM truth (central differences of the exact FE
-  displacement, frame 0 -> k);
+  displacement, frame 0 -> k). Normalised by the RMS of the true strain, which the mean
+  (applied) compression dominates, so a uniform estimate of the right mean already scores low;
+- ``nrmse_contrast``: :func:`strain_nrmse_contrast`, the same with the estimate and the truth
+  each less its mean over the evaluated region: how well the strain contrast (inclusions against
+  background) is recovered, 1 for any uniform estimate;
 - ``cnr_e``: :func:`cnr_e` (linear) of each inclusion (>= 50 pixels) against the background mask
   of the simulator, averaged over inclusions;
 - ``snr_e``: :func:`snr_e` over the background mask.
@@ -16,9 +20,19 @@ a note when absent), pairs (0, k); no truth, so only ``snr_e`` over the central 
 strain image (the middle half of the evaluated rows and of the lines).
 
 Methods: every ``--model`` (repeatable; default the bundled DeepUSE model when there is one), the
-block-matching baseline, and ``oracle``: the same least-squares strain of the true displacement,
-which shows what the strain estimator alone loses against the truth. Figures are means over
-all pairs; ``seconds_per_pair`` is wall time (noisy on a shared machine).
+block-matching baseline, ``uniform``: the uniform-strain pre-alignment alone
+(:class:`UniformStrainEstimator`, the displacement ``a + b z`` that pre-aligned networks start
+from), and ``oracle``: the same least-squares strain of the true displacement, which shows what
+the strain estimator alone loses against the truth. The uniform row has ``nrmse`` and
+``nrmse_contrast`` only (SNRe and CNRe ``null``): its strain image is uniform by construction
+(apart from a few border rows of chained pairs), where SNRe is infinite and CNRe zero.
+Figures are means over all pairs; ``seconds_per_pair`` is wall time (noisy on a shared machine).
+
+JSON (the last stdout line of ``deepultrasound bench strain``): ``simulated`` holds
+``sequences``, ``seeds`` [first, last], ``pairs`` and ``methods``: per method label,
+``nrmse``, ``nrmse_contrast``, ``cnr_e``, ``snr_e`` and ``seconds_per_pair`` (``null`` where
+undefined); ``invivo`` holds ``sequences``, ``region`` and ``methods`` (``snr_e``,
+``seconds_per_pair``, ``snr_e_per_sequence``), or ``skipped`` with the reason.
 """
 
 from __future__ import annotations
@@ -41,11 +55,12 @@ from deepultrasound.elastography.inference import (
     BlockMatchingEstimator,
     SequenceStrainEstimator,
     StrainEstimator,
+    UniformStrainEstimator,
     crop_rows,
     parse_crop,
     resolve_model,
 )
-from deepultrasound.elastography.metrics import cnr_e, snr_e, strain_nrmse
+from deepultrasound.elastography.metrics import cnr_e, snr_e, strain_nrmse, strain_nrmse_contrast
 from deepultrasound.elastography.splits import BENCH_SEEDS, bench_seeds
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, axial_strain_np, window_samples
 from deepultrasound.errors import BundleError, ConfigError, InputError
@@ -60,6 +75,8 @@ DEFAULT_INVIVO_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "da
 """``../shared/data/deepuse_invivo`` beside the repository."""
 MIN_INCLUSION_PIXELS = 50
 ORACLE = "oracle"
+UNIFORM_STRAIN_METHODS = (UniformStrainEstimator.name,)
+"""Methods whose strain image is uniform by construction: no SNRe or CNRe."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -157,6 +174,7 @@ def _estimators(args: argparse.Namespace) -> tuple[dict[str, SequenceStrainEstim
         label = estimator.name if estimator.name not in estimators else f"{estimator.name} ({model})"
         estimators[label] = estimator
     estimators[BlockMatchingEstimator.name] = BlockMatchingEstimator(device=args.device)
+    estimators[UniformStrainEstimator.name] = UniformStrainEstimator()
     return estimators, note
 
 
@@ -183,11 +201,19 @@ def _timed(estimator: SequenceStrainEstimator, image: Image, window_mm: float, s
     return result.strain
 
 
-def _score_simulated(strain: np.ndarray, truth: np.ndarray, masks: dict[str, np.ndarray], scores: _Scores) -> None:
-    """Figures of each pair of one sequence; ``masks`` hold the evaluated region, background and inclusions."""
+def _score_simulated(
+    strain: np.ndarray, truth: np.ndarray, masks: dict[str, np.ndarray], scores: _Scores, uniform: bool = False
+) -> None:
+    """Figures of each pair of one sequence; ``masks`` hold the evaluated region, background and
+    inclusions. A ``uniform`` (by construction) strain gets NaN SNRe and CNRe."""
     region, background = masks["region"], masks["background"]
     for k in range(len(strain)):
         scores.add("nrmse", _metric(strain_nrmse, strain[k], truth[k], region))
+        scores.add("nrmse_contrast", _metric(strain_nrmse_contrast, strain[k], truth[k], region))
+        if uniform:
+            scores.add("snr_e", math.nan)
+            scores.add("cnr_e", math.nan)
+            continue
         scores.add("snr_e", _metric(snr_e, strain[k], background))
         contrasts = [_metric(cnr_e, strain[k], inclusion, background) for inclusion in masks["inclusions"]]
         scores.add("cnr_e", float(np.nanmean(contrasts)) if any(map(math.isfinite, contrasts)) else math.nan)
@@ -216,7 +242,8 @@ def _simulated(args: argparse.Namespace, estimators: dict[str, SequenceStrainEst
         }
         truth = sequence.strain_percent[:, kept]
         for name, estimator in estimators.items():
-            _score_simulated(_timed(estimator, image, args.window_mm, scores[name]), truth, masks, scores[name])
+            strain = _timed(estimator, image, args.window_mm, scores[name])
+            _score_simulated(strain, truth, masks, scores[name], uniform=name in UNIFORM_STRAIN_METHODS)
         oracle = axial_strain_np(sequence.displacement_px[:, 1, kept], args.window_mm, config.axial_spacing_mm)
         _score_simulated(oracle, truth, masks, scores[ORACLE])
     return {
@@ -250,7 +277,7 @@ def _invivo(args: argparse.Namespace, estimators: dict[str, SequenceStrainEstima
         )
         for name, estimator in estimators.items():
             strain = _timed(estimator, image, args.window_mm, scores[name])
-            values = [_metric(snr_e, frame, region) for frame in strain]
+            values = [math.nan if name in UNIFORM_STRAIN_METHODS else _metric(snr_e, frame, region) for frame in strain]
             for value in values:
                 scores[name].add("snr_e", value)
             per_sequence[name][path.stem] = _mean(values)
@@ -270,9 +297,10 @@ def _print_table(simulated: dict[str, Any], invivo: dict[str, Any], note: str) -
         f"DeepUSE strain benchmark: {simulated['sequences']} simulated sequence(s), seeds "
         f"{simulated['seeds'][0]}..{simulated['seeds'][1]}, {simulated['pairs']} pairs (frame 0 vs k)"
     )
-    print(f"{'method':<28}{'NRMSE':>11}{'CNRe':>11}{'SNRe':>11}{'s/pair':>11}")
+    print(f"{'method':<28}{'NRMSE':>11}{'NRMSE-c':>11}{'CNRe':>11}{'SNRe':>11}{'s/pair':>11}")
+    keys = ("nrmse", "nrmse_contrast", "cnr_e", "snr_e", "seconds_per_pair")
     for name, row in simulated["methods"].items():
-        print(f"{name:<28}" + "".join(_format(row.get(key)) for key in ("nrmse", "cnr_e", "snr_e", "seconds_per_pair")))
+        print(f"{name:<28}" + "".join(_format(row.get(key)) for key in keys))
     if "skipped" in invivo:
         print(f"in vivo: skipped ({invivo['skipped']})")
     else:
@@ -282,6 +310,7 @@ def _print_table(simulated: dict[str, Any], invivo: dict[str, Any], note: str) -
         for method, row in invivo["methods"].items():
             cells = [row["snr_e_per_sequence"].get(name) for name in names]
             print(f"{method:<28}" + "".join(map(_format, [*cells, row["snr_e"], row["seconds_per_pair"]])))
+    print("NRMSE-c: NRMSE of the strain contrast (estimate and truth each less its mean)")
     if note:
         print(f"note: {note}")
 

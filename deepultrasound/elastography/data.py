@@ -13,12 +13,8 @@ Every frame is normalised on its whole extent with the bundle's normalisation
 (:func:`~deepultrasound.elastography.inference.normalise_frame`) before any crop, exactly as
 inference does on full frames.
 
-Pre-alignment: an RF similarity has a basin of about a quarter carrier period (2-4 samples here),
-while the axial displacement between frames reaches 20 samples per 1 % compression at 4 cm depth.
-:func:`linear_prealignment` fits a uniform-strain field ``a + b z`` to row-block cross-correlation
-lags (no truth used); the network then only estimates the residual of the moving frame warped by
-it, and :func:`compose_displacements` gives the total. :func:`chained_prealignment` composes the
-frame-to-frame fits for pairs (0, k), which stay robust when a direct fit at several % does not.
+With pre-alignment (:mod:`deepultrasound.elastography.prealign`), each sequence also holds its
+frames warped onto their predecessors (:attr:`RFSequence.aligned`), cropped with the RF.
 """
 
 from __future__ import annotations
@@ -36,108 +32,13 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from deepultrasound.elastography.inference import normalise_frame
-from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.strain import window_samples
-from deepultrasound.errors import ConfigError, FileFormatError, InputError
+from deepultrasound.errors import ConfigError, FileFormatError
 from deepultrasound.io.atomic import atomic_write
 from deepultrasound.simulation import SimulationConfig, simulate_sequence
 
 CACHE_VERSION = 1
 """Bumped when the cached content changes; part of every cache file name."""
-PREALIGN_BLOCK_ROWS = 128
-"""Rows of the cross-correlation blocks of :func:`linear_prealignment` (2.56 mm at 0.02 mm)."""
-
-
-def _block_lags(fixed: torch.Tensor, moving: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Axial lag of each half-overlapping row block: ``(centres (K,) rows, lags (B, K) samples)``.
-
-    The lag maximises ``sum f(z) m(z + lag)`` over the block and all lines (one FFT correlation
-    per block, up to a quarter of the height), refined by a parabola through the peak.
-    """
-    height = fixed.shape[-2]
-    max_lag = height // 4
-    starts = torch.arange(0, height - block + 1, block // 2, device=fixed.device)
-    rows = torch.arange(height, device=fixed.device)
-    masks = ((rows >= starts[:, None]) & (rows < starts[:, None] + block)).to(fixed)  # (K, H)
-    size = 1 << (height + max_lag - 1).bit_length()
-    spectrum_fixed = torch.fft.rfft(fixed[:, :1] * masks[None, :, :, None], n=size, dim=-2)  # (B, K, F, W)
-    spectrum_moving = torch.fft.rfft(moving[:, :1], n=size, dim=-2)
-    correlation = torch.fft.irfft(spectrum_fixed.conj() * spectrum_moving, n=size, dim=-2).sum(-1)  # (B, K, size)
-    correlation = torch.cat([correlation[..., size - max_lag :], correlation[..., : max_lag + 1]], dim=-1)
-    peak = correlation.argmax(-1).clamp(1, 2 * max_lag - 1)
-    minus, centre, plus = (correlation.gather(-1, (peak + d)[..., None])[..., 0] for d in (-1, 0, 1))
-    offset = (0.5 * (minus - plus) / (minus - 2 * centre + plus).clamp(max=-1e-12)).clamp(-0.5, 0.5)
-    return starts.to(fixed) + (block - 1) / 2, peak - max_lag + offset
-
-
-def linear_prealignment(
-    fixed: torch.Tensor, moving: torch.Tensor, block_rows: int = PREALIGN_BLOCK_ROWS
-) -> torch.Tensor:
-    """Uniform-strain displacement ``u_axial = a + b z`` (lateral 0) between two frames, in pixels.
-
-    ``a, b`` are a least-squares line through the lags of half-overlapping row blocks, refitted
-    twice without the blocks more than max(1, 2 x median) samples off the line (a peak one
-    carrier cycle away). Same convention as the networks: ``moving(p + u(p)) ~ fixed(p)``.
-
-    Args:
-        fixed, moving: ``(B, 1, H, W)`` RF frames, H >= 8.
-        block_rows: rows per block (halved until at least three blocks fit).
-
-    Returns:
-        ``(B, 2, H, W)`` displacement, channel 0 lateral (zero), channel 1 axial.
-    """
-    if fixed.ndim != 4 or fixed.shape != moving.shape or fixed.shape[-2] < 8:
-        raise InputError(
-            f"expected two (B, 1, H, W) frames with H >= 8, got {tuple(fixed.shape)} and {tuple(moving.shape)}"
-        )
-    block = min(block_rows, fixed.shape[-2] // 2)
-    centres, lags = _block_lags(fixed, moving, block)
-    design = torch.stack([torch.ones_like(centres), centres], 1)  # (K, 2)
-    weight = torch.ones_like(lags)
-    for _ in range(3):
-        line = torch.linalg.lstsq(design * weight[..., None], (lags * weight)[..., None]).solution[..., 0]  # (B, 2)
-        error = (lags - line[:, :1] - line[:, 1:] * centres).abs()
-        weight = (error <= (2 * error.median(1, keepdim=True).values).clamp(min=1.0)).to(lags)
-    rows = torch.arange(fixed.shape[-2], device=fixed.device, dtype=fixed.dtype)
-    axial = (line[:, :1] + line[:, 1:] * rows)[:, None, :, None].expand(-1, 1, -1, fixed.shape[-1])
-    return torch.cat([torch.zeros_like(axial), axial], 1)
-
-
-def compose_displacements(inner: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
-    """``w(p) = inner(p) + outer(p + inner(p))``, all ``(B, 2, H, W)`` in pixels.
-
-    With ``outer`` mapping frame a to b and ``inner`` mapping a to ``b`` warped back by ``outer``
-    (the residual after pre-alignment), ``w`` maps a to b: ``b(p + w(p)) ~ a(p)``; with ``inner``
-    from a to b and ``outer`` from b to c (on b's grid), ``w`` maps a to c.
-    """
-    return inner + warp_image(outer, inner)
-
-
-def chained_prealignment(rf: torch.Tensor) -> torch.Tensor:
-    """Pre-alignment of the pairs (0, k) of a sequence, composed from frame-to-frame fits.
-
-    Args:
-        rf: ``(N, 1, H, W)`` frames.
-
-    Returns:
-        ``(N-1, 2, H, W)``: entry k - 1 maps frame 0 to frame k (pixels).
-    """
-    chained = []
-    for k in range(1, rf.shape[0]):
-        step = linear_prealignment(rf[k - 1 : k], rf[k : k + 1])
-        chained.append(step if not chained else compose_displacements(chained[-1], step))
-    return torch.cat(chained)
-
-
-def prealigned_previous(rf: np.ndarray) -> np.ndarray:
-    """Each frame warped back onto its predecessor by :func:`linear_prealignment`: ``(N, H, W)`` -> ``(N-1, H, W)``."""
-    frames = torch.from_numpy(rf)[:, None]
-    return np.concatenate(
-        [
-            warp_image(frames[k : k + 1], linear_prealignment(frames[k - 1 : k], frames[k : k + 1]))[:, 0].numpy()
-            for k in range(1, len(rf))
-        ]
-    )
 
 
 @dataclass(frozen=True)
@@ -149,8 +50,9 @@ class RFSequence:
         strain: ``(N-1, H, W)`` float32 true axial strain in % from frame 0 to frame k (index
             k - 1), or None for real data.
         name: where it came from (seed or file), for messages.
-        aligned: ``(N-1, H, W)`` frame k warped onto frame k - 1 by :func:`linear_prealignment`
-            (index k - 1, see :func:`prealigned_previous`), or None without pre-alignment.
+        aligned: ``(N-1, H, W)`` frame k warped onto frame k - 1 (index k - 1, see
+            :func:`~deepultrasound.elastography.prealign.prealigned_previous`), or None without
+            pre-alignment.
     """
 
     rf: np.ndarray

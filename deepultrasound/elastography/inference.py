@@ -1,8 +1,8 @@
 """Offline strain estimation on an RF sequence: displacement and axial strain for every frame pair.
 
 ``StrainEstimator`` runs a USENet/ReUSENet model bundle (eager torch, TorchScript or ONNX
-Runtime); ``BlockMatchingEstimator`` is the classical NCC block-matching baseline behind the same
-interface::
+Runtime); ``BlockMatchingEstimator`` is the classical NCC block-matching baseline and
+``UniformStrainEstimator`` the uniform-strain pre-alignment alone, behind the same interface::
 
     estimator = StrainEstimator("models/reusenet", backend="onnxruntime")
     result = estimator.estimate(rf, axial_spacing_mm=0.02)     # rf (N, H, W)
@@ -20,6 +20,12 @@ Input handling (the RF sequence, ``(N, H, W)``: frames, axial samples, lines):
 - each frame is normalised as the bundle manifest's ``normalisation`` says (see
   :data:`NORMALISATIONS`); the original DeepUSE code feeds frames stored with their maximum at
   1.0 (``"frame_max"``, what :func:`save_deepuse_bundle` records for imported models);
+- a bundle whose manifest ``normalisation`` holds ``"prealign": "uniform_strain"`` was trained on
+  the residual after :mod:`~deepultrasound.elastography.prealign`: each pair's moving frame is
+  warped by the pair's uniform-strain pre-alignment ``c`` (pairs of one reference chain
+  frame-to-frame fits, as in training validation), the network runs on (fixed, warped moving)
+  and its residual is composed with ``c`` (:func:`compose_displacements`); the displacement and
+  strain are the total ones;
 - frames whose size is not a multiple of the network stride (16) are zero-padded at the bottom
   and right and the output cropped back;
 - a constant frame (no echo, e.g. a dropped frame) has no speckle to track: every pair that
@@ -46,7 +52,9 @@ import torch
 from tqdm.auto import tqdm
 
 from deepultrasound.elastography.block_matching import BlockMatchingParams, block_match
+from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.networks import NETWORK_STRIDE, crop_to_size, pad_to_multiple
+from deepultrasound.elastography.prealign import PREALIGNMENTS, ChainedPrealignment, compose_displacements
 from deepultrasound.elastography.strain import (
     DEFAULT_AXIAL_SPACING_MM,
     DEFAULT_WINDOW_MM,
@@ -58,10 +66,10 @@ from deepultrasound.io import Image
 from deepultrasound.runtime import (
     Predictor,
     RecurrentPredictor,
-    model_directories,
     choose_device,
     create_predictor,
     find_bundles,
+    model_directories,
 )
 
 logger = logging.getLogger(__name__)
@@ -298,14 +306,19 @@ class StrainEstimator(SequenceStrainEstimator):
 
     Args:
         model: bundle folder, or the name of a bundled model (folder or manifest name in
-            :func:`deepultrasound.runtime.model_directories`: the package and DEEPULTRASOUND_MODELS); None takes the default.
+            :func:`deepultrasound.runtime.model_directories`: the package and
+            DEEPULTRASOUND_MODELS); None takes the default.
         backend: "torch", "torchscript" or "onnxruntime".
         device: "auto", "cpu", "cuda", "cuda:N", "mps" (see :func:`choose_device`).
         threads: intra-op CPU threads, None for the library default.
 
+    Attributes:
+        prealignment: the pre-alignment the bundle was trained with (manifest
+            ``normalisation["prealign"]``, e.g. ``"uniform_strain"``), or None.
+
     Raises:
-        BundleError: no such model (the message says how to get one), an invalid bundle, or a
-            bundle that is not a frame-pair displacement model.
+        BundleError: no such model (the message says how to get one), an invalid bundle, a
+            bundle that is not a frame-pair displacement model, or an unknown pre-alignment.
     """
 
     def __init__(
@@ -329,22 +342,42 @@ class StrainEstimator(SequenceStrainEstimator):
                 f"model {manifest.name!r} asks for normalisation {self.normalisation!r}, unknown here "
                 f"(known: {', '.join(NORMALISATIONS)}); update deepultrasound"
             )
+        prealignment = manifest.normalisation.get("prealign")
+        if prealignment is not None and prealignment not in PREALIGNMENTS:
+            raise BundleError(
+                f"model {manifest.name!r} asks for pre-alignment {prealignment!r}, unknown here "
+                f"(known: {', '.join(PREALIGNMENTS)}); update deepultrasound"
+            )
+        self.prealignment: str | None = prealignment
         self.name = manifest.name
         self._recurrent = RecurrentPredictor(self.predictor) if manifest.states else None
+        self._chain = ChainedPrealignment() if prealignment is not None else None
 
     def _begin_sequence(self) -> None:
         if self._recurrent is not None:
             self._recurrent.reset()
+        if self._chain is not None:
+            self._chain.reset()
 
     def step(self, pair: np.ndarray, new_reference: bool) -> np.ndarray:
-        padded, size = pad_to_multiple(torch.from_numpy(pair[None]), NETWORK_STRIDE)
+        frames = torch.from_numpy(pair[None])  # (1, 2, H, W)
+        if self._chain is None:
+            return self._network(frames, new_reference)[0].numpy()
+        fixed, moving = frames[:, :1], frames[:, 1:]
+        prealignment = self._chain.step(fixed, moving, new_reference)
+        residual = self._network(torch.cat([fixed, warp_image(moving, prealignment)], dim=1), new_reference)
+        return compose_displacements(residual, prealignment)[0].numpy()
+
+    def _network(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
+        """The network's ``(1, 2, H, W)`` displacement of a ``(1, 2, H, W)`` pair, padded to its stride."""
+        padded, size = pad_to_multiple(pair, NETWORK_STRIDE)
         if self._recurrent is None:
             (output,) = self.predictor.predict(padded.numpy())
         else:
             if new_reference:
                 self._recurrent.reset()
             (output,) = self._recurrent.step(padded.numpy())
-        return crop_to_size(torch.from_numpy(output), size)[0].numpy()
+        return crop_to_size(torch.from_numpy(output), size)
 
 
 class BlockMatchingEstimator(SequenceStrainEstimator):
@@ -373,6 +406,26 @@ class BlockMatchingEstimator(SequenceStrainEstimator):
         pre, post = (torch.from_numpy(frame).to(self.device) for frame in pair)
         self._prior = block_match(pre, post, self.params, self._prior)
         return self._prior.cpu().numpy()
+
+
+class UniformStrainEstimator(SequenceStrainEstimator):
+    """The uniform-strain pre-alignment alone (:class:`ChainedPrealignment`) as a strain estimator.
+
+    What a pre-aligned network starts from: a displacement ``a + b z`` per pair, so its strain
+    is uniform. Pairs of one reference chain frame-to-frame fits.
+    """
+
+    name = "uniform"
+
+    def __init__(self) -> None:
+        self._chain = ChainedPrealignment()
+
+    def _begin_sequence(self) -> None:
+        self._chain.reset()
+
+    def step(self, pair: np.ndarray, new_reference: bool) -> np.ndarray:
+        fixed, moving = torch.from_numpy(pair[:, None, None])  # two (1, 1, H, W) frames
+        return self._chain.step(fixed, moving, new_reference)[0].numpy()
 
 
 def _bundled_deepuse_models() -> list[tuple[Path, dict[str, object]]]:

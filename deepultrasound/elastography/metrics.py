@@ -25,6 +25,9 @@ from deepultrasound.errors import InputError
 
 ArrayLike = torch.Tensor | np.ndarray
 
+UNIFORM_TOLERANCE = 1e-4
+"""Strain contrast below this fraction of the strain's RMS is rounding noise: a uniform strain."""
+
 
 def _as_float_tensor(values: ArrayLike, name: str) -> torch.Tensor:
     tensor = torch.as_tensor(values)
@@ -96,28 +99,63 @@ def cnr_e_db(strain: ArrayLike, target: ArrayLike, background: ArrayLike) -> flo
     return 10.0 * math.log10(value) if value > 0 else -math.inf
 
 
+def _estimate_and_truth(
+    estimate: ArrayLike, truth: ArrayLike, mask: ArrayLike | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The elements of ``estimate`` and ``truth`` selected by ``mask``, flattened, in one dtype."""
+    est = _as_float_tensor(estimate, "estimate")
+    ref = _as_float_tensor(truth, "truth")
+    if est.shape != ref.shape:
+        raise InputError(f"estimate has shape {tuple(est.shape)} but truth has {tuple(ref.shape)}")
+    return _region(est, mask, "mask", minimum=1), _region(ref.to(est), mask, "mask", minimum=1)
+
+
+def _rms(values: torch.Tensor) -> torch.Tensor:
+    return values.square().mean().sqrt()
+
+
 def strain_nrmse(estimate: ArrayLike, truth: ArrayLike, mask: ArrayLike | None = None) -> float:
     """Strain error normalised by the RMS of the truth: ``rms(estimate - truth) / rms(truth)``.
 
     The RMS of the truth (not its range) is the normaliser, so a uniform true strain still
-    gives a finite value; 0 is perfect, 1 is as large an error as the strain itself.
+    gives a finite value; 0 is perfect, 1 is as large an error as the strain itself. Under a
+    mostly uniform compression the mean strain dominates ``rms(truth)``, so a uniform estimate
+    of the right mean already scores low: see :func:`strain_nrmse_contrast` for the contrast.
 
     Args:
         estimate: estimated strain in % (any shape).
         truth: true strain in %, same shape.
         mask: boolean region of the same shape (default: everything).
     """
-    est = _as_float_tensor(estimate, "estimate")
-    ref = _as_float_tensor(truth, "truth")
-    if est.shape != ref.shape:
-        raise InputError(f"estimate has shape {tuple(est.shape)} but truth has {tuple(ref.shape)}")
-    ref = ref.to(est)
-    error = _region(est - ref, mask, "mask", minimum=1)
-    reference = _region(ref, mask, "mask", minimum=1)
-    scale = reference.square().mean().sqrt()
+    est, ref = _estimate_and_truth(estimate, truth, mask)
+    scale = _rms(ref)
     if scale == 0:
         raise InputError("true strain is zero everywhere in the region: NRMSE is undefined")
-    return float(error.square().mean().sqrt() / scale)
+    return float(_rms(est - ref) / scale)
+
+
+def strain_nrmse_contrast(estimate: ArrayLike, truth: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """NRMSE of the strain contrast: :func:`strain_nrmse` of both maps less their own mean.
+
+    ``rms((e - mean e) - (t - mean t)) / rms(t - mean t)``, means and RMS over the region. The
+    mean strain (the applied compression) no longer counts: a uniform estimate scores 1 whatever
+    its level, an estimate off by a constant scores 0; 0 is perfect.
+
+    Args:
+        estimate: estimated strain in % (any shape).
+        truth: true strain in %, same shape.
+        mask: boolean region of the same shape (default: everything).
+
+    Raises:
+        InputError: the true strain is uniform in the region (no contrast to compare): its
+            contrast RMS is at most :data:`UNIFORM_TOLERANCE` times its RMS (rounding noise).
+    """
+    est, ref = _estimate_and_truth(estimate, truth, mask)
+    contrast = ref - ref.mean()
+    scale = _rms(contrast)
+    if scale <= UNIFORM_TOLERANCE * _rms(ref):
+        raise InputError("true strain is uniform in the region: the contrast NRMSE is undefined")
+    return float(_rms(est - est.mean() - contrast) / scale)
 
 
 def warp_image(moving: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:

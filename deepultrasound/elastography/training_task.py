@@ -4,9 +4,11 @@ Each training sample is a crop of ``sequence_length`` consecutive RF frames. Wit
 first`` the first is the fixed frame and every later frame ``t`` is paired with it, as ReUSENet
 runs at inference; with ``pairs: previous`` frame ``t`` is paired with frame ``t - 1`` (small
 displacements). With ``prealign`` the moving frame is first warped by the uniform-strain field of
-:func:`~deepultrasound.elastography.data.linear_prealignment` (on the whole frame, before the
+:func:`~deepultrasound.elastography.prealign.linear_prealignment` (on the whole frame, before the
 crop) and the network learns the residual; validation then composes the network's residual with
-:func:`~deepultrasound.elastography.data.chained_prealignment`. The
+:func:`~deepultrasound.elastography.prealign.chained_prealignment`, and the exported bundle records
+``normalisation["prealign"] = "uniform_strain"`` so that inference
+(:class:`~deepultrasound.elastography.inference.StrainEstimator`) does the same. The
 loss (:mod:`deepultrasound.elastography.losses`) needs no truth, so simulated and real RF train
 alike. ReUSENet carries its convLSTM state from pair to pair; with truncated back-propagation
 through time the pairs are processed in chunks of ``truncation`` steps, the optimiser steps after
@@ -40,11 +42,8 @@ from deepultrasound.elastography.data import (
     RFSequence,
     SequenceCrops,
     ValidationSequences,
-    chained_prealignment,
-    compose_displacements,
     load_real,
     load_simulated,
-    prealigned_previous,
     prepare_simulated,
 )
 from deepultrasound.elastography.import_command import (
@@ -63,6 +62,12 @@ from deepultrasound.elastography.losses import (
 )
 from deepultrasound.elastography.metrics import ncc, strain_nrmse, warp_image
 from deepultrasound.elastography.networks import NETWORK_STRIDE, ReUSENet, USENet
+from deepultrasound.elastography.prealign import (
+    PREALIGN_UNIFORM_STRAIN,
+    chained_prealignment,
+    compose_displacements,
+    prealigned_previous,
+)
 from deepultrasound.elastography.splits import TRAINING_SEEDS, VALIDATION_SEEDS
 from deepultrasound.elastography.strain import (
     DEFAULT_WINDOW_MM,
@@ -295,6 +300,8 @@ class DeepUSETask(Task):
             normalisation = dict(DEEPUSE_NORMALISATION)
         else:
             normalisation = {"kind": args.normalisation, "description": "per-frame normalisation used in training"}
+        if args.prealign:
+            normalisation["prealign"] = PREALIGN_UNIFORM_STRAIN
         example = torch.randn(1, 2, *args.patch_size, generator=torch.Generator().manual_seed(0))
         return ExportSpec(
             network=NETWORK,
@@ -310,5 +317,11 @@ class DeepUSETask(Task):
                 f"{args.architecture} (initial channels {args.initial_channels}, {args.norm} norm) trained "
                 "without supervision; input (B, 2, H, W) = cat[fixed, moving] RF, H and W multiples of 16; "
                 "output displacement (B, 2, H, W) in pixels, channel 0 lateral, 1 axial"
+                + (
+                    "; the moving frame is pre-aligned by a uniform-strain fit and the output is the residual "
+                    "(normalisation.prealign)"
+                    if args.prealign
+                    else ""
+                )
             ),
         )
