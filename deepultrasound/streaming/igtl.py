@@ -189,6 +189,35 @@ class StatusMessage(pyigtl.MessageBase):
 messages.message_type_to_class_constructor.setdefault("STATUS", StatusMessage)
 
 
+class _ViewerConnection(socketserver.BaseRequestHandler):
+    """Serves one connected client of an :class:`IgtlServer` until it leaves or the server stops.
+
+    pyigtl's own handler prints a traceback and logs an error on the root logger when a client
+    simply disconnects; a viewer closing its connection is normal here, so it is logged at INFO
+    and only unexpected failures are logged as errors. Runs in the server's serving thread.
+    """
+
+    server: "IgtlServer"
+
+    def handle(self) -> None:
+        server = self.server
+        server._connected = True
+        self.request.settimeout(0.01)
+        try:
+            while not server.communication_thread_stop_requested:
+                while server._receive_message_from_socket(self.request):
+                    if server.communication_thread_stop_requested:
+                        return
+                while server._send_queued_message_from_socket(self.request):
+                    pass
+        except (ConnectionError, TimeoutError) as error:
+            logger.info("OpenIGTLink client on port %d disconnected (%s)", server.port, error)
+        except Exception:
+            logger.exception("OpenIGTLink connection on port %d failed", server.port)
+        finally:
+            server._communication_error_occurred()
+
+
 class IgtlServer(comm.OpenIGTLinkServer):
     """pyigtl's server bound to ``host:port`` (port 0: a free port, see :attr:`port`), one client at a time.
 
@@ -202,7 +231,7 @@ class IgtlServer(comm.OpenIGTLinkServer):
         comm.OpenIGTLinkBase.__init__(self)
         self.allow_reuse_address = True
         try:
-            socketserver.TCPServer.__init__(self, (host, port), comm.TCPRequestHandler)
+            socketserver.TCPServer.__init__(self, (host, port), _ViewerConnection)
         except OSError as error:
             raise InputError(f"cannot serve OpenIGTLink on {host}:{port}: {error}") from error
         self.host, self.port = self.server_address[:2]
