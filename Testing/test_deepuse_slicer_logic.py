@@ -41,7 +41,7 @@ from DeepUSELib import (  # noqa: E402
     strainOfVolume,
 )
 
-from deepultrasound.elastography.import_command import save_deepuse_bundle  # noqa: E402
+from deepultrasound.elastography.bundles import save_deepuse_bundle  # noqa: E402
 from deepultrasound.elastography.inference import StrainEstimator  # noqa: E402
 from deepultrasound.elastography.networks import ReUSENet  # noqa: E402
 from deepultrasound.simulation import Phantom, SimulationConfig, simulate_sequence  # noqa: E402

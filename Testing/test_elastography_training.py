@@ -306,6 +306,7 @@ def test_tiny_run_trains_validates_and_exports(tiny_run):
     manifest = create_predictor(result.bundle).bundle.manifest
     assert manifest.architecture == "reusenet" and manifest.normalisation["kind"] == "frame_max"
     assert len(manifest.states) == 10
+    assert manifest.task == "elastography", "trained DeepUSE bundles are listed with the imported ones"
 
 
 def test_exported_bundle_reproduces_the_trained_network_with_states(tiny_run):

@@ -16,7 +16,7 @@ import pyigtl
 import pytest
 import torch
 
-from deepultrasound.elastography.import_command import save_deepuse_bundle
+from deepultrasound.elastography.bundles import save_deepuse_bundle
 from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION, StrainEstimator
 from deepultrasound.elastography.networks import ReUSENet
 from deepultrasound.elastography.prealign import PREALIGN_UNIFORM_STRAIN

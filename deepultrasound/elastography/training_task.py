@@ -38,6 +38,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
+from deepultrasound.elastography.bundles import (
+    ARCHITECTURE_MODULE,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TASK,
+    deepuse_state_specs,
+)
 from deepultrasound.elastography.data import (
     RFSequence,
     SequenceCrops,
@@ -45,12 +52,6 @@ from deepultrasound.elastography.data import (
     load_real,
     load_simulated,
     prepare_simulated,
-)
-from deepultrasound.elastography.import_command import (
-    ARCHITECTURE_MODULE,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    _state_specs,
 )
 from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION, NORMALISATIONS
 from deepultrasound.elastography.layers import NormKind
@@ -305,13 +306,14 @@ class DeepUSETask(Task):
         example = torch.randn(1, 2, *args.patch_size, generator=torch.Generator().manual_seed(0))
         return ExportSpec(
             network=NETWORK,
+            task=TASK,
             architecture=args.architecture,
             architecture_module=ARCHITECTURE_MODULE,
             architecture_args=network.get_config(),
             example_inputs=(example,),
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            states=_state_specs(network),
+            states=deepuse_state_specs(network),
             normalisation=normalisation,
             description=(
                 f"{args.architecture} (initial channels {args.initial_channels}, {args.norm} norm) trained "

@@ -70,7 +70,7 @@ def _frames(height: int, width: int, count: int = 8, step: float = 0.005) -> np.
 
 def _reference_bundle(folder: Path) -> Path:
     """An untrained ReUSENet of the original configuration (8 channels, batch statistics)."""
-    from deepultrasound.elastography.import_command import save_deepuse_bundle
+    from deepultrasound.elastography.bundles import save_deepuse_bundle
     from deepultrasound.elastography.networks import ReUSENet
 
     torch.manual_seed(0)

@@ -34,7 +34,7 @@ def export_bundle(
         network,
         name=config.bundle.name or config.task,
         version=config.bundle.version,
-        task=config.task,
+        task=spec.task or config.task,
         description=config.bundle.description or spec.description,
         architecture=spec.architecture,
         architecture_module=spec.architecture_module,

@@ -46,6 +46,8 @@ class ExportSpec:
     ``network`` names an entry of :meth:`Task.build_networks`; ``architecture`` and
     ``architecture_args`` must rebuild it through the runtime's architecture registry.
     ``dynamic_spatial=False`` for networks that accept only the example's spatial size.
+    ``task`` is what the bundle does, as model selectors filter it (e.g. ``"elastography"``);
+    default: the training task's name.
     """
 
     network: str
@@ -59,6 +61,7 @@ class ExportSpec:
     normalisation: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     dynamic_spatial: bool = True
+    task: str | None = None
 
 
 class StepContext:
