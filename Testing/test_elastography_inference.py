@@ -16,7 +16,9 @@ import torch
 
 from deepultrasound.cli import main
 from deepultrasound.elastography import inference
-from deepultrasound.elastography.import_command import import_deepuse_bundle, save_deepuse_bundle
+from deepultrasound.elastography.block_matching import BlockMatchingParams
+from deepultrasound.elastography.bundles import save_deepuse_bundle
+from deepultrasound.elastography.import_command import import_deepuse_bundle
 from deepultrasound.elastography.inference import (
     DEEPUSE_NORMALISATION,
     BlockMatchingEstimator,
@@ -289,6 +291,29 @@ def test_block_matching_recovers_uniform_compression() -> None:
     interior = result.strain[:, 80:-80]
     assert np.median(interior[0]) == pytest.approx(-1.0, rel=0.1)
     assert np.median(interior[1]) == pytest.approx(-2.0, rel=0.1)
+
+
+@pytest.mark.parametrize("history_fallback", [False, True])
+def test_block_matching_recovers_a_compression_jump_after_rest(monkeypatch, history_fallback) -> None:
+    """Frames at 0, 0, 2 and 3 % compression: a pair at rest, then a jump beyond the search range.
+
+    A search guided by the previous pair alone started the jump 10 samples off at the bottom
+    (search +-6 here, as +-32 at 1600 rows), and the wrong field then guided the next pair too:
+    median strain 15 % and 11 % off. Each pair is now guided by its own uniform-strain fit.
+    """
+    from deepultrasound.simulation import SimulationConfig, simulate_sequence
+
+    config = SimulationConfig(n_frames=4, height=512, width=64, compression_step_percent=1.0, mesh_cells=(16, 8))
+    sequence = simulate_sequence(config, seed=1)
+    if history_fallback:  # also match around the previous pair's field and keep the better-correlated pixels
+        monkeypatch.setattr(BlockMatchingEstimator, "POOR_FRACTION", -1.0)
+    estimator = BlockMatchingEstimator(BlockMatchingParams(axial_search=6), device="cpu")
+    result = estimator.estimate(sequence.rf[[0, 0, 2, 3]], 0.02, window_mm=2.0)
+    rows = slice(60, -60)
+    assert np.abs(result.strain[0, rows]).max() < 0.05  # identical frames: no strain (in %)
+    for estimated, truth in zip(result.strain[1:], sequence.strain_percent[1:]):
+        assert np.median(estimated[rows]) == pytest.approx(np.median(truth[rows]), rel=0.05)
+        assert np.median(np.abs(estimated[rows] - truth[rows])) < 0.1 * np.abs(np.median(truth[rows]))
 
 
 # ---------------------------------------------------------------- strain command

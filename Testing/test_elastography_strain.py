@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepultrasound.elastography.block_matching import BlockMatchingParams, baseline_strain, block_match
+from deepultrasound.elastography.block_matching import BlockMatchingParams, baseline_strain, block_match, match_blocks
 from deepultrasound.elastography.metrics import (
     cnr_e,
     cnr_e_db,
@@ -264,6 +264,21 @@ def test_guided_search_reaches_beyond_the_search_range(scatterers):
     assert float(_interior(guided[1], rows=30).sub(12.4).abs().median()) < 0.05
     unguided = block_match(pre, post, params)
     assert float(_interior(unguided[1], rows=30).max()) <= 3.5
+
+
+def test_match_correlation_is_high_for_a_true_match_and_low_without_one(scatterers):
+    depth, line, amplitude, height, width = scatterers
+    pre = _rf_frame(depth, line, amplitude, height, width)
+    shifted = _rf_frame(depth + 2.0, line, amplitude, height, width)
+    unrelated = _rf_frame(depth[::-1].copy(), line, amplitude, height, width)  # other speckle
+    params = BlockMatchingParams(axial_kernel=41, axial_search=4)
+    match = match_blocks(torch.stack([pre, pre])[:, None], torch.stack([shifted, unrelated])[:, None], params)
+    assert match.correlation.shape == (2, 1, height, width)
+    assert float(_interior(match.correlation[0, 0]).min()) > 0.99  # a pure shift matches exactly
+    assert float(_interior(match.correlation[1, 0]).median()) < 0.7
+    torch.testing.assert_close(match.displacement[:1], block_match(pre, shifted, params)[None])
+    flat = match_blocks(torch.zeros(height, width), pre, params)
+    assert float(flat.correlation.abs().max()) == 0.0
 
 
 def test_uniform_compression_gives_known_strain_and_better_ncc(scatterers):

@@ -182,10 +182,12 @@ def _cosine_peak(minus: torch.Tensor, centre: torch.Tensor, plus: torch.Tensor) 
     return torch.where(fits, (phase / omega).clamp(-0.5, 0.5), _parabolic_peak(minus, centre, plus))
 
 
-def _refine(volume: torch.Tensor, params: BlockMatchingParams) -> torch.Tensor:
-    """Integer peak plus sub-sample fits of a ``(L, A, ...)`` correlation -> ``(2, ...)`` (lateral, axial).
+def _refine(volume: torch.Tensor, params: BlockMatchingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer peak plus sub-sample fits of a ``(L, A, ...)`` correlation.
 
-    Pixels whose best correlation is not positive (nothing matches, e.g. a flat block) get 0.
+    Returns:
+        ``(2, ...)`` displacement (lateral, axial) and the ``(...)`` peak value; pixels whose
+        best correlation is not positive (nothing matches, e.g. a flat block) get displacement 0.
     """
     n_lat, n_ax = volume.shape[:2]
     flat = volume.flatten(0, 1)
@@ -207,16 +209,31 @@ def _refine(volume: torch.Tensor, params: BlockMatchingParams) -> torch.Tensor:
     displacement = torch.stack(
         [lateral - params.lateral_search + lateral_fraction, axial - params.axial_search + axial_fraction]
     )
-    return torch.where(centre > 0, displacement, 0.0).to(volume.dtype)
+    return torch.where(centre > 0, displacement, 0.0).to(volume.dtype), centre
 
 
-def block_match(
+@dataclass(frozen=True)
+class BlockMatch:
+    """Result of :func:`match_blocks`.
+
+    Attributes:
+        displacement: ``(B, 2, H, W)`` pixels, channel 0 lateral, channel 1 axial,
+            ``post(x + d(x)) ~ pre(x)``.
+        correlation: ``(B, 1, H, W)`` NCC in [-1, 1] of each pre block with the post block at the
+            integer peak (0 for flat blocks): the confidence of the match.
+    """
+
+    displacement: torch.Tensor
+    correlation: torch.Tensor
+
+
+def match_blocks(
     pre: torch.Tensor,
     post: torch.Tensor,
     params: BlockMatchingParams | None = None,
     initial_displacement: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Dense displacement from a pre- to a post-compression RF frame by NCC block matching.
+) -> BlockMatch:
+    """Dense displacement and match correlation from a pre- to a post-compression RF frame.
 
     Args:
         pre: ``(H, W)`` or ``(B, 1, H, W)`` pre-compression RF frame(s), H axial samples, W lines.
@@ -224,14 +241,12 @@ def block_match(
         params: block and search sizes, sub-sample fit and median filter (defaults:
             :class:`BlockMatchingParams`).
         initial_displacement: optional prior displacement in pixels, ``(2, H, W)`` or
-            ``(B, 2, H, W)`` like the output; the search then covers ``params``' ranges around
-            its rounded value.
+            ``(B, 2, H, W)``; the search then covers ``params``' ranges around its rounded value.
 
     Returns:
-        Displacement in pixels, ``(2, H, W)`` for ``(H, W)`` frames, else ``(B, 2, H, W)``;
-        channel 0 lateral (lines), channel 1 axial (samples); ``post(x + d(x)) ~ pre(x)``.
-        Holds ``(2 axial_search + 1) (2 lateral_search + 1) B H W`` correlation values (about
-        125 MB with the defaults for one 2000 x 128 pair).
+        :class:`BlockMatch` with ``(B, 2, H, W)`` displacement and ``(B, 1, H, W)`` correlation
+        (B = 1 for ``(H, W)`` frames). Holds ``(2 axial_search + 1) (2 lateral_search + 1) B H W``
+        correlation values (about 125 MB with the defaults for one 2000 x 128 pair).
 
     Raises:
         InputError: mismatched or ill-shaped frames, NaN/inf, or a block larger than the frame.
@@ -239,7 +254,6 @@ def block_match(
     params = params or BlockMatchingParams()
     fixed = _as_frames(pre, "pre")
     moving = _as_frames(post, "post")
-    single = pre.ndim == 2
     if fixed.shape != moving.shape:
         raise InputError(f"pre has shape {tuple(pre.shape)} but post has {tuple(post.shape)}")
     height, width = fixed.shape[-2:]
@@ -266,14 +280,40 @@ def block_match(
         prior = prior.to(fixed).round()
         moving = warp_image(moving, prior)
 
+    kh, kw = params.axial_kernel, params.lateral_kernel
     pre_lines, post_lines = (frame[:, 0].transpose(1, 2).contiguous() for frame in (fixed, moving))
-    displacement = _refine(_correlation_volume(pre_lines, post_lines, params), params)
+    displacement, peak = _refine(_correlation_volume(pre_lines, post_lines, params), params)
     displacement = displacement.permute(1, 0, 3, 2).contiguous()
     if prior is not None:
-        displacement = displacement + prior
+        # A block of the warped post frame is moved by the rounded prior of each of its rows, so
+        # its residual is measured against the prior's mean over the block, not the centre value.
+        prior_lines = prior.transpose(-1, -2)
+        block_mean = _box_sum(prior_lines, kh, kw) / _box_sum(torch.ones_like(prior_lines[:, :1]), kh, kw)
+        displacement = displacement + block_mean.transpose(-1, -2)
     if params.median_size > 1:
         displacement = median_filter(displacement, params.median_size, spatial_dims=2)
-    return displacement[0] if single else displacement
+    # The volume holds NCC x std of the pre block: divide the peak by that std.
+    variance = _box_sum(pre_lines * pre_lines, kh, kw) - _box_sum(pre_lines, kh, kw).square() / (kh * kw)
+    correlation = torch.where(variance > 0, peak * variance.clamp_min(torch.finfo(peak.dtype).tiny).rsqrt(), 0.0)
+    return BlockMatch(displacement, correlation.clamp(-1, 1).transpose(1, 2)[:, None].contiguous())
+
+
+def block_match(
+    pre: torch.Tensor,
+    post: torch.Tensor,
+    params: BlockMatchingParams | None = None,
+    initial_displacement: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dense displacement from a pre- to a post-compression RF frame by NCC block matching.
+
+    :func:`match_blocks` without the correlation; same arguments and errors.
+
+    Returns:
+        Displacement in pixels, ``(2, H, W)`` for ``(H, W)`` frames, else ``(B, 2, H, W)``;
+        channel 0 lateral (lines), channel 1 axial (samples); ``post(x + d(x)) ~ pre(x)``.
+    """
+    displacement = match_blocks(pre, post, params, initial_displacement).displacement
+    return displacement[0] if pre.ndim == 2 else displacement
 
 
 def baseline_strain(

@@ -51,10 +51,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deepultrasound.elastography.block_matching import BlockMatchingParams, block_match
+from deepultrasound.elastography.block_matching import BlockMatch, BlockMatchingParams, match_blocks
 from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.networks import NETWORK_STRIDE, crop_to_size, pad_to_multiple
-from deepultrasound.elastography.prealign import PREALIGNMENTS, ChainedPrealignment, compose_displacements
+from deepultrasound.elastography.prealign import (
+    PREALIGNMENTS,
+    ChainedPrealignment,
+    compose_displacements,
+    linear_prealignment,
+)
 from deepultrasound.elastography.strain import (
     DEFAULT_AXIAL_SPACING_MM,
     DEFAULT_WINDOW_MM,
@@ -381,11 +386,16 @@ class StrainEstimator(SequenceStrainEstimator):
 
 
 class BlockMatchingEstimator(SequenceStrainEstimator):
-    """The classical baseline: NCC block matching (:func:`block_match`) per frame pair.
+    """The classical baseline: NCC block matching (:func:`match_blocks`) per frame pair.
 
-    Each pair's search is guided by the previous pair's displacement (frame 0 -> k-1 is a good
-    start for frame 0 -> k; frame k-2 -> k-1 for k-1 -> k), so accumulated compression beyond the
-    search range is still found. The first pair of a sequence searches around zero.
+    Each pair's search is guided by the pair's own uniform-strain fit
+    (:func:`linear_prealignment`, no history), so a jump in compression between pairs (frames
+    at rest, then pressed; dropped frames) is found and no error carries over to later pairs.
+    The search range then covers the non-uniform part of the motion. Where that guided match
+    is poor (correlation below :attr:`POOR_CORRELATION` at more than :attr:`POOR_FRACTION` of
+    the pixels: strain far from uniform), the search is repeated around the previous pair's
+    displacement, which follows non-uniform strain, and each pixel keeps the better-correlated
+    of the two matches.
 
     Args:
         params: block and search sizes (default: 51 x 3 blocks, +-32 axial, +-1 lateral).
@@ -393,19 +403,36 @@ class BlockMatchingEstimator(SequenceStrainEstimator):
     """
 
     name = "block matching"
+    POOR_CORRELATION = 0.6
+    """NCC below which a pixel's match counts as poor."""
+    POOR_FRACTION = 0.01
+    """Fraction of poor pixels above which the previous pair's displacement is tried as a guide too."""
 
     def __init__(self, params: BlockMatchingParams | None = None, device: str | torch.device | None = None) -> None:
         self.params = params or BlockMatchingParams(axial_search=32)
         self.device = choose_device(device)
-        self._prior: torch.Tensor | None = None
+        self._previous: torch.Tensor | None = None
 
     def _begin_sequence(self) -> None:
-        self._prior = None
+        self._previous = None
 
     def step(self, pair: np.ndarray, new_reference: bool) -> np.ndarray:
-        pre, post = (torch.from_numpy(frame).to(self.device) for frame in pair)
-        self._prior = block_match(pre, post, self.params, self._prior)
-        return self._prior.cpu().numpy()
+        pre, post = torch.from_numpy(pair[:, None, None]).to(self.device)  # two (1, 1, H, W) frames
+        match = match_blocks(pre, post, self.params, linear_prealignment(pre, post))
+        poor = (match.correlation < self.POOR_CORRELATION).float().mean()
+        if self._previous is not None and poor > self.POOR_FRACTION:
+            match = _better_match(match, match_blocks(pre, post, self.params, self._previous))
+        self._previous = match.displacement
+        return match.displacement[0].cpu().numpy()
+
+
+def _better_match(first: BlockMatch, second: BlockMatch) -> BlockMatch:
+    """Per pixel, the displacement and correlation of whichever match correlates better."""
+    second_wins = second.correlation > first.correlation
+    return BlockMatch(
+        torch.where(second_wins, second.displacement, first.displacement),
+        torch.maximum(first.correlation, second.correlation),
+    )
 
 
 class UniformStrainEstimator(SequenceStrainEstimator):
