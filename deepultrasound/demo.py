@@ -49,23 +49,16 @@ def demo_phantom():
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from deepultrasound.streaming.scanner import add_phantom_arguments
+
     parser.add_argument(
         "-o", "--output", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)"
     )
     parser.add_argument(
         "--frames", type=int, default=12, help="strain results to collect from the stream (default: 12)"
     )
-    parser.add_argument("--ramp-frames", type=int, default=5, help="frames from rest to full compression (default: 5)")
-    parser.add_argument(
-        "--step-percent",
-        type=float,
-        default=0.3,
-        help="applied strain added per ramp frame in %% (default: 0.3, within block matching's search)",
-    )
     parser.add_argument("--rate", type=float, default=4.0, help="scanner frame rate in Hz (default: 4)")
-    parser.add_argument("--height", type=int, default=2000, help="axial samples over the 40 mm depth (default: 2000)")
-    parser.add_argument("--width", type=int, default=128, help="lines over the 25.6 mm width (default: 128)")
-    parser.add_argument("--seed", type=int, default=DEMO_SEED, help=f"simulation seed (default: {DEMO_SEED})")
+    add_phantom_arguments(parser, ramp_frames=5, step_percent=0.3, seed=DEMO_SEED)
     parser.add_argument(
         "--model",
         default=None,

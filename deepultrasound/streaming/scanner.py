@@ -172,6 +172,27 @@ class Scanner:
         self.stop()
 
 
+def add_phantom_arguments(parser: argparse.ArgumentParser, *, ramp_frames: int, step_percent: float, seed: int) -> None:
+    """Options of the simulated phantom under cyclic compression (shared by ``scanner`` and ``demo``)."""
+    parser.add_argument(
+        "--ramp-frames",
+        type=int,
+        default=ramp_frames,
+        help=f"simulated phantom: frames from rest to full compression (default: {ramp_frames})",
+    )
+    parser.add_argument(
+        "--step-percent",
+        type=float,
+        default=step_percent,
+        help=f"simulated phantom: applied strain added per ramp frame in %% (default: {step_percent})",
+    )
+    parser.add_argument(
+        "--height", type=int, default=2000, help="simulated phantom: axial samples over 40 mm (default: 2000)"
+    )
+    parser.add_argument("--width", type=int, default=128, help="simulated phantom: lines over 25.6 mm (default: 128)")
+    parser.add_argument("--seed", type=int, default=seed, help=f"simulated phantom: seed (default: {seed})")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input", nargs="?", type=Path, help="RF sequence file to replay in a loop (default: a simulated phantom)"
@@ -188,21 +209,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--count", type=int, default=None, help="stop after this many frames (default: run until Ctrl-C)"
     )
-    parser.add_argument(
-        "--ramp-frames",
-        type=int,
-        default=6,
-        help="simulated phantom: frames from rest to full compression (default: 6)",
-    )
-    parser.add_argument(
-        "--step-percent",
-        type=float,
-        default=0.5,
-        help="simulated phantom: applied strain per frame in %% (default: 0.5)",
-    )
-    parser.add_argument("--height", type=int, default=2000, help="simulated phantom: axial samples (default: 2000)")
-    parser.add_argument("--width", type=int, default=128, help="simulated phantom: lines (default: 128)")
-    parser.add_argument("--seed", type=int, default=0, help="simulated phantom: seed (default: 0)")
+    add_phantom_arguments(parser, ramp_frames=6, step_percent=0.5, seed=0)
 
 
 def run(args: argparse.Namespace) -> int:
