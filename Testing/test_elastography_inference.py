@@ -8,6 +8,7 @@ uniform compression of known strain for the block-matching path.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -412,6 +413,7 @@ def test_strain_command_without_model_says_how_to_get_one(
 
 
 def test_bench_strain_prints_json_last(tmp_path: Path, small_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = Path(shutil.copytree(small_bundle, tmp_path / "bundle"))
     # a layer (and here an inclusion) for a strain contrast; a homogeneous phantom has none
     simulation = json.dumps({"n_frames": 3, "height": 128, "width": 16, "mesh_cells": [8, 4], "layer_probability": 1.0})
     code = main(
@@ -419,7 +421,7 @@ def test_bench_strain_prints_json_last(tmp_path: Path, small_bundle: Path, capsy
             "bench",
             "strain",
             "--model",
-            str(small_bundle),
+            str(bundle),
             "--sequences",
             "1",
             "--simulation",
@@ -432,6 +434,7 @@ def test_bench_strain_prints_json_last(tmp_path: Path, small_bundle: Path, capsy
             "cpu",
             "--invivo",
             str(tmp_path / "none"),
+            "--record",
         ]
     )
     assert code == 0
@@ -448,3 +451,7 @@ def test_bench_strain_prints_json_last(tmp_path: Path, small_bundle: Path, capsy
     assert methods["uniform"]["snr_e"] is None and methods["uniform"]["cnr_e"] is None
     assert "skipped" in figures["invivo"]
     assert any(line.startswith("block matching") for line in lines[:-1])
+    # --record: the same figures in the bundle's manifest, which still verifies
+    recorded = load_bundle(bundle).manifest.metrics["bench_strain"]
+    assert recorded["simulated"] == figures["simulated"] and recorded["invivo"] == figures["invivo"]
+    assert recorded["command"].startswith("deepultrasound bench strain --model") and "--record" in recorded["command"]

@@ -30,6 +30,7 @@ from deepultrasound.runtime import (
     list_bundles,
     load_bundle,
     model_directories,
+    record_metrics,
     register_architecture,
     registered_architectures,
     save_bundle,
@@ -276,6 +277,20 @@ def test_one_flipped_byte_is_refused(conv_copy, name):
     path.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=name.replace(".", r"\.") + ".*sha256"):
         load_bundle(conv_copy)
+
+
+def test_recorded_metrics_keep_the_bundle_valid(conv_copy):
+    saved = load_bundle(conv_copy).manifest.metrics
+    record_metrics(conv_copy, "bench", {"nrmse": 0.25, "rows": {"baseline": None}})
+    manifest = record_metrics(conv_copy, "other", {"fps": 30})
+    assert manifest.metrics == {**saved, "bench": {"nrmse": 0.25, "rows": {"baseline": None}}, "other": {"fps": 30}}
+    assert load_bundle(conv_copy).manifest.metrics == manifest.metrics  # checksums unchanged, still verifies
+    with pytest.raises(BundleError, match="cannot be stored"):
+        record_metrics(conv_copy, "bench", {"nrmse": float("nan")})
+    assert load_bundle(conv_copy).manifest.metrics == manifest.metrics  # a refused record changes nothing
+    (conv_copy / "model.onnx").write_bytes(b"modified")
+    with pytest.raises(BundleError, match="sha256"):
+        record_metrics(conv_copy, "bench", {})
 
 
 def test_truncated_and_missing_files_are_refused(conv_copy):

@@ -71,7 +71,9 @@ class ToyAdversarialTask(Task):
 
     def validation_step(self, batch, networks: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
         x, y = batch
-        return {"error": (networks["generator"](x) - y).norm(dim=1)}
+        error = (networks["generator"](x) - y).norm(dim=1)
+        # undefined (NaN) where x[:, 0] <= 0: the trainer averages over the defined samples only
+        return {"error": error, "error_where_positive": error.where(x[:, 0] > 0, torch.nan)}
 
     def export_spec(self) -> ExportSpec:
         return ExportSpec(
@@ -135,6 +137,18 @@ def test_stages_build_their_data_and_scale_the_learning_rate(trained):
         rows = list(csv.DictReader(stream))
     assert [row["stage"] for row in rows] == ["coarse", "coarse", "fine"]
     assert [float(row["lr"]) for row in rows] == pytest.approx([0.01, 0.01, 0.001])
+
+
+def test_validation_means_skip_undefined_samples(trained):
+    trainer, result = trained
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(CONFIG["seed"]))[:16]  # the last stage's set
+    with torch.no_grad():
+        error = (trainer.ema["generator"].module(x) - 2 * x).norm(dim=1)
+    with (result.output_dir / "metrics.csv").open(newline="") as stream:
+        last = list(csv.DictReader(stream))[-1]
+    assert 0 < (x[:, 0] > 0).sum() < len(x)
+    assert float(last["val/error"]) == pytest.approx(error.mean().item(), rel=1e-5)
+    assert float(last["val/error_where_positive"]) == pytest.approx(error[x[:, 0] > 0].mean().item(), rel=1e-5)
 
 
 def test_ema_weights_are_validated_and_exported(trained):

@@ -2,8 +2,9 @@
 
 A suite is a module registered in :data:`SUITES` that provides ``HELP`` (one line),
 ``configure(parser)`` (its options) and ``run(args) -> dict`` (prints a readable report and
-returns its figures, JSON-serialisable, None where a figure is not available). This dispatcher
-prints the figures as one JSON line after everything else, so scripts read the last line.
+returns its figures, JSON-serialisable, None where a figure is not available; ``args.command``
+holds the command line, for suites that record it). This dispatcher prints the figures as one
+JSON line after everything else, so scripts read the last line.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shlex
 
 #: suite name -> module that implements it
 SUITES: dict[str, str] = {
@@ -31,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     module = importlib.import_module(SUITES[args.suite])
     parser = argparse.ArgumentParser(prog=f"deepultrasound bench {args.suite}", description=module.HELP)
     module.configure(parser)
-    figures = module.run(parser.parse_args(args.options))
+    options = parser.parse_args(args.options)
+    options.command = shlex.join(["deepultrasound", "bench", args.suite, *args.options])
+    figures = module.run(options)
     print(json.dumps({"suite": args.suite, **figures}, allow_nan=False), flush=True)
     return 0

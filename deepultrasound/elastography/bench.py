@@ -33,11 +33,16 @@ JSON (the last stdout line of ``deepultrasound bench strain``): ``simulated`` ho
 ``nrmse``, ``nrmse_contrast``, ``cnr_e``, ``snr_e`` and ``seconds_per_pair`` (``null`` where
 undefined); ``invivo`` holds ``sequences``, ``region`` and ``methods`` (``snr_e``,
 ``seconds_per_pair``, ``snr_e_per_sequence``), or ``skipped`` with the reason.
+
+``--record`` stores each model's figures, beside those of the baselines and with the command
+and date, in its bundle's manifest (``metrics["bench_strain"]``, see
+:func:`deepultrasound.runtime.record_metrics`): how shipped models carry their figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import time
@@ -65,7 +70,7 @@ from deepultrasound.elastography.splits import BENCH_SEEDS, bench_seeds
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, axial_strain_np, window_samples
 from deepultrasound.errors import BundleError, ConfigError, InputError
 from deepultrasound.io import Image, read_sequence
-from deepultrasound.runtime import BACKENDS
+from deepultrasound.runtime import BACKENDS, record_metrics
 
 HELP = "DeepUSE strain: networks vs block matching on held-out simulated sequences and in vivo data"
 
@@ -75,6 +80,8 @@ DEFAULT_INVIVO_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "da
 """``../shared/data/deepuse_invivo`` beside the repository."""
 MIN_INCLUSION_PIXELS = 50
 ORACLE = "oracle"
+MANIFEST_KEY = "bench_strain"
+"""Key of the figures in a bundle manifest's ``metrics`` (``--record``)."""
 UNIFORM_STRAIN_METHODS = (UniformStrainEstimator.name,)
 """Methods whose strain image is uniform by construction: no SNRe or CNRe."""
 
@@ -126,6 +133,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=DEFAULT_INVIVO_DIR,
         help="folder with rf0299.mhd and rf0300.mhd (default: ../shared/data/deepuse_invivo beside the repository)",
+    )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help=f"store each model's figures and the baselines' in its bundle manifest (metrics.{MANIFEST_KEY})",
     )
 
 
@@ -315,10 +327,36 @@ def _print_table(simulated: dict[str, Any], invivo: dict[str, Any], note: str) -
         print(f"note: {note}")
 
 
+def _record(args: argparse.Namespace, estimators: dict[str, SequenceStrainEstimator], figures: dict[str, Any]) -> None:
+    """Store each model's rows, with the baselines' (every non-network method), in its manifest."""
+    models = {label: e for label, e in estimators.items() if isinstance(e, StrainEstimator)}
+    for label, estimator in models.items():
+        kept = [name for name in [*estimators, ORACLE] if name == label or name not in models]
+
+        def rows(part: dict[str, Any]) -> dict[str, Any]:
+            if "methods" not in part:
+                return part
+            return {**part, "methods": {name: part["methods"][name] for name in kept if name in part["methods"]}}
+
+        record = {
+            "command": getattr(args, "command", None),
+            "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "backend": args.backend,
+            "simulated": rows(figures["simulated"]),
+            "invivo": rows(figures["invivo"]),
+        }
+        path = estimator.predictor.bundle.path
+        record_metrics(path, MANIFEST_KEY, record)
+        print(f"recorded the figures of {label} in {path}")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the suite; prints the tables and returns the figures."""
+    """Run the suite; prints the tables and returns the figures (and records them with ``--record``)."""
     estimators, note = _estimators(args)
     simulated = _simulated(args, estimators)
     invivo = _invivo(args, estimators)
     _print_table(simulated, invivo, note)
-    return {"simulated": simulated, "invivo": invivo, **({"note": note} if note else {})}
+    figures = {"simulated": simulated, "invivo": invivo, **({"note": note} if note else {})}
+    if args.record:
+        _record(args, estimators, figures)
+    return figures

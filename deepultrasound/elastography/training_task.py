@@ -17,7 +17,7 @@ detached before the next one.
 
 Validation runs the network over the pairs (0, k) of the first frames of simulated validation
 sequences (a centred crop), whatever the training pairs, and reports, per sequence, the axial
-strain NRMSE against the FEM truth (least-squares strain with ``eval_window_mm``, on the rows
+strain NRMSE against the FEM truth and that of its contrast (least-squares strain with ``eval_window_mm``, on the rows
 where the window is complete) and the NCC between the fixed frame and the warped moving frame,
 both averaged over the pairs.
 
@@ -27,6 +27,7 @@ Example configs: ``deepultrasound/configs/deepuse_original.yaml`` (the paper's s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -61,7 +62,7 @@ from deepultrasound.elastography.losses import (
     similarity_loss,
     smoothness_loss,
 )
-from deepultrasound.elastography.metrics import ncc, strain_nrmse, warp_image
+from deepultrasound.elastography.metrics import ncc, strain_nrmse, strain_nrmse_contrast, warp_image
 from deepultrasound.elastography.networks import NETWORK_STRIDE, ReUSENet, USENet
 from deepultrasound.elastography.prealign import (
     PREALIGN_UNIFORM_STRAIN,
@@ -75,6 +76,7 @@ from deepultrasound.elastography.strain import (
     axial_strain,
     window_samples,
 )
+from deepultrasound.errors import InputError
 from deepultrasound.simulation import SimulationConfig
 from deepultrasound.training.task import (
     ExportSpec,
@@ -176,6 +178,14 @@ def network_step(
     return displacement, tuple(new_states)
 
 
+def _contrast_nrmse(strain: torch.Tensor, truth: torch.Tensor, region: torch.Tensor) -> float:
+    """:func:`strain_nrmse_contrast`, NaN where the true strain is uniform (no inclusion)."""
+    try:
+        return strain_nrmse_contrast(strain, truth, region)
+    except InputError:
+        return math.nan
+
+
 @register_task
 class DeepUSETask(Task):
     """Unsupervised displacement estimation for strain elastography (USENet or ReUSENet)."""
@@ -265,7 +275,8 @@ class DeepUSETask(Task):
     def validation_step(
         self, batch: Mapping[str, torch.Tensor], networks: Mapping[str, nn.Module]
     ) -> dict[str, torch.Tensor]:
-        """Per sequence ``(B,)``: ``strain_nrmse`` vs truth and ``warped_ncc``, means over the pairs (0, k)."""
+        """Per sequence ``(B,)``: ``strain_nrmse`` and ``strain_nrmse_contrast`` vs truth and
+        ``warped_ncc``, means over the pairs (0, k)."""
         args = self.args
         spacing = args.simulation_config.axial_spacing_mm
         rf, truth, region = batch["rf"], batch["strain"], batch["region"]
@@ -274,6 +285,7 @@ class DeepUSETask(Task):
         states = initial_states(network, torch.cat([fixed, fixed], dim=1))
         pairs = rf.shape[1] - 1
         nrmse = torch.zeros(rf.shape[0], pairs)
+        nrmse_contrast = torch.zeros(rf.shape[0], pairs)
         similarity = torch.zeros(rf.shape[0], pairs)
         if args.prealign:
             prealignment = torch.stack([chained_prealignment(sequence[:, None]) for sequence in rf], dim=1)
@@ -290,8 +302,13 @@ class DeepUSETask(Task):
             warped = warp_image(moving, displacement)[:, 0]
             for b in range(rf.shape[0]):
                 nrmse[b, t - 1] = strain_nrmse(strain[b], truth[b, t - 1], region[b])
+                nrmse_contrast[b, t - 1] = _contrast_nrmse(strain[b], truth[b, t - 1], region[b])
                 similarity[b, t - 1] = ncc(fixed[b, 0], warped[b], region[b])
-        return {"strain_nrmse": nrmse.mean(1).to(rf), "warped_ncc": similarity.mean(1).to(rf)}
+        return {
+            "strain_nrmse": nrmse.mean(1).to(rf),
+            "strain_nrmse_contrast": nrmse_contrast.nanmean(1).to(rf),
+            "warped_ncc": similarity.mean(1).to(rf),
+        }
 
     # -- export ----------------------------------------------------------------------------------
     def export_spec(self) -> ExportSpec:

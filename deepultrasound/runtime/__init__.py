@@ -24,6 +24,7 @@ from deepultrasound.runtime.bundle import (
     list_bundles,
     load_bundle,
     model_directories,
+    record_metrics,
     save_bundle,
 )
 from deepultrasound.runtime.device import available_devices, choose_device
@@ -50,6 +51,7 @@ __all__ = [
     "list_bundles",
     "load_bundle",
     "model_directories",
+    "record_metrics",
     "register_architecture",
     "registered_architectures",
     "save_bundle",

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from deepultrasound.errors import BundleError, InputError
+from deepultrasound.io.atomic import atomic_write
 from deepultrasound.runtime import export
 from deepultrasound.runtime.architectures import (
     build_architecture,
@@ -58,6 +59,7 @@ __all__ = [
     "list_bundles",
     "load_bundle",
     "model_directories",
+    "record_metrics",
     "save_bundle",
 ]
 
@@ -185,6 +187,27 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     for name, digest in manifest.files.items():
         _read_verified(folder / name, digest)
     return Bundle(path=folder, manifest=manifest)
+
+
+def record_metrics(path: str | os.PathLike[str], key: str, figures: Mapping[str, Any]) -> Manifest:
+    """Store ``figures`` as ``metrics[key]`` in the manifest of the bundle in ``path``.
+
+    The bundle is verified first; only ``manifest.json`` changes (its checksums cover the other
+    files, which stay as they are) and it is replaced atomically. Returns the new manifest.
+
+    Raises:
+        BundleError: as :func:`load_bundle`, or ``figures`` that JSON cannot hold.
+    """
+    bundle = load_bundle(path)
+    metrics = {**bundle.manifest.metrics, key: dict(figures)}
+    try:
+        text = json.dumps(metrics, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise BundleError(f"metrics {key!r} cannot be stored in a manifest: {error}") from error
+    manifest = bundle.manifest.model_copy(update={"metrics": json.loads(text)})
+    with atomic_write(bundle.path / MANIFEST_NAME) as staged:
+        staged.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return manifest
 
 
 def find_bundles(directories: Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -155,6 +155,9 @@ class Task(abc.ABC):
     def validation_step(self, batch: Any, networks: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
         """Metrics for one batch as per-sample values ``(B,)``; the trainer averages them over the set.
 
+        A sample where a metric is undefined gives NaN there: the mean is over the defined ones
+        (NaN when none is).
+
         ``networks`` are the evaluation copies (EMA where the task keeps one), unwrapped, in eval mode.
         """
 

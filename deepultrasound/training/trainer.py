@@ -276,15 +276,18 @@ class Trainer:
         for net in networks.values():
             net.eval()
         sums: dict[str, torch.Tensor] = {}
-        count = torch.zeros((), device=device)
+        counts: dict[str, torch.Tensor] = {}
         for batch in loader:
             values = self.task.validation_step(to_device(batch, device, self.dtype), networks)
             for key, per_sample in values.items():
-                sums[key] = sums.get(key, torch.zeros((), device=device)) + per_sample.detach().float().sum()
-            count += next(iter(values.values())).shape[0]
+                per_sample = per_sample.detach().float()
+                defined = per_sample.isfinite()
+                sums[key] = sums.get(key, torch.zeros((), device=device)) + per_sample[defined].sum()
+                counts[key] = counts.get(key, torch.zeros((), device=device)) + defined.sum()
         keys = sorted(sums)
-        totals = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys] + [count]))
-        return {f"val/{k}": (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}
+        totals = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys] + [counts[k] for k in keys]))
+        means = totals[: len(keys)] / totals[len(keys) :]
+        return {f"val/{k}": means[i].item() for i, k in enumerate(keys)}
 
     def run(self) -> TrainResult:
         """Train (or resume) to the last epoch, then export the bundle; returns the final figures."""
