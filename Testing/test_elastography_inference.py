@@ -22,6 +22,7 @@ from deepultrasound.elastography.bundles import save_deepuse_bundle
 from deepultrasound.elastography.import_command import import_deepuse_bundle
 from deepultrasound.elastography.inference import (
     DEEPUSE_NORMALISATION,
+    FRAME_TO_FRAME,
     BlockMatchingEstimator,
     StrainEstimator,
     UniformStrainEstimator,
@@ -225,9 +226,9 @@ def _compressed_sequence(strains_percent: list[float], height: int = 400, width:
 
 @pytest.fixture(scope="module")
 def prealigned_bundle(small_model: ReUSENet, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The untrained small ReUSENet, its manifest asking for uniform-strain pre-alignment."""
+    """The untrained small ReUSENet, its manifest asking for frame-to-frame pairs with uniform-strain pre-alignment."""
     folder = tmp_path_factory.mktemp("prealigned") / "tiny-prealigned"
-    normalisation = {**DEEPUSE_NORMALISATION, "prealign": PREALIGN_UNIFORM_STRAIN}
+    normalisation = {**DEEPUSE_NORMALISATION, "pairs": FRAME_TO_FRAME, "prealign": PREALIGN_UNIFORM_STRAIN}
     return save_deepuse_bundle(
         small_model, folder, name="tiny-prealigned", example_size=(32, 16), formats=(), normalisation=normalisation
     )
@@ -244,28 +245,34 @@ def _network_on_prealigned(
     return compose_displacements(residual[..., :8], prealignment), tuple(states)
 
 
-def test_prealigned_bundle_composes_the_network_with_the_chained_prealignment(
-    prealigned_bundle: Path, small_model: ReUSENet
-) -> None:
+def test_frame_to_frame_bundle_chains_its_prealigned_pairs(prealigned_bundle: Path, small_model: ReUSENet) -> None:
     rf = _compressed_sequence([-1.0, -2.0], height=128)
     estimator = StrainEstimator(prealigned_bundle, "torch", "cpu")
-    assert estimator.prealignment == PREALIGN_UNIFORM_STRAIN
+    assert estimator.prealignment == PREALIGN_UNIFORM_STRAIN and estimator.frame_to_frame
     result = estimator.estimate(rf, SPACING[1], window_mm=WINDOW_MM)
     previous = estimator.estimate(rf, SPACING[1], reference="previous", window_mm=WINDOW_MM)
 
     frames = torch.from_numpy(np.stack([normalise_frame(frame, "frame_max") for frame in rf]))[:, None]
-    steps = [linear_prealignment(frames[k - 1 : k], frames[k : k + 1]) for k in (1, 2)]
-    chained = [steps[0], compose_displacements(steps[0], steps[1])]  # frame 0 -> 1, 0 -> 2
-    states: tuple = ()
+    fits = [linear_prealignment(frames[k - 1 : k], frames[k : k + 1]) for k in (1, 2)]  # pairs (0, 1), (1, 2)
     with torch.no_grad():
-        for k in (1, 2):
-            total, states = _network_on_prealigned(small_model, frames[:1], frames[k : k + 1], chained[k - 1], states)
-            np.testing.assert_allclose(result.displacement[k - 1], total[0].numpy(), atol=1e-4)
-        fresh, _ = _network_on_prealigned(small_model, frames[1:2], frames[2:3], steps[1], ())
-    np.testing.assert_allclose(previous.displacement[1], fresh[0].numpy(), atol=1e-4)
+        first, states = _network_on_prealigned(small_model, frames[:1], frames[1:2], fits[0], ())
+        second, _ = _network_on_prealigned(small_model, frames[1:2], frames[2:3], fits[1], states)  # state runs on
+        fresh, _ = _network_on_prealigned(small_model, frames[1:2], frames[2:3], fits[1], ())
+    np.testing.assert_allclose(result.displacement[0], first[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(result.displacement[1], compose_displacements(first, second)[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(previous.displacement[1], fresh[0].numpy(), atol=1e-4)  # a new reference: zero state
     np.testing.assert_allclose(
         result.strain, axial_strain_np(result.displacement[:, 1], WINDOW_MM, SPACING[1]), atol=1e-5
     )
+
+
+def test_prealignment_without_frame_to_frame_pairs_is_refused(small_model: ReUSENet, tmp_path: Path) -> None:
+    normalisation = {**DEEPUSE_NORMALISATION, "prealign": PREALIGN_UNIFORM_STRAIN}
+    folder = save_deepuse_bundle(
+        small_model, tmp_path / "b", name="b", example_size=(32, 16), formats=(), normalisation=normalisation
+    )
+    with pytest.raises(BundleError, match="'first' pairs with pre-alignment 'uniform_strain'"):
+        StrainEstimator(folder)
 
 
 def test_unknown_prealignment_is_refused(small_model: ReUSENet, tmp_path: Path) -> None:

@@ -33,11 +33,13 @@ from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.networks import ReUSENet
 from deepultrasound.elastography.prealign import (
     PREALIGN_UNIFORM_STRAIN,
-    chained_prealignment,
+    DisplacementChain,
     compose_displacements,
     linear_prealignment,
     prealigned_previous,
+    uniform_strain_pair,
 )
+from deepultrasound.elastography.inference import FRAME_TO_FRAME
 from deepultrasound.elastography.training_task import NETWORK, DeepUSETask
 from deepultrasound.errors import ConfigError, InputError
 from deepultrasound.runtime import RecurrentPredictor, create_predictor
@@ -228,7 +230,8 @@ def test_linear_prealignment_recovers_a_uniform_strain_and_chains():
     interior = slice(64, -64)  # rows warped in from outside the image excluded
     assert (estimate - steps[0])[..., interior, :].abs().max() < 0.2
     assert estimate[:, 0].abs().max() == 0
-    chained = chained_prealignment(torch.cat(frames))
+    chain = DisplacementChain(uniform_strain_pair)
+    chained = torch.cat([chain.step(frames[0], frames[k]) for k in (1, 2)])  # (0, 1), then (0, 2) chained
     total = compose_displacements(steps[0], steps[1])
     assert chained.shape == (2, 2, *shape)
     assert (chained[1:] - total)[..., interior, :].abs().max() < 0.3
@@ -256,8 +259,26 @@ def test_prealigned_crops_follow_the_rf_crop_and_flip():
 def test_export_spec_records_the_prealignment_for_inference(tmp_path, prealign):
     args = {**tiny_config(tmp_path)["task_args"], "pairs": "previous", "prealign": prealign}
     normalisation = DeepUSETask(DeepUSETask.parse_args(args), seed=0).export_spec().normalisation
-    assert normalisation["kind"] == "frame_max"
+    assert normalisation["kind"] == "frame_max" and normalisation["pairs"] == FRAME_TO_FRAME
     assert normalisation.get("prealign") == (PREALIGN_UNIFORM_STRAIN if prealign else None)
+
+
+@pytest.mark.parametrize("pairs", ["first", "previous"])
+def test_validation_runs_the_pairs_as_inference_does(tmp_path, pairs):
+    """(0, k) directly, or chained from (k - 1, k) with the recurrent state running on."""
+    task = DeepUSETask(DeepUSETask.parse_args({**tiny_config(tmp_path)["task_args"], "pairs": pairs}), seed=0)
+    network = task.build_networks()[NETWORK].eval()
+    seen = []
+    network.register_forward_pre_hook(lambda module, inputs: seen.append(inputs))
+    rf = speckle((1, 3, 64, 32))
+    batch = {"rf": rf, "strain": torch.ones(1, 2, 64, 32), "region": torch.ones(1, 64, 32, dtype=torch.bool)}
+    figures = task.validation_step(batch, {NETWORK: network})
+    assert set(figures) == {"strain_nrmse", "strain_nrmse_contrast", "warped_ncc"}
+    assert figures["strain_nrmse_contrast"].isnan().all()  # a uniform truth has no contrast
+    assert len(seen) == 2
+    for t, (pair, *states) in enumerate(seen, start=1):
+        assert torch.equal(pair[:, 0], rf[:, t - 1 if pairs == "previous" else 0]) and torch.equal(pair[:, 1], rf[:, t])
+        assert all(state.abs().sum() == 0 for state in states) == (t == 1)  # zero states, then carried on
 
 
 def test_previous_pairs_train_on_the_prealigned_frames(tmp_path):

@@ -20,11 +20,15 @@ Input handling (the RF sequence, ``(N, H, W)``: frames, axial samples, lines):
 - each frame is normalised as the bundle manifest's ``normalisation`` says (see
   :data:`NORMALISATIONS`); the original DeepUSE code feeds frames stored with their maximum at
   1.0 (``"frame_max"``, what :func:`save_deepuse_bundle` records for imported models);
-- a bundle whose manifest ``normalisation`` holds ``"prealign": "uniform_strain"`` was trained on
-  the residual after :mod:`~deepultrasound.elastography.prealign`: each pair's moving frame is
-  warped by the pair's uniform-strain pre-alignment ``c`` (pairs of one reference chain
-  frame-to-frame fits, as in training validation), the network runs on (fixed, warped moving)
-  and its residual is composed with ``c`` (:func:`compose_displacements`); the displacement and
+- a bundle whose manifest ``normalisation`` holds ``"pairs": "previous"`` (:data:`FRAME_TO_FRAME`)
+  was trained on frame-to-frame pairs: the displacement of (reference, k) is that of
+  (reference, k - 1) composed with the network's (k - 1, k) (:class:`DisplacementChain`), each
+  estimate as small as one frame step, as in training; a recurrent state runs on from pair to
+  pair and starts from zeros with each new reference;
+- such a bundle with ``"prealign": "uniform_strain"`` was trained on the residual after
+  :mod:`~deepultrasound.elastography.prealign`: each frame-to-frame pair's moving frame is
+  warped by the pair's uniform-strain fit ``c``, the network runs on (fixed, warped moving) and
+  its residual is composed with ``c`` (:func:`compose_displacements`); the displacement and
   strain are the total ones;
 - frames whose size is not a multiple of the network stride (16) are zero-padded at the bottom
   and right and the output cropped back;
@@ -56,9 +60,10 @@ from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.networks import NETWORK_STRIDE, crop_to_size, pad_to_multiple
 from deepultrasound.elastography.prealign import (
     PREALIGNMENTS,
-    ChainedPrealignment,
+    DisplacementChain,
     compose_displacements,
     linear_prealignment,
+    uniform_strain_pair,
 )
 from deepultrasound.elastography.strain import (
     DEFAULT_AXIAL_SPACING_MM,
@@ -81,6 +86,10 @@ logger = logging.getLogger(__name__)
 
 Reference = Literal["first", "previous"]
 REFERENCES: tuple[str, ...] = ("first", "previous")
+
+FRAME_TO_FRAME = "previous"
+"""Manifest value (``normalisation["pairs"]``) of models trained on frame-to-frame pairs (k-1, k):
+their (reference, k) displacement is composed from frame-to-frame ones (:class:`DisplacementChain`)."""
 
 DEEPUSE_ARCHITECTURES = ("reusenet", "usenet")
 """Registered architectures of the DeepUSE networks, in order of preference for the default model."""
@@ -320,6 +329,8 @@ class StrainEstimator(SequenceStrainEstimator):
     Attributes:
         prealignment: the pre-alignment the bundle was trained with (manifest
             ``normalisation["prealign"]``, e.g. ``"uniform_strain"``), or None.
+        frame_to_frame: the bundle was trained on frame-to-frame pairs (manifest
+            ``normalisation["pairs"] == "previous"``); displacements to the reference are chained.
 
     Raises:
         BundleError: no such model (the message says how to get one), an invalid bundle, a
@@ -353,10 +364,18 @@ class StrainEstimator(SequenceStrainEstimator):
                 f"model {manifest.name!r} asks for pre-alignment {prealignment!r}, unknown here "
                 f"(known: {', '.join(PREALIGNMENTS)}); update deepultrasound"
             )
+        pairs = manifest.normalisation.get("pairs", "first")
+        if pairs not in REFERENCES or (prealignment is not None and pairs != FRAME_TO_FRAME):
+            raise BundleError(
+                f"model {manifest.name!r} asks for {pairs!r} pairs"
+                + (f" with pre-alignment {prealignment!r}" if prealignment is not None else "")
+                + f"; supported: {', '.join(REFERENCES)} pairs, pre-aligned ones frame to frame"
+            )
         self.prealignment: str | None = prealignment
+        self.frame_to_frame = pairs == FRAME_TO_FRAME
         self.name = manifest.name
         self._recurrent = RecurrentPredictor(self.predictor) if manifest.states else None
-        self._chain = ChainedPrealignment() if prealignment is not None else None
+        self._chain = DisplacementChain(self._pair_displacement) if self.frame_to_frame else None
 
     def _begin_sequence(self) -> None:
         if self._recurrent is not None:
@@ -368,10 +387,15 @@ class StrainEstimator(SequenceStrainEstimator):
         frames = torch.from_numpy(pair[None])  # (1, 2, H, W)
         if self._chain is None:
             return self._network(frames, new_reference)[0].numpy()
-        fixed, moving = frames[:, :1], frames[:, 1:]
-        prealignment = self._chain.step(fixed, moving, new_reference)
-        residual = self._network(torch.cat([fixed, warp_image(moving, prealignment)], dim=1), new_reference)
-        return compose_displacements(residual, prealignment)[0].numpy()
+        return self._chain.step(frames[:, :1], frames[:, 1:], new_reference)[0].numpy()
+
+    def _pair_displacement(self, fixed: torch.Tensor, moving: torch.Tensor, starts: bool) -> torch.Tensor:
+        """The network's ``(1, 2, H, W)`` displacement of one frame-to-frame pair, pre-aligned if trained so."""
+        if self.prealignment is None:
+            return self._network(torch.cat([fixed, moving], dim=1), starts)
+        prealignment = uniform_strain_pair(fixed, moving)
+        residual = self._network(torch.cat([fixed, warp_image(moving, prealignment)], dim=1), starts)
+        return compose_displacements(residual, prealignment)
 
     def _network(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
         """The network's ``(1, 2, H, W)`` displacement of a ``(1, 2, H, W)`` pair, padded to its stride."""
@@ -436,7 +460,7 @@ def _better_match(first: BlockMatch, second: BlockMatch) -> BlockMatch:
 
 
 class UniformStrainEstimator(SequenceStrainEstimator):
-    """The uniform-strain pre-alignment alone (:class:`ChainedPrealignment`) as a strain estimator.
+    """The uniform-strain pre-alignment alone (:func:`uniform_strain_pair`, chained) as a strain estimator.
 
     What a pre-aligned network starts from: a displacement ``a + b z`` per pair, so its strain
     is uniform. Pairs of one reference chain frame-to-frame fits.
@@ -445,7 +469,7 @@ class UniformStrainEstimator(SequenceStrainEstimator):
     name = "uniform"
 
     def __init__(self) -> None:
-        self._chain = ChainedPrealignment()
+        self._chain = DisplacementChain(uniform_strain_pair)
 
     def _begin_sequence(self) -> None:
         self._chain.reset()

@@ -39,13 +39,19 @@ def _reduce(per_sample: torch.Tensor, reduction: Reduction) -> torch.Tensor:
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, window: tuple[int, int]) -> None:
     if a.ndim != 4 or a.shape != b.shape:
-        raise InputError(f"expected two images of the same shape (B, C, H, W), got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InputError(
+            f"expected two images of the same shape (B, C, H, W), got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if window[0] < 1 or window[1] < 1 or window[0] > a.shape[-2] or window[1] > a.shape[-1]:
         raise InputError(f"window {tuple(window)} must be positive and fit in the images of size {tuple(a.shape[-2:])}")
 
 
 def local_ncc(
-    a: torch.Tensor, b: torch.Tensor, window: tuple[int, int] = (8, 8), eps: float = 1e-10, reduction: Reduction = "mean"
+    a: torch.Tensor,
+    b: torch.Tensor,
+    window: tuple[int, int] = (8, 8),
+    eps: float = 1e-10,
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """Mean zero-normalised cross-correlation over non-overlapping windows, in [-1, 1].
 

@@ -5,10 +5,9 @@ axial displacement between frames reaches 20 samples per 1 % compression at 4 cm
 :func:`linear_prealignment` fits a uniform-strain field ``a + b z`` (pixels) to row-block
 cross-correlation lags (no truth used); a network then estimates the residual between the fixed
 frame and the moving frame warped by it, and :func:`compose_displacements` gives the total.
-For pairs (0, k), :class:`ChainedPrealignment` composes frame-to-frame fits, which stay robust
-where a direct fit at several % compression does not; :func:`chained_prealignment` does it over
-a whole sequence and :func:`prealigned_previous` gives the pre-aligned frames of frame-to-frame
-training pairs.
+For pairs (0, k), :class:`DisplacementChain` composes frame-to-frame estimates (fits, or a
+network's), which stay robust where a direct estimate at several % compression does not;
+:func:`prealigned_previous` gives the pre-aligned frames of frame-to-frame training pairs.
 
 Bundles trained on pre-aligned pairs record ``"prealign": PREALIGN_UNIFORM_STRAIN`` in their
 manifest's ``normalisation`` entry; :class:`~deepultrasound.elastography.inference.StrainEstimator`
@@ -19,6 +18,8 @@ All displacements are ``(B, 2, H, W)`` in pixels, channel 0 lateral, channel 1 a
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -104,54 +105,57 @@ def compose_displacements(inner: torch.Tensor, outer: torch.Tensor) -> torch.Ten
     return inner + warp_image(outer, inner)
 
 
-class ChainedPrealignment:
-    """Pre-alignment of a stream of pairs (reference, frame k), one frame-to-frame fit per pair.
+PairDisplacement = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
+"""``(fixed (B, 1, H, W), moving (B, 1, H, W), starts) -> (B, 2, H, W)`` displacement of one pair;
+``starts`` is True for the first pair of a chain (a recurrent network starts from zero states)."""
 
-    The pre-alignment of (reference, k) is that of (reference, k') for the previous frame k'
-    composed with :func:`linear_prealignment` (k', k); the first pair after :meth:`reset` (or
-    with ``new_reference``) is fitted directly. Per pair: one fit and one composition.
 
-    State (owned by the caller's thread): the previous moving frame and its pre-alignment.
+def uniform_strain_pair(fixed: torch.Tensor, moving: torch.Tensor, starts: bool = True) -> torch.Tensor:
+    """:func:`linear_prealignment` as a :data:`PairDisplacement` (no state, ``starts`` unused)."""
+    return linear_prealignment(fixed, moving)
+
+
+class DisplacementChain:
+    """Displacements (reference, frame k) composed from frame-to-frame ones.
+
+    The displacement of (reference, k) is that of (reference, k') for the previous frame k'
+    composed with ``pair_displacement(k', k)`` (:func:`compose_displacements`); the first pair
+    after :meth:`reset` (or with ``new_reference``) is ``pair_displacement(reference, k)``. Each
+    pair's estimate stays as small as one frame step (a few samples), where an RF similarity or
+    a frame-to-frame network works, however far frame k has moved from the reference.
+
+    State (owned by the caller's thread): the previous moving frame and its displacement.
+
+    Args:
+        pair_displacement: the frame-to-frame estimate, e.g. :func:`uniform_strain_pair`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pair_displacement: PairDisplacement) -> None:
+        self.pair_displacement = pair_displacement
         self.reset()
 
     def reset(self) -> None:
-        """Forget the previous pair; the next one is fitted directly."""
-        self._previous: torch.Tensor | None = None  # (1, 1, H, W) last moving frame
-        self._chained: torch.Tensor | None = None  # (1, 2, H, W) reference -> last moving frame
+        """Forget the previous pair; the next one is estimated directly."""
+        self._previous: torch.Tensor | None = None  # (B, 1, H, W) last moving frame
+        self._chained: torch.Tensor | None = None  # (B, 2, H, W) reference -> last moving frame
 
     def step(self, fixed: torch.Tensor, moving: torch.Tensor, new_reference: bool = False) -> torch.Tensor:
-        """Pre-alignment of the pair (``fixed``, ``moving``).
+        """Displacement of the pair (``fixed``, ``moving``).
 
         Args:
-            fixed, moving: ``(1, 1, H, W)`` RF frames; ``fixed`` is the same frame as in the
+            fixed, moving: ``(B, 1, H, W)`` RF frames; ``fixed`` is the same frame as in the
                 previous call unless ``new_reference``.
-            new_reference: the fixed frame changed: fit the pair directly.
+            new_reference: the fixed frame changed: start a new chain.
 
         Returns:
-            ``(1, 2, H, W)`` displacement in pixels mapping ``fixed`` to ``moving``.
+            ``(B, 2, H, W)`` displacement in pixels mapping ``fixed`` to ``moving``.
         """
         if new_reference or self._previous is None:
-            chained = linear_prealignment(fixed, moving)
+            chained = self.pair_displacement(fixed, moving, True)
         else:
-            chained = compose_displacements(self._chained, linear_prealignment(self._previous, moving))
+            chained = compose_displacements(self._chained, self.pair_displacement(self._previous, moving, False))
         self._previous, self._chained = moving, chained
         return chained
-
-
-def chained_prealignment(rf: torch.Tensor) -> torch.Tensor:
-    """Pre-alignment of the pairs (0, k) of a sequence, composed from frame-to-frame fits.
-
-    Args:
-        rf: ``(N, 1, H, W)`` frames.
-
-    Returns:
-        ``(N-1, 2, H, W)``: entry k - 1 maps frame 0 to frame k (pixels).
-    """
-    chain = ChainedPrealignment()
-    return torch.cat([chain.step(rf[:1], rf[k : k + 1]) for k in range(1, rf.shape[0])])
 
 
 def prealigned_previous(rf: np.ndarray) -> np.ndarray:

@@ -5,21 +5,22 @@ first`` the first is the fixed frame and every later frame ``t`` is paired with 
 runs at inference; with ``pairs: previous`` frame ``t`` is paired with frame ``t - 1`` (small
 displacements). With ``prealign`` the moving frame is first warped by the uniform-strain field of
 :func:`~deepultrasound.elastography.prealign.linear_prealignment` (on the whole frame, before the
-crop) and the network learns the residual; validation then composes the network's residual with
-:func:`~deepultrasound.elastography.prealign.chained_prealignment`, and the exported bundle records
-``normalisation["prealign"] = "uniform_strain"`` so that inference
-(:class:`~deepultrasound.elastography.inference.StrainEstimator`) does the same. The
+crop) and the network learns the residual. A bundle trained on frame-to-frame pairs records
+``normalisation["pairs"] = "previous"`` (and ``"prealign": "uniform_strain"`` when pre-aligned),
+so that inference (:class:`~deepultrasound.elastography.inference.StrainEstimator`) chains its
+frame-to-frame estimates to the reference as validation does. The
 loss (:mod:`deepultrasound.elastography.losses`) needs no truth, so simulated and real RF train
 alike. ReUSENet carries its convLSTM state from pair to pair; with truncated back-propagation
 through time the pairs are processed in chunks of ``truncation`` steps, the optimiser steps after
 each chunk and the states (and the last motion-compensated strain of the consistency term) are
 detached before the next one.
 
-Validation runs the network over the pairs (0, k) of the first frames of simulated validation
-sequences (a centred crop), whatever the training pairs, and reports, per sequence, the axial
-strain NRMSE against the FEM truth and that of its contrast (least-squares strain with ``eval_window_mm``, on the rows
-where the window is complete) and the NCC between the fixed frame and the warped moving frame,
-both averaged over the pairs.
+Validation estimates the pairs (0, k) of the first frames of simulated validation sequences (a
+centred crop) as inference does - directly, or chained from frame-to-frame pairs
+(:class:`~deepultrasound.elastography.prealign.DisplacementChain`) - and reports, per sequence,
+the axial strain NRMSE against the FEM truth and that of its contrast (least-squares strain with
+``eval_window_mm``, on the rows where the window is complete) and the NCC between the fixed
+frame and the warped moving frame, averaged over the pairs.
 
 Example configs: ``deepultrasound/configs/deepuse_original.yaml`` (the paper's settings),
 ``deepuse_reusenet.yaml`` and ``deepuse_usenet.yaml``.
@@ -54,7 +55,7 @@ from deepultrasound.elastography.data import (
     load_simulated,
     prepare_simulated,
 )
-from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION, NORMALISATIONS
+from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION, FRAME_TO_FRAME, NORMALISATIONS
 from deepultrasound.elastography.layers import NormKind
 from deepultrasound.elastography.losses import (
     compensated_strain,
@@ -66,9 +67,10 @@ from deepultrasound.elastography.metrics import ncc, strain_nrmse, strain_nrmse_
 from deepultrasound.elastography.networks import NETWORK_STRIDE, ReUSENet, USENet
 from deepultrasound.elastography.prealign import (
     PREALIGN_UNIFORM_STRAIN,
-    chained_prealignment,
+    DisplacementChain,
     compose_displacements,
     prealigned_previous,
+    uniform_strain_pair,
 )
 from deepultrasound.elastography.splits import TRAINING_SEEDS, VALIDATION_SEEDS
 from deepultrasound.elastography.strain import (
@@ -283,19 +285,27 @@ class DeepUSETask(Task):
         network = networks[NETWORK]
         fixed = rf[:, :1]
         states = initial_states(network, torch.cat([fixed, fixed], dim=1))
+
+        def frame_to_frame(first: torch.Tensor, second: torch.Tensor, starts: bool) -> torch.Tensor:
+            nonlocal states
+            if not args.prealign:
+                displacement, states = network_step(network, torch.cat([first, second], dim=1), states)
+                return displacement
+            prealignment = uniform_strain_pair(first, second)
+            residual, states = network_step(
+                network, torch.cat([first, warp_image(second, prealignment)], dim=1), states
+            )
+            return compose_displacements(residual, prealignment)
+
+        chain = DisplacementChain(frame_to_frame) if args.pairs == "previous" else None
         pairs = rf.shape[1] - 1
         nrmse = torch.zeros(rf.shape[0], pairs)
         nrmse_contrast = torch.zeros(rf.shape[0], pairs)
         similarity = torch.zeros(rf.shape[0], pairs)
-        if args.prealign:
-            prealignment = torch.stack([chained_prealignment(sequence[:, None]) for sequence in rf], dim=1)
         for t in range(1, rf.shape[1]):
             moving = rf[:, t : t + 1]
-            if args.prealign:
-                residual, states = network_step(
-                    network, torch.cat([fixed, warp_image(moving, prealignment[t - 1])], dim=1), states
-                )
-                displacement = compose_displacements(residual, prealignment[t - 1])
+            if chain is not None:
+                displacement = chain.step(fixed, moving)
             else:
                 displacement, states = network_step(network, torch.cat([fixed, moving], dim=1), states)
             strain = axial_strain(displacement, args.eval_window_mm, spacing)[:, 0]
@@ -318,6 +328,8 @@ class DeepUSETask(Task):
             normalisation = dict(DEEPUSE_NORMALISATION)
         else:
             normalisation = {"kind": args.normalisation, "description": "per-frame normalisation used in training"}
+        if args.pairs == "previous":
+            normalisation["pairs"] = FRAME_TO_FRAME
         if args.prealign:
             normalisation["prealign"] = PREALIGN_UNIFORM_STRAIN
         example = torch.randn(1, 2, *args.patch_size, generator=torch.Generator().manual_seed(0))
