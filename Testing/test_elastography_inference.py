@@ -449,7 +449,7 @@ def test_bench_strain_prints_json_last(tmp_path: Path, small_bundle: Path, capsy
     figures = json.loads(lines[-1])
     methods = figures["simulated"]["methods"]
     assert figures["suite"] == "strain" and figures["simulated"]["pairs"] == 2
-    assert set(methods) == {"tiny-reusenet", "block matching", "uniform", "oracle"}
+    assert set(methods) == {"tiny-reusenet", "block matching", "block matching (direct)", "uniform", "oracle"}
     assert methods["oracle"]["nrmse"] < methods["tiny-reusenet"]["nrmse"]
     assert methods["oracle"]["nrmse_contrast"] < methods["tiny-reusenet"]["nrmse_contrast"]
     # a uniform strain has no contrast: its contrast NRMSE is 1 whatever its level, and no SNRe/CNRe

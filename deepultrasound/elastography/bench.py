@@ -20,7 +20,9 @@ a note when absent), pairs (0, k); no truth, so only ``snr_e`` over the central 
 strain image (the middle half of the evaluated rows and of the lines).
 
 Methods: every ``--model`` (repeatable; default the bundled DeepUSE model when there is one), the
-block-matching baseline, ``uniform``: the uniform-strain pre-alignment alone
+block-matching baseline (:class:`BlockMatchingEstimator`: ``block matching`` chains
+frame-to-frame matches to frame 0, as frame-to-frame networks do; ``block matching (direct)``
+matches (0, k) directly and decorrelates as k grows), ``uniform``: the uniform-strain pre-alignment alone
 (:class:`UniformStrainEstimator`, the displacement ``a + b z`` that pre-aligned networks start
 from), and ``oracle``: the same least-squares strain of the true displacement, which shows what
 the strain estimator alone loses against the truth. The uniform row has ``nrmse`` and
@@ -185,7 +187,9 @@ def _estimators(args: argparse.Namespace) -> tuple[dict[str, SequenceStrainEstim
         estimator = StrainEstimator(model, backend=args.backend, device=args.device)
         label = estimator.name if estimator.name not in estimators else f"{estimator.name} ({model})"
         estimators[label] = estimator
-    estimators[BlockMatchingEstimator.name] = BlockMatchingEstimator(device=args.device)
+    for chained in (True, False):
+        baseline = BlockMatchingEstimator(device=args.device, chained=chained)
+        estimators[baseline.name] = baseline
     estimators[UniformStrainEstimator.name] = UniformStrainEstimator()
     return estimators, note
 
