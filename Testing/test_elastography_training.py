@@ -22,6 +22,7 @@ from deepultrasound.elastography.data import (
     load_simulated,
     prepare_simulated,
 )
+from deepultrasound.elastography.inference import FRAME_TO_FRAME
 from deepultrasound.elastography.losses import (
     compensated_strain,
     consistency_loss,
@@ -39,7 +40,6 @@ from deepultrasound.elastography.prealign import (
     prealigned_previous,
     uniform_strain_pair,
 )
-from deepultrasound.elastography.inference import FRAME_TO_FRAME
 from deepultrasound.elastography.training_task import NETWORK, DeepUSETask
 from deepultrasound.errors import ConfigError, InputError
 from deepultrasound.runtime import RecurrentPredictor, create_predictor

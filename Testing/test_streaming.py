@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from deepultrasound.elastography.bundles import save_deepuse_bundle
-from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION, StrainEstimator
+from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION, FRAME_TO_FRAME, StrainEstimator
 from deepultrasound.elastography.networks import ReUSENet
 from deepultrasound.elastography.prealign import PREALIGN_UNIFORM_STRAIN
 from deepultrasound.errors import InputError
@@ -77,7 +77,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def prealigned_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny ReUSENet of ``tiny_bundle``, its manifest asking for uniform-strain pre-alignment."""
+    """The tiny ReUSENet of ``tiny_bundle``, its manifest asking for pre-aligned frame-to-frame pairs."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("live") / "tiny-prealigned"
     return save_deepuse_bundle(
@@ -86,7 +86,7 @@ def prealigned_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         name="tiny-prealigned",
         example_size=(32, 16),
         formats=(),
-        normalisation={**DEEPUSE_NORMALISATION, "prealign": PREALIGN_UNIFORM_STRAIN},
+        normalisation={**DEEPUSE_NORMALISATION, "pairs": FRAME_TO_FRAME, "prealign": PREALIGN_UNIFORM_STRAIN},
     )
 
 
@@ -117,7 +117,7 @@ def test_rigid_shift_gives_the_shift_and_zero_strain(baseline: LiveStrainProcess
 def test_live_reusenet_equals_offline_estimate_with_a_first_frame_reference(
     bundle: str, request: pytest.FixtureRequest
 ) -> None:
-    model = request.getfixturevalue(bundle)  # the pre-aligned one chains frame-to-frame fits live as offline
+    model = request.getfixturevalue(bundle)  # the frame-to-frame one chains its pairs live as offline
     frames = _shifted_speckle([0, 1, 2, 3], (64, 32))
     offline = StrainEstimator(model, device="cpu").estimate(frames, 0.02, window_mm=WINDOW_MM)
     live = LiveStrainProcessor(model, device="cpu", window_mm=WINDOW_MM, reference_every=None)
