@@ -35,7 +35,9 @@ APP_ONLY_SLICER_API = {
     "i18n": "translation function tr (slicer.i18n)",
     "parameterNodeWrapper": "typed parameter nodes: parameterNodeWrapper, WithinRange (Slicer >= 5.4)",
     "ScriptedLoadableModule": "base classes of scripted modules",
-    "vtkMRMLIGTLConnectorNode": "OpenIGTLinkIF connector node (SlicerOpenIGTLink extension, the DeepUSE scanner connection)",
+    "vtkMRMLIGTLConnectorNode": (
+        "OpenIGTLinkIF connector node (SlicerOpenIGTLink extension, the DeepUSE scanner connection)"
+    ),
 }
 #: top-level imports allowed in the MRML-facing Lib code (it must import with slicer-core alone).
 LIB_IMPORTS = {

@@ -164,10 +164,11 @@ def random_phantom(
 ) -> Phantom:
     """Draw a phantom.
 
-    Ranges: number of inclusions uniform in ``0..max_inclusions`` (at most 3); each is an ellipse with
-    semi-major axis uniform in ``radius_range_mm`` (capped at 0.45 of the region's size), axis ratio uniform in [0.5, 1], rotation uniform in
-    [0, 180) deg, centre uniform inside the region at least one semi-major axis from its sides and
-    bottom and 2 mm (at most 10 % of the depth) below the probe. Stiffness is log-uniform in ``stiffness_range`` (0.2x-5x by
+    Ranges: number of inclusions uniform in ``0..max_inclusions`` (at most 3); each is an ellipse
+    with semi-major axis uniform in ``radius_range_mm`` (capped at 0.45 of the region's size), axis
+    ratio uniform in [0.5, 1], rotation uniform in [0, 180) deg, centre uniform inside the region
+    at least one semi-major axis from its sides and bottom and 2 mm (at most 10 % of the depth)
+    below the probe. Stiffness is log-uniform in ``stiffness_range`` (0.2x-5x by
     default); echogenicity equals the background's with ``isoechoic_probability`` (an inclusion
     invisible in B-mode, common in elastography), else log-uniform in ``echogenicity_range``. With
     ``layer_probability`` one horizontal layer is added, its top uniform in [0, depth/2) and

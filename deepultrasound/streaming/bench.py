@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         reference = _reference_bundle(Path(scratch))
         timed_model = model or reference
         print(
-            f"pipeline: {'block matching' if baseline else model}; model-only: {timed_model.name} vs original ReUSENet (8 ch, eager, batch norm)"
+            f"pipeline: {'block matching' if baseline else model}; "
+            f"model-only: {timed_model.name} vs original ReUSENet (8 ch, eager, batch norm)"
         )
         sizes: dict[str, Any] = {}
         for height, width in _sizes(args.sizes):

@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     stream = StrainStream(processor, config).start()
     print(
         f"{processor.name}: reading '{args.device_name}' from {args.host}:{args.port}, serving "
-        f"'{config.strain_device}' and '{config.bmode_device}' on {args.serve_host}:{stream.output.port} (Ctrl-C stops)",
+        f"'{config.strain_device}' and '{config.bmode_device}' on {args.serve_host}:{stream.output.port} "
+        "(Ctrl-C stops)",
         flush=True,
     )
     finished = threading.Event()

@@ -307,7 +307,8 @@ class StrainStream:
                 self._report(
                     STATUS_DEVICE_NOT_READY,
                     "SourceLost",
-                    f"no frame from {config.source_host}:{config.source_port} for {config.source_timeout_s} s; reconnecting",
+                    f"no frame from {config.source_host}:{config.source_port} for {config.source_timeout_s} s; "
+                    "reconnecting",
                 )
             else:
                 self._stop.wait(backoff)

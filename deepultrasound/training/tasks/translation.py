@@ -131,5 +131,7 @@ class TranslationTask(Task):
             output_names=["shift"],
             normalisation={"kind": "none"},
             dynamic_spatial=False,  # the regressor ends in a dense layer sized for image_size
-            description="translation (lateral, axial) in pixels between two images; input (B, 2, S, S) = [fixed, moving]",
+            description=(
+                "translation (lateral, axial) in pixels between two images; input (B, 2, S, S) = [fixed, moving]"
+            ),
         )
