@@ -42,7 +42,7 @@ def speckle(shape, seed):
 def strain_icon(ax):
     """Axial strain map: soft background, stiff circular inclusion (low strain)."""
     y, x = np.mgrid[0:1:96j, 0:1:96j]
-    strain = 1.0 - 0.8 * np.exp(-(((x - 0.5) ** 2 + (y - 0.5) ** 2) / 0.025) ** 3)
+    strain = 1.0 - 0.8 * np.exp(-((((x - 0.5) ** 2 + (y - 0.5) ** 2) / 0.025) ** 3))
     ax.imshow(strain, cmap="jet", extent=(0.06, 0.94, 0.06, 0.94), vmin=0, vmax=1)
     ax.add_patch(Rectangle((0.06, 0.06), 0.88, 0.88, fill=False, lw=3, ec="white"))
 

@@ -25,7 +25,8 @@ def rfFramesFromVolume(rfVolume: slicer.vtkMRMLScalarVolumeNode) -> tuple[np.nda
     frames, geometry = volumeToArray(rfVolume)
     if frames.shape[0] < 2:
         raise ValueError(
-            f"'{rfVolume.GetName()}' holds {frames.shape[0]} frame(s) of {frames.shape[1]} x {frames.shape[2]} samples: "
+            f"'{rfVolume.GetName()}' holds {frames.shape[0]} frame(s) of "
+            f"{frames.shape[1]} x {frames.shape[2]} samples: "
             "strain needs at least 2 frames (stacked as slices)"
         )
     frames = frames.astype(np.float32, copy=False)

@@ -137,7 +137,8 @@ def arrayToVolume(array: np.ndarray, volumeNode: slicer.vtkMRMLVolumeNode, geome
         info = np.iinfo(narrowed)
         if array.size and (array.min() < info.min or array.max() > info.max):
             raise ValueError(
-                f"Values in [{array.min()}, {array.max()}] do not fit in {np.dtype(narrowed).name} for '{volumeNode.GetName()}'"
+                f"Values in [{array.min()}, {array.max()}] do not fit in {np.dtype(narrowed).name} "
+                f"for '{volumeNode.GetName()}'"
             )
         array = array.astype(narrowed)
     slicer.util.updateVolumeFromArray(volumeNode, np.ascontiguousarray(array))
