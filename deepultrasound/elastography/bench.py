@@ -331,23 +331,24 @@ def _print_table(simulated: dict[str, Any], invivo: dict[str, Any], note: str) -
         print(f"note: {note}")
 
 
+def _methods_only(part: dict[str, Any], kept: list[str]) -> dict[str, Any]:
+    """``part`` (simulated or in vivo figures) with only the ``kept`` methods' rows."""
+    if "methods" not in part:  # skipped
+        return part
+    return {**part, "methods": {name: part["methods"][name] for name in kept if name in part["methods"]}}
+
+
 def _record(args: argparse.Namespace, estimators: dict[str, SequenceStrainEstimator], figures: dict[str, Any]) -> None:
     """Store each model's rows, with the baselines' (every non-network method), in its manifest."""
     models = {label: e for label, e in estimators.items() if isinstance(e, StrainEstimator)}
     for label, estimator in models.items():
         kept = [name for name in [*estimators, ORACLE] if name == label or name not in models]
-
-        def rows(part: dict[str, Any]) -> dict[str, Any]:
-            if "methods" not in part:
-                return part
-            return {**part, "methods": {name: part["methods"][name] for name in kept if name in part["methods"]}}
-
         record = {
             "command": getattr(args, "command", None),
             "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "backend": args.backend,
-            "simulated": rows(figures["simulated"]),
-            "invivo": rows(figures["invivo"]),
+            "simulated": _methods_only(figures["simulated"], kept),
+            "invivo": _methods_only(figures["invivo"], kept),
         }
         path = estimator.predictor.bundle.path
         record_metrics(path, MANIFEST_KEY, record)
