@@ -15,6 +15,7 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from deepultrasound.errors import ConfigError
 from deepultrasound.runtime import create_predictor, load_bundle, register_architecture
 from deepultrasound.training import ExportSpec, StepContext, Task, TaskArgs, Trainer, parse_config, register_task
 
@@ -164,3 +165,26 @@ def test_ema_weights_are_validated_and_exported(trained):
         ema(torch.from_numpy(x)).detach().numpy(),
         atol=1e-5,
     )
+
+
+def test_best_metric_exports_the_best_validated_epoch(tmp_path):
+    config = parse_config({**CONFIG, "best_metric": "val/error"})
+    result = Trainer(config, output_dir=tmp_path / "run", progress=False, device="cpu").run()
+    with (result.output_dir / "metrics.csv").open(newline="") as stream:
+        errors = [float(row["val/error"]) for row in csv.DictReader(stream)]
+    best_epoch = int(np.argmin(errors)) + 1
+    assert best_epoch < len(errors)  # the last stage's larger inputs validate worse: best and last differ
+    manifest = load_bundle(result.bundle).manifest
+    assert manifest.metrics["best_epoch"] == best_epoch
+    assert manifest.metrics["val/error"] == pytest.approx(min(errors), rel=1e-6)
+    best = torch.load(result.output_dir / "checkpoints" / "checkpoint_best.pt", weights_only=False)
+    assert best["next_epoch"] == best_epoch and best["best"]["epoch"] == best_epoch
+    torch.testing.assert_close(
+        load_bundle(result.bundle).build_torch_model().weight, best["ema"]["generator"]["module.weight"]
+    )
+
+
+def test_unknown_best_metric_is_refused_naming_the_figures(tmp_path):
+    config = parse_config({**CONFIG, "best_metric": "val/accuracy"})
+    with pytest.raises(ConfigError, match="'val/accuracy' is not a validation figure.*val/error"):
+        Trainer(config, output_dir=tmp_path / "run", progress=False, device="cpu").run()

@@ -19,6 +19,7 @@ from deepultrasound.errors import FileFormatError
 
 CHECKPOINT_FORMAT = 1
 LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -71,6 +71,11 @@ class TrainConfig(_Strict):
     ema_decay: float = Field(0.999, gt=0, lt=1, description="for networks the task keeps an EMA copy of")
     model_update_freq: PositiveInt = Field(1, description="save a checkpoint every this many epochs")
     validation_freq: PositiveInt = Field(1, description="validate every this many epochs")
+    best_metric: str | None = Field(
+        None,
+        description="validation figure to minimise (e.g. val/strain_nrmse): the epoch with its lowest value is kept "
+        "in checkpoints/checkpoint_best.pt and exported instead of the last",
+    )
     num_workers: int = Field(0, ge=0)
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps; DEEPULTRASOUND_DEVICE overrides auto")
     output_dir: str = "runs/{task}"

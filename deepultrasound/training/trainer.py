@@ -10,9 +10,13 @@ Output folder layout::
 
     OUTPUT/config.yaml                 the validated config of the run
     OUTPUT/checkpoints/checkpoint_last.pt
+    OUTPUT/checkpoints/checkpoint_best.pt   with ``best_metric``: the epoch with its lowest value
     OUTPUT/metrics.csv                 one row per epoch (losses, validation metrics, lr, seconds)
     OUTPUT/tensorboard/                TensorBoard event files
     OUTPUT/bundle/                     the exported model bundle (manifest, weights, TorchScript, ONNX)
+
+The bundle holds the last epoch, or with ``best_metric`` the best validated one (its validation
+figures and ``best_epoch`` in the manifest's metrics).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from tqdm.auto import tqdm
 
 from deepultrasound.errors import ConfigError, DeepUltrasoundError
 from deepultrasound.training import distributed
-from deepultrasound.training.checkpoint import LAST_CHECKPOINT, load_checkpoint, save_checkpoint
+from deepultrasound.training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, save_checkpoint
 from deepultrasound.training.config import OptimizerConfig, StageConfig, TrainConfig
 from deepultrasound.training.logs import TrainingLog
 from deepultrasound.training.task import StepContext, Task, TaskArgs, get_task
@@ -198,10 +202,15 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.output_dir / "checkpoints" / LAST_CHECKPOINT
 
+    @property
+    def best_checkpoint_path(self) -> Path:
+        return self.output_dir / "checkpoints" / BEST_CHECKPOINT
+
     def _checkpoint_state(self, next_epoch: int) -> dict[str, Any]:
         return {
             "config": self.config.model_dump(mode="json"),
             "next_epoch": next_epoch,
+            "best": self.best,
             "networks": {name: net.state_dict() for name, net in self.networks.items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "ema": {name: avg.state_dict() for name, avg in self.ema.items()},
@@ -217,7 +226,31 @@ class Trainer:
         restore_networks(self.networks, self.ema, state)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
+        self.best = state.get("best")
         return int(state["next_epoch"])
+
+    def _keep_if_best(self, epoch: int, validation: Mapping[str, float], is_main: bool) -> None:
+        """Remember (and on the main process save) this epoch if it improved ``config.best_metric``."""
+        if self.config.best_metric not in validation:
+            raise ConfigError(
+                f"best_metric {self.config.best_metric!r} is not a validation figure of this task; "
+                f"validation reports {', '.join(sorted(validation))}"
+            )
+        value = validation[self.config.best_metric]
+        if not math.isfinite(value) or (self.best is not None and value >= self.best["value"]):
+            return
+        self.best = {
+            "metric": self.config.best_metric,
+            "value": value,
+            "epoch": epoch + 1,
+            "validation": dict(validation),
+        }
+        if is_main:
+            save_checkpoint(self.best_checkpoint_path, self._checkpoint_state(epoch + 1))
+
+    def _restore_best(self) -> None:
+        """Load the weights of the best epoch before export."""
+        restore_networks(self.networks, self.ema, load_checkpoint(self.best_checkpoint_path))
 
     # -- the loop --------------------------------------------------------------------------------
     def _loaders(self, stage_index: int, dist_info: distributed.DistributedInfo):
@@ -308,6 +341,7 @@ class Trainer:
                 f"batch_size {config.batch_size} must be divisible by the number of processes ({dist_info.world_size})"
             )
         self._build(device, dist_info)
+        self.best: dict[str, Any] | None = None  # metric, value, epoch (1-based) of the best validation
         start_epoch = 0
         if self.resume and self.checkpoint_path.is_file():
             start_epoch = self._restore(load_checkpoint(self.checkpoint_path))
@@ -353,6 +387,8 @@ class Trainer:
                 if val_loader is not None and ((epoch + 1) % config.validation_freq == 0 or last):
                     result.validation = self._validate(val_loader, device)
                     record.update(result.validation)
+                    if config.best_metric is not None:
+                        self._keep_if_best(epoch, result.validation, dist_info.is_main)
                 record["lr"] = next(iter(self.optimizers.values())).param_groups[0]["lr"]
                 record["seconds"] = round(time.perf_counter() - started, 3)
                 result.epochs_done = epoch + 1
@@ -367,10 +403,18 @@ class Trainer:
                     if (epoch + 1) % config.model_update_freq == 0 or last:
                         save_checkpoint(self.checkpoint_path, self._checkpoint_state(epoch + 1))
                 distributed.barrier()
+            if config.best_metric is not None and self.best is None:
+                raise ConfigError(
+                    f"best_metric {config.best_metric!r} had no finite value in any validation (is there a validation "
+                    "set?): nothing to export"
+                )
             if dist_info.is_main:
                 from deepultrasound.training.export import export_bundle
 
                 metrics = {**result.train_losses, **result.validation}
+                if config.best_metric is not None:
+                    self._restore_best()
+                    metrics = {**self.best["validation"], "best_epoch": self.best["epoch"]}
                 result.bundle = export_bundle(
                     self.task, self.evaluation_networks(), config, metrics, self.output_dir / "bundle"
                 )
