@@ -28,7 +28,7 @@ Input handling (the RF sequence, ``(N, H, W)``: frames, axial samples, lines):
 - such a bundle with ``"prealign": "uniform_strain"`` was trained on the residual after
   :mod:`~deepultrasound.elastography.prealign`: each frame-to-frame pair's moving frame is
   warped by the pair's uniform-strain fit ``c``, the network runs on (fixed, warped moving) and
-  its residual is composed with ``c`` (:func:`compose_displacements`); the displacement and
+  its residual is composed with ``c`` (:func:`prealigned_estimate`); the displacement and
   strain are the total ones;
 - frames whose size is not a multiple of the network stride (16) are zero-padded at the bottom
   and right and the output cropped back;
@@ -56,13 +56,12 @@ import torch
 from tqdm.auto import tqdm
 
 from deepultrasound.elastography.block_matching import BlockMatch, BlockMatchingParams, match_blocks
-from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.networks import NETWORK_STRIDE, crop_to_size, pad_to_multiple
 from deepultrasound.elastography.prealign import (
     PREALIGNMENTS,
     DisplacementChain,
-    compose_displacements,
     linear_prealignment,
+    prealigned_estimate,
     uniform_strain_pair,
 )
 from deepultrasound.elastography.strain import (
@@ -395,9 +394,7 @@ class StrainEstimator(SequenceStrainEstimator):
         """The network's ``(1, 2, H, W)`` displacement of one frame-to-frame pair, pre-aligned if trained so."""
         if self.prealignment is None:
             return self._network(torch.cat([fixed, moving], dim=1), starts)
-        prealignment = uniform_strain_pair(fixed, moving)
-        residual = self._network(torch.cat([fixed, warp_image(moving, prealignment)], dim=1), starts)
-        return compose_displacements(residual, prealignment)
+        return prealigned_estimate(lambda pair: self._network(pair, starts), fixed, moving)
 
     def _network(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
         """The network's ``(1, 2, H, W)`` displacement of a ``(1, 2, H, W)`` pair, padded to its stride."""

@@ -115,6 +115,20 @@ def uniform_strain_pair(fixed: torch.Tensor, moving: torch.Tensor, starts: bool 
     return linear_prealignment(fixed, moving)
 
 
+def prealigned_estimate(
+    estimate_residual: Callable[[torch.Tensor], torch.Tensor], fixed: torch.Tensor, moving: torch.Tensor
+) -> torch.Tensor:
+    """Displacement of (``fixed``, ``moving``) from an estimator of the residual after pre-alignment.
+
+    ``moving`` is warped by :func:`linear_prealignment`, ``estimate_residual`` maps the
+    ``(B, 2, H, W)`` pair (fixed, warped moving) to the residual ``(B, 2, H, W)``, and the result is
+    the residual composed with the fit (:func:`compose_displacements`).
+    """
+    prealignment = linear_prealignment(fixed, moving)
+    residual = estimate_residual(torch.cat([fixed, warp_image(moving, prealignment)], dim=1))
+    return compose_displacements(residual, prealignment)
+
+
 class DisplacementChain:
     """Displacements (reference, frame k) composed from frame-to-frame ones.
 

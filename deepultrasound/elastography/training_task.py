@@ -68,9 +68,8 @@ from deepultrasound.elastography.networks import NETWORK_STRIDE, ReUSENet, USENe
 from deepultrasound.elastography.prealign import (
     PREALIGN_UNIFORM_STRAIN,
     DisplacementChain,
-    compose_displacements,
+    prealigned_estimate,
     prealigned_previous,
-    uniform_strain_pair,
 )
 from deepultrasound.elastography.splits import TRAINING_SEEDS, VALIDATION_SEEDS
 from deepultrasound.elastography.strain import (
@@ -286,16 +285,15 @@ class DeepUSETask(Task):
         fixed = rf[:, :1]
         states = initial_states(network, torch.cat([fixed, fixed], dim=1))
 
-        def frame_to_frame(first: torch.Tensor, second: torch.Tensor, starts: bool) -> torch.Tensor:
+        def network_on(pair: torch.Tensor) -> torch.Tensor:
             nonlocal states
-            if not args.prealign:
-                displacement, states = network_step(network, torch.cat([first, second], dim=1), states)
-                return displacement
-            prealignment = uniform_strain_pair(first, second)
-            residual, states = network_step(
-                network, torch.cat([first, warp_image(second, prealignment)], dim=1), states
-            )
-            return compose_displacements(residual, prealignment)
+            displacement, states = network_step(network, pair, states)
+            return displacement
+
+        def frame_to_frame(first: torch.Tensor, second: torch.Tensor, starts: bool) -> torch.Tensor:
+            if args.prealign:
+                return prealigned_estimate(network_on, first, second)
+            return network_on(torch.cat([first, second], dim=1))
 
         chain = DisplacementChain(frame_to_frame) if args.pairs == "previous" else None
         pairs = rf.shape[1] - 1
@@ -307,7 +305,7 @@ class DeepUSETask(Task):
             if chain is not None:
                 displacement = chain.step(fixed, moving)
             else:
-                displacement, states = network_step(network, torch.cat([fixed, moving], dim=1), states)
+                displacement = network_on(torch.cat([fixed, moving], dim=1))
             strain = axial_strain(displacement, args.eval_window_mm, spacing)[:, 0]
             warped = warp_image(moving, displacement)[:, 0]
             for b in range(rf.shape[0]):
