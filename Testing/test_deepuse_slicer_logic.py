@@ -179,17 +179,26 @@ def recordedStrain(recorder: StrainRecorder) -> dict[str, np.ndarray]:
 # Live strain ---------------------------------------------------------------------------------------
 
 
-def test_live_strain_over_openigtlink_matches_uniform_compression(scene, scanner, compression):
+def streamLive(scene, scanner, compression, processor):
+    """Stream every frame of ``compression`` through live processing with recording; returns
+    (stopped LiveStrainLogic, StrainRecorder, strain volume, B-mode volume)."""
     rf, strainVolume, bmodeVolume = liveNodes(scene)
     recorder = StrainRecorder(scene, "RF")
     live = LiveStrainLogic()
-    live.start(rf, strainVolume, bmodeVolume, createLiveProcessor(BASELINE, None, None), recorder)
+    live.start(rf, strainVolume, bmodeVolume, processor, recorder)
     try:
         for frame in compression.rf:
             scanner.stream(frame, POSE, rf)
             assert live.waitUntilIdle(TIMEOUT_S)
     finally:
         live.stop()
+    return live, recorder, strainVolume, bmodeVolume
+
+
+def test_live_strain_over_openigtlink_matches_uniform_compression(scene, scanner, compression):
+    live, recorder, strainVolume, bmodeVolume = streamLive(
+        scene, scanner, compression, createLiveProcessor(BASELINE, None, None)
+    )
 
     counters = live.counters
     assert (counters.framesIn, counters.framesProcessed, counters.referenceFrames) == (FRAMES, FRAMES, 1)
@@ -219,16 +228,7 @@ def test_live_network_bundle_carries_state_and_resets_at_each_reference(scene, s
         model, tmp_path / "tiny-reusenet", name="tiny-reusenet", example_size=(32, 16), formats=()
     )
     method = StrainMethod(model=str(bundle), device="cpu", windowMm=WINDOW_MM)
-    rf, strainVolume, bmodeVolume = liveNodes(scene)
-    recorder = StrainRecorder(scene, "RF")
-    live = LiveStrainLogic()
-    live.start(rf, strainVolume, bmodeVolume, createLiveProcessor(method, 3, None), recorder)
-    try:
-        for frame in compression.rf:
-            scanner.stream(frame, POSE, rf)
-            assert live.waitUntilIdle(TIMEOUT_S)
-    finally:
-        live.stop()
+    live, recorder, _, _ = streamLive(scene, scanner, compression, createLiveProcessor(method, 3, None))
 
     # References are frames 0 and 3: pairs (0, 1), (0, 2) carry the recurrent state, then (3, 4), (3, 5).
     assert (live.counters.referenceFrames, live.counters.framesShown) == (2, 4)
