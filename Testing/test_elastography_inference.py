@@ -32,7 +32,7 @@ from deepultrasound.elastography.inference import (
     prepare_rf,
 )
 from deepultrasound.elastography.metrics import warp_image
-from deepultrasound.elastography.networks import ReUSENet
+from deepultrasound.elastography.networks import ReUSENet, USENet
 from deepultrasound.elastography.prealign import PREALIGN_UNIFORM_STRAIN, compose_displacements, linear_prealignment
 from deepultrasound.elastography.strain import axial_strain_np
 from deepultrasound.errors import BundleError, InputError
@@ -264,6 +264,24 @@ def test_frame_to_frame_bundle_chains_its_prealigned_pairs(prealigned_bundle: Pa
     np.testing.assert_allclose(
         result.strain, axial_strain_np(result.displacement[:, 1], WINDOW_MM, SPACING[1]), atol=1e-5
     )
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_folded_bundle_pads_frames_to_its_row_multiple(backend: str, tmp_path: Path) -> None:
+    """An 8-fold USENet needs multiples of 128 rows: a 200-row pair is padded to 256 and cropped back."""
+    torch.manual_seed(0)
+    model = USENet(initial_channels=2, axial_fold=8).eval()
+    folder = save_deepuse_bundle(
+        model, tmp_path / "folded", name="tiny-folded", example_size=(256, 32), formats=("onnx",)
+    )
+    pair = np.random.default_rng(5).standard_normal((2, 200, 20)).astype(np.float32)
+    displacement = StrainEstimator(folder, backend, "cpu").step(pair, new_reference=True)
+    padded = torch.zeros(1, 2, 256, 32)
+    padded[0, :, :200, :20] = torch.from_numpy(pair)
+    with torch.no_grad():
+        expected = model(padded)[0, :, :200, :20].numpy()
+    assert displacement.shape == (2, 200, 20)
+    np.testing.assert_allclose(displacement, expected, atol=1e-4)
 
 
 def test_prealignment_without_frame_to_frame_pairs_is_refused(small_model: ReUSENet, tmp_path: Path) -> None:

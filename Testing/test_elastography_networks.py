@@ -13,7 +13,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from deepultrasound.elastography import NETWORK_STRIDE, ReUSENet, USENet, crop_to_size, pad_to_multiple
+from deepultrasound.elastography import (
+    NETWORK_STRIDE,
+    ReUSENet,
+    USENet,
+    crop_to_size,
+    input_multiple,
+    pad_to_multiple,
+)
 from deepultrasound.elastography.import_deepuse import (
     import_deepuse_checkpoint,
     infer_original_config,
@@ -111,12 +118,43 @@ def test_padding_lets_any_size_through() -> None:
 
 @pytest.mark.parametrize(
     ("shape", "message"),
-    [((1, 2, 50, 32), "multiples of 16"), ((1, 3, 64, 32), r"\(B, 2, H, W\)"), ((2, 64, 32), r"\(B, 2, H, W\)")],
+    [((1, 2, 50, 32), "multiple of 16"), ((1, 3, 64, 32), r"\(B, 2, H, W\)"), ((2, 64, 32), r"\(B, 2, H, W\)")],
 )
 def test_forward_rejects_bad_input(shape: tuple[int, ...], message: str) -> None:
     for model in (USENet(), ReUSENet()):
         with pytest.raises(InputError, match=message):
             model(torch.zeros(shape))
+
+
+def test_padding_per_axis_for_a_folded_network() -> None:
+    assert input_multiple(8) == (128, NETWORK_STRIDE)
+    padded, size = pad_to_multiple(torch.ones(1, 2, 130, 20), input_multiple(8))
+    assert padded.shape == (1, 2, 256, 32) and size == (130, 20)
+    with pytest.raises(InputError, match="multiple of 128 and W of 16"):
+        USENet(axial_fold=8)(torch.zeros(1, 2, 64, 32))
+    with pytest.raises(ConfigError, match="axial_fold"):
+        USENet(axial_fold=0)
+
+
+def test_fold_keeps_every_sample_with_its_row_phase_as_a_channel() -> None:
+    fold = 4
+    x = torch.arange(2 * 16 * 3, dtype=torch.float32).reshape(1, 2, 16, 3)
+    folded = USENet(axial_fold=fold)._fold(x)
+    assert folded.shape == (1, 2 * fold, 16 // fold, 3)
+    for channel in range(2):
+        for phase in range(fold):
+            assert torch.equal(folded[0, channel * fold + phase], x[0, channel, phase::fold])
+
+
+def test_unfolded_displacement_puts_each_folded_row_at_its_centre() -> None:
+    fold, rows = 8, 12
+    centres = fold * torch.arange(rows, dtype=torch.float32) + (fold - 1) / 2
+    coarse = (1.5 - 0.02 * centres).view(1, 1, rows, 1).expand(1, 2, rows, 3)
+    fine = USENet(axial_fold=fold)._unfold_displacement(coarse)
+    assert fine.shape == (1, 2, rows * fold, 3)
+    depth = torch.arange(rows * fold, dtype=torch.float32)
+    inside = slice(fold // 2, -(fold // 2))  # the first and last half groups are held constant
+    assert torch.allclose(fine[0, 1, inside, 0], (1.5 - 0.02 * depth)[inside], atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -229,11 +267,19 @@ def test_traced_reusenet_with_explicit_states_matches_eager() -> None:
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(eager_states, traced_states))
 
 
-@pytest.mark.parametrize("cls", [USENet, ReUSENet])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: USENet(initial_channels=4),
+        lambda: ReUSENet(initial_channels=4),
+        lambda: USENet(initial_channels=4, axial_fold=4),
+    ],
+    ids=["usenet", "reusenet", "usenet-folded"],
+)
 @torch.no_grad()
-def test_onnx_export_matches_eager(cls: type[USENet] | type[ReUSENet], tmp_path: Path) -> None:
+def test_onnx_export_matches_eager(build, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = cls(initial_channels=4, norm="instance").eval()
+    model = build().eval()
     pair = torch.randn(1, 2, 64, 32)
     states = tuple(torch.randn_like(s) for s in model.initial_state(pair)) if isinstance(model, ReUSENet) else ()
     state_names = list(model.state_names()) if isinstance(model, ReUSENet) else []

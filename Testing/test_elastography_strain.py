@@ -19,7 +19,14 @@ from deepultrasound.elastography.metrics import (
     warp_image,
     warped_ncc,
 )
-from deepultrasound.elastography.strain import axial_strain, axial_strain_np, window_samples
+from deepultrasound.elastography.strain import (
+    _slopes_by_convolution,
+    _slopes_by_running_sums,
+    axial_strain,
+    axial_strain_np,
+    window_samples,
+)
+from deepultrasound.elastography.visualise import bmode_db, envelope
 from deepultrasound.errors import InputError
 
 # ---------------------------------------------------------------- strain
@@ -78,6 +85,32 @@ def test_strain_matches_per_pixel_line_fit_with_shrinking_border_window():
         expected[row] = 100 * np.polyfit(rows, axial[rows], 1)[0]
     strain = axial_strain(torch.from_numpy(axial)[None, None], window_mm=n * 0.02)[0, 0].numpy()
     np.testing.assert_allclose(strain, expected, atol=1e-10)
+
+
+def test_running_sums_match_the_convolution_on_a_large_float32_field():
+    """The O(1)-per-pixel slopes (CPU, CUDA) equal the 287-tap convolution (MPS) on a deep frame
+    with a large offset: the float64 sums must not lose the strain under a 100-sample shift."""
+    rng = np.random.default_rng(3)
+    depth = np.arange(2000, dtype=np.float32)[:, None]
+    axial = 100.0 - 0.012 * depth + 0.3 * rng.standard_normal((2000, 16)).cumsum(0) / 40
+    field = torch.from_numpy(axial.astype(np.float32))[None, None]
+    by_sums, by_convolution = _slopes_by_running_sums(field, 287), _slopes_by_convolution(field, 287)
+    assert by_sums.dtype == torch.float32 and by_sums.shape == (1, 1, 2000 - 286, 16)
+    torch.testing.assert_close(by_sums, by_convolution, rtol=0, atol=1e-6)
+
+
+def test_envelope_equals_the_analytic_signal_magnitude():
+    from scipy.signal import hilbert
+
+    rng = np.random.default_rng(4)
+    for height in (64, 65):  # even and odd: the Nyquist bin is kept once, or absent
+        rf = rng.standard_normal((2, height, 3)).astype(np.float32)
+        np.testing.assert_allclose(envelope(rf), np.abs(hilbert(rf.astype(np.float64), axis=-2)), atol=1e-5)
+    depth = np.arange(400)
+    modulation = np.exp(-(((depth - 200) / 40.0) ** 2))
+    pulse = (modulation * np.cos(0.9 * depth))[:, None]
+    np.testing.assert_allclose(envelope(pulse)[100:300, 0], modulation[100:300], atol=1e-3)
+    assert bmode_db(pulse).max() == 0.0 and bmode_db(pulse).dtype == np.float32
 
 
 def test_axial_channel_is_used_and_numpy_wrapper_matches():

@@ -129,7 +129,7 @@ def test_unchanged_strain_costs_no_temporal_consistency():
 # -- the task --------------------------------------------------------------------------------------
 def test_task_is_registered_and_committed_configs_are_valid():
     assert get_task("deepuse") is DeepUSETask
-    for name in ("deepuse_original", "deepuse_reusenet", "deepuse_usenet"):
+    for name in ("deepuse_original", "deepuse_reusenet", "deepuse_usenet", "deepuse_usenet_fast"):
         config = load_config(REPO / "deepultrasound" / "configs" / f"{name}.yaml")
         DeepUSETask.parse_args(config.task_args)
 
@@ -143,6 +143,8 @@ def test_task_is_registered_and_committed_configs_are_valid():
         ({"consistency_window_mm": 5.74}, "consistency_window_mm"),
         ({"simulation": {"height": 5}}, "simulation"),
         ({"prealign": True}, "prealign needs pairs: previous"),
+        ({"axial_fold": 2}, "axial_fold is a USENet option"),
+        ({"architecture": "usenet", "axial_fold": 8, "patch_size": [64, 32]}, "multiple of 128"),
     ],
 )
 def test_bad_task_args_are_named(tmp_path, change, message):
@@ -279,6 +281,21 @@ def test_validation_runs_the_pairs_as_inference_does(tmp_path, pairs):
     for t, (pair, *states) in enumerate(seen, start=1):
         assert torch.equal(pair[:, 0], rf[:, t - 1 if pairs == "previous" else 0]) and torch.equal(pair[:, 1], rf[:, t])
         assert all(state.abs().sum() == 0 for state in states) == (t == 1)  # zero states, then carried on
+
+
+def test_folded_usenet_validates_frames_of_any_height_and_exports_its_fold(tmp_path):
+    """Validation pads a 96-row crop to the folded network's 128-row multiple and crops back."""
+    args = {**tiny_config(tmp_path)["task_args"], "architecture": "usenet", "axial_fold": 8, "patch_size": [128, 32]}
+    task = DeepUSETask(DeepUSETask.parse_args({**args, "beta": 0.0}), seed=0)
+    network = task.build_networks()[NETWORK].eval()
+    seen = []
+    network.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape))
+    rf = speckle((1, 3, 96, 32))
+    batch = {"rf": rf, "strain": torch.ones(1, 2, 96, 32), "region": torch.ones(1, 96, 32, dtype=torch.bool)}
+    figures = task.validation_step(batch, {NETWORK: network})
+    assert seen == [(1, 2, 128, 32)] * 2 and figures["strain_nrmse"].isfinite().all()
+    spec = task.export_spec()
+    assert spec.architecture_args["axial_fold"] == 8 and "multiple of 128" in spec.description
 
 
 def test_previous_pairs_train_on_the_prealigned_frames(tmp_path):

@@ -8,6 +8,13 @@ Importing this package registers the architectures ``"usenet"`` and ``"reusenet"
 :mod:`deepultrasound.runtime.architectures`.
 """
 
-from deepultrasound.elastography.networks import NETWORK_STRIDE, ReUSENet, USENet, crop_to_size, pad_to_multiple
+from deepultrasound.elastography.networks import (
+    NETWORK_STRIDE,
+    ReUSENet,
+    USENet,
+    crop_to_size,
+    input_multiple,
+    pad_to_multiple,
+)
 
-__all__ = ["NETWORK_STRIDE", "ReUSENet", "USENet", "crop_to_size", "pad_to_multiple"]
+__all__ = ["NETWORK_STRIDE", "ReUSENet", "USENet", "crop_to_size", "input_multiple", "pad_to_multiple"]

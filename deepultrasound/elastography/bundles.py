@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION
-from deepultrasound.elastography.networks import NETWORK_STRIDE, ReUSENet, USENet
+from deepultrasound.elastography.networks import ReUSENet, USENet, input_multiple
 from deepultrasound.errors import InputError
 from deepultrasound.runtime import StateSpec, save_bundle
 from deepultrasound.runtime.bundle import EXPORT_FORMATS
@@ -57,7 +57,8 @@ def save_deepuse_bundle(
 
     The graph takes ``pair`` ``(B, 2, H, W)`` = cat[fixed, moving] (then, for ReUSENet, the ten
     states named by :meth:`ReUSENet.state_names`) and returns ``displacement`` ``(B, 2, H, W)``
-    in pixels (then the ``next_<state>`` tensors). H and W are dynamic multiples of 16.
+    in pixels (then the ``next_<state>`` tensors). H and W are dynamic multiples of
+    :func:`~deepultrasound.elastography.networks.input_multiple` (16, H of 16 x ``axial_fold``).
 
     Args:
         model: the network (its norm kind and sizes are recorded as architecture arguments).
@@ -69,12 +70,13 @@ def save_deepuse_bundle(
         training_config, metrics: recorded in the manifest.
 
     Raises:
-        InputError: an example size that is not a positive multiple of 16.
+        InputError: an example size that is not a positive multiple of the network's input multiple.
         BundleError: the export failed (nothing is written).
     """
     height, width = example_size
-    if min(example_size) < NETWORK_STRIDE or height % NETWORK_STRIDE or width % NETWORK_STRIDE:
-        raise InputError(f"example size must be positive multiples of {NETWORK_STRIDE}, got {example_size}")
+    rows, lines = input_multiple(model.axial_fold)
+    if height < rows or width < lines or height % rows or width % lines:
+        raise InputError(f"example size must be positive multiples of ({rows}, {lines}), got {example_size}")
     architecture = "reusenet" if isinstance(model, ReUSENet) else "usenet"
     return save_bundle(
         directory,

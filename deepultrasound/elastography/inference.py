@@ -56,7 +56,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deepultrasound.elastography.block_matching import BlockMatch, BlockMatchingParams, match_blocks
-from deepultrasound.elastography.networks import NETWORK_STRIDE, crop_to_size, pad_to_multiple
+from deepultrasound.elastography.networks import crop_to_size, input_multiple, pad_to_multiple
 from deepultrasound.elastography.prealign import (
     PREALIGNMENTS,
     DisplacementChain,
@@ -375,6 +375,7 @@ class StrainEstimator(SequenceStrainEstimator):
         self.prealignment: str | None = prealignment
         self.frame_to_frame = pairs == FRAME_TO_FRAME
         self.name = manifest.name
+        self._input_multiple = input_multiple(int(manifest.architecture_args.get("axial_fold", 1)))
         self._recurrent = RecurrentPredictor(self.predictor) if manifest.states else None
         self._chain = DisplacementChain(self._pair_displacement) if self.frame_to_frame else None
 
@@ -398,7 +399,7 @@ class StrainEstimator(SequenceStrainEstimator):
 
     def _network(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
         """The network's ``(1, 2, H, W)`` displacement of a ``(1, 2, H, W)`` pair, padded to its stride."""
-        padded, size = pad_to_multiple(pair, NETWORK_STRIDE)
+        padded, size = pad_to_multiple(pair, self._input_multiple)
         if self._recurrent is None:
             (output,) = self.predictor.predict(padded.numpy())
         else:

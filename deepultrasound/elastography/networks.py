@@ -9,8 +9,16 @@ Both networks take a frame pair ``(B, 2, H, W)`` = cat[fixed, moving] (channel 0
 reference frame, channel 1 the moving frame) and return a displacement ``(B, 2, H, W)`` in pixels,
 channel 0 lateral (along W), channel 1 axial (along H). The displacement u maps the fixed frame
 into the moving one: ``moving(p + u(p)) ~ fixed(p)`` (the original trains by resampling the
-moving frame at ``p + u(p)``). H and W must be multiples of :data:`NETWORK_STRIDE`; use
+moving frame at ``p + u(p)``). H and W must be multiples of :data:`NETWORK_STRIDE` (H of
+``NETWORK_STRIDE * axial_fold`` for a folded USENet, see :func:`input_multiple`); use
 :func:`pad_to_multiple` and :func:`crop_to_size` for other sizes.
+
+Folded USENet (``axial_fold=f > 1``, ours, not in the paper): the pair's rows are folded into
+channels (``(B, 2, H, W)`` -> ``(B, 2f, H/f, W)``, every sample kept, its phase within the group
+of f rows a channel), the network runs at 1/f of the axial resolution, and the displacement is
+resized back to H rows. RF is sampled far above what a displacement field needs (the 5.74 mm
+strain window spans 287 samples), so this costs little accuracy and divides the work by about f:
+it is the real-time variant of :mod:`deepultrasound.streaming`.
 """
 
 from __future__ import annotations
@@ -38,7 +46,14 @@ NETWORK_STRIDE = 16
 _LEVELS = 4  # encoder levels (each halves H and W) below the full-resolution one
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int = NETWORK_STRIDE) -> tuple[torch.Tensor, tuple[int, int]]:
+def input_multiple(axial_fold: int = 1) -> tuple[int, int]:
+    """``(rows, lines)`` that H and W of a network's input must be multiples of, for its ``axial_fold``."""
+    return NETWORK_STRIDE * axial_fold, NETWORK_STRIDE
+
+
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int | tuple[int, int] = NETWORK_STRIDE
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """Zero-pad the last two axes at their end (bottom rows, right columns) to multiples of ``multiple``.
 
     Zeros (no echo) add no speckle that could be read as motion, and padding only at the end
@@ -47,18 +62,20 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = NETWORK_STRIDE) -> tuple[to
 
     Args:
         x: ``(..., H, W)`` tensor, any H, W >= 1.
-        multiple: the size multiple, e.g. :data:`NETWORK_STRIDE`.
+        multiple: the size multiple of both axes, e.g. :data:`NETWORK_STRIDE`, or ``(rows, lines)``
+            (:func:`input_multiple`).
 
     Returns:
         ``(padded, (H, W))``: ``padded`` is ``(..., H', W')`` with H' and W' the next multiples
         (unchanged when already multiples); ``(H, W)`` is the size to crop back to.
     """
-    if multiple < 1:
+    row_multiple, line_multiple = (multiple, multiple) if isinstance(multiple, int) else multiple
+    if min(row_multiple, line_multiple) < 1:
         raise InputError(f"pad_to_multiple: multiple must be >= 1, got {multiple}")
     if x.ndim < 2:
         raise InputError(f"pad_to_multiple: expected a tensor (..., H, W), got shape {tuple(x.shape)}")
     height, width = x.shape[-2], x.shape[-1]
-    pad_rows, pad_cols = -height % multiple, -width % multiple
+    pad_rows, pad_cols = -height % row_multiple, -width % line_multiple
     if pad_rows == 0 and pad_cols == 0:
         return x, (height, width)
     return F.pad(x, (0, pad_cols, 0, pad_rows)), (height, width)
@@ -72,11 +89,13 @@ def crop_to_size(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class _DeepUSEEncoderNet(nn.Module):
     """Shared part of USENet and ReUSENet: constructor validation, encoder and displacement head."""
 
-    def __init__(self, in_channels: int, initial_channels: int, norm: NormKind) -> None:
+    def __init__(self, in_channels: int, initial_channels: int, norm: NormKind, axial_fold: int = 1) -> None:
         super().__init__()
         name = type(self).__name__
         if not isinstance(in_channels, int) or in_channels < 1:
             raise ConfigError(f"{name}: in_channels must be an integer >= 1, got {in_channels!r}")
+        if not isinstance(axial_fold, int) or axial_fold < 1:
+            raise ConfigError(f"{name}: axial_fold must be an integer >= 1, got {axial_fold!r}")
         if not isinstance(initial_channels, int) or initial_channels < 1:
             raise ConfigError(f"{name}: initial_channels must be an integer >= 1, got {initial_channels!r}")
         if norm not in NORM_KINDS:
@@ -84,13 +103,29 @@ class _DeepUSEEncoderNet(nn.Module):
         self.in_channels = in_channels
         self.initial_channels = initial_channels
         self.norm = norm
-        # channels[k] at stride 2^k; channels[4] is the bottleneck.
+        self.axial_fold = axial_fold
+        # channels[k] at stride 2^k (of the folded input); channels[4] is the bottleneck.
         self.channels = [initial_channels * 2**k for k in range(_LEVELS + 1)]
-        inputs = [in_channels, *self.channels[: _LEVELS - 1]]
+        inputs = [in_channels * axial_fold, *self.channels[: _LEVELS - 1]]
         self.encoder = nn.ModuleList(
             ResidualDownBlock(c_in, c_out, norm) for c_in, c_out in zip(inputs, self.channels[:_LEVELS])
         )
         self.ddf_head = MultiScaleDisplacementHead(self.channels)
+
+    def _fold(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, C f, H / f, W)``: channel ``c f + j`` holds rows ``j, j + f, ...`` of channel c."""
+        fold = self.axial_fold
+        if fold == 1:
+            return x
+        batch, channels, height, width = x.shape
+        folded = x.reshape(batch, channels, height // fold, fold, width).permute(0, 1, 3, 2, 4)
+        return folded.reshape(batch, channels * fold, height // fold, width)
+
+    def _unfold_displacement(self, displacement: torch.Tensor) -> torch.Tensor:
+        """``(B, 2, H / f, W)`` -> ``(B, 2, H, W)``, linear along H: folded row i lies at row ``f i + (f - 1) / 2``."""
+        if self.axial_fold == 1:
+            return displacement
+        return F.interpolate(displacement, scale_factor=(self.axial_fold, 1), mode="bilinear", align_corners=False)
 
     def get_config(self) -> dict[str, object]:
         """Constructor arguments, so that ``type(model)(**model.get_config())`` rebuilds the network."""
@@ -104,9 +139,10 @@ class _DeepUSEEncoderNet(nn.Module):
                 f"{type(self).__name__}: expected input (B, {self.in_channels}, H, W) = cat[fixed, moving], "
                 f"got shape {tuple(x.shape)}"
             )
-        if x.shape[-2] % NETWORK_STRIDE or x.shape[-1] % NETWORK_STRIDE:
+        rows, lines = input_multiple(self.axial_fold)
+        if x.shape[-2] % rows or x.shape[-1] % lines:
             raise InputError(
-                f"{type(self).__name__}: H and W must be multiples of {NETWORK_STRIDE}, got "
+                f"{type(self).__name__}: H must be a multiple of {rows} and W of {lines}, got "
                 f"{tuple(x.shape[-2:])}; pad with deepultrasound.elastography.pad_to_multiple and crop back "
                 "with crop_to_size"
             )
@@ -136,33 +172,41 @@ class USENet(_DeepUSEEncoderNet):
             the same affine weight and bias) gives identical output for a batch of one frame
             pair, keeps each pair of a batch independent of the others, and exports to ONNX,
             which the batch-statistics layer does not. Both load the same weights.
+        axial_fold: rows folded into channels (see the module docstring); 1 (the original) runs
+            at full resolution, 8 is the real-time variant.
     """
 
-    def __init__(self, in_channels: int = 2, initial_channels: int = 8, norm: NormKind = "instance") -> None:
-        super().__init__(in_channels, initial_channels, norm)
+    def __init__(
+        self, in_channels: int = 2, initial_channels: int = 8, norm: NormKind = "instance", axial_fold: int = 1
+    ) -> None:
+        super().__init__(in_channels, initial_channels, norm, axial_fold)
         c = self.channels
         self.bottleneck = conv_norm(c[_LEVELS - 1], c[_LEVELS], norm)
         self.decoder = nn.ModuleList(ResidualUpBlock(c[k + 1], c[k], norm) for k in reversed(range(_LEVELS)))
+
+    def get_config(self) -> dict[str, object]:
+        """Constructor arguments, so that ``USENet(**model.get_config())`` rebuilds the network."""
+        return {**super().get_config(), "axial_fold": self.axial_fold}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Estimate the displacement between two frames.
 
         Args:
-            x: ``(B, 2, H, W)`` = cat[fixed, moving] along channels, H (axial) and W (lateral)
-                multiples of 16.
+            x: ``(B, 2, H, W)`` = cat[fixed, moving] along channels, H (axial) a multiple of
+                ``16 * axial_fold`` and W (lateral) of 16.
 
         Returns:
             Displacement ``(B, 2, H, W)`` in pixels, channel 0 lateral, channel 1 axial, with
             ``moving(p + u(p)) ~ fixed(p)``.
         """
         self._check_input(x)
-        skips, bottom = self._encode(x)
+        skips, bottom = self._encode(self._fold(x))
         feature = self.bottleneck(bottom)
         features = [feature]
         for block, skip in zip(self.decoder, reversed(skips)):
             feature = block(feature, skip)
             features.append(feature)
-        return self.ddf_head(features[::-1])
+        return self._unfold_displacement(self.ddf_head(features[::-1]))
 
 
 @register_architecture("reusenet")

