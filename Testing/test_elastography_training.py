@@ -36,9 +36,12 @@ from deepultrasound.elastography.prealign import (
     PREALIGN_UNIFORM_STRAIN,
     DisplacementChain,
     compose_displacements,
+    compose_with_uniform_strain,
     linear_prealignment,
     prealigned_previous,
+    uniform_strain_displacement,
     uniform_strain_pair,
+    warp_by_uniform_strain,
 )
 from deepultrasound.elastography.training_task import NETWORK, DeepUSETask
 from deepultrasound.errors import ConfigError, InputError
@@ -241,6 +244,18 @@ def test_linear_prealignment_recovers_a_uniform_strain_and_chains():
     assert aligned.shape == (2, *shape)
     reference, moving = frames[0][0, 0].numpy()[interior], frames[1][0, 0].numpy()[interior]
     assert np.abs(aligned[0][interior] - reference).mean() < 0.2 * np.abs(moving - reference).mean()
+
+
+def test_uniform_strain_warp_and_composition_in_closed_form_match_the_generic_ones():
+    """The row interpolation and the closed-form composition used on every live pair equal
+    ``warp_image`` and ``compose_displacements`` with the uniform-strain field, borders included."""
+    fit = torch.tensor([[3.2, -0.011], [-1.5, 0.02]])  # offsets (px) and slopes pushing rows past both borders
+    field = uniform_strain_displacement(fit, 300, 16)
+    assert torch.allclose(field[:, 1, :, 5], fit[:, :1] + fit[:, 1:] * torch.arange(300.0)) and not field[:, 0].any()
+    moving = speckle((2, 1, 300, 16))
+    assert torch.allclose(warp_by_uniform_strain(moving, fit), warp_image(moving, field), atol=5e-4)
+    inner = 3 * speckle((2, 2, 300, 16), seed=1)
+    assert torch.allclose(compose_with_uniform_strain(inner, fit), compose_displacements(inner, field), atol=1e-5)
 
 
 def test_composition_of_two_uniform_shifts_adds_them():

@@ -2,9 +2,12 @@
 
 An RF similarity has a basin of about a quarter carrier period (2-4 samples here), while the
 axial displacement between frames reaches 20 samples per 1 % compression at 4 cm depth.
-:func:`linear_prealignment` fits a uniform-strain field ``a + b z`` (pixels) to row-block
-cross-correlation lags (no truth used); a network then estimates the residual between the fixed
-frame and the moving frame warped by it, and :func:`compose_displacements` gives the total.
+:func:`uniform_strain_fit` fits a uniform-strain field ``a + b z`` (pixels) to row-block
+cross-correlation lags (no truth used; :func:`linear_prealignment` is that field); a network then
+estimates the residual between the fixed frame and the moving frame warped by it
+(:func:`warp_by_uniform_strain`), and :func:`compose_with_uniform_strain` gives the total. Both
+are closed forms of :func:`~deepultrasound.elastography.metrics.warp_image` and
+:func:`compose_displacements` for this field, a few times cheaper on every live frame.
 For pairs (0, k), :class:`DisplacementChain` composes frame-to-frame estimates (fits, or a
 network's), which stay robust where a direct estimate at several % compression does not;
 :func:`prealigned_previous` gives the pre-aligned frames of frame-to-frame training pairs.
@@ -64,10 +67,10 @@ def _block_lags(fixed: torch.Tensor, moving: torch.Tensor, block: int) -> tuple[
     return starts.to(fixed) + (block - 1) / 2, peak - max_lag + offset
 
 
-def linear_prealignment(
+def uniform_strain_fit(
     fixed: torch.Tensor, moving: torch.Tensor, block_rows: int = PREALIGN_BLOCK_ROWS
 ) -> torch.Tensor:
-    """Uniform-strain displacement ``u_axial = a + b z`` (lateral 0) between two frames, in pixels.
+    """Coefficients ``(a, b)`` of the uniform-strain displacement ``u_axial = a + b z`` between two frames.
 
     ``a, b`` are a least-squares line through the lags of half-overlapping row blocks, refitted
     twice without the blocks more than max(1, 2 x median) samples off the line (a peak one
@@ -79,7 +82,7 @@ def linear_prealignment(
         block_rows: rows per block (halved until at least three blocks fit).
 
     Returns:
-        ``(B, 2, H, W)`` displacement, channel 0 lateral (zero), channel 1 axial.
+        ``(B, 2)``: offset ``a`` in pixels (at row 0) and slope ``b`` in pixels per row.
 
     Raises:
         InputError: frames of other shapes, or fewer than 8 rows.
@@ -96,9 +99,61 @@ def linear_prealignment(
         line = torch.linalg.lstsq(design * weight[..., None], (lags * weight)[..., None]).solution[..., 0]  # (B, 2)
         error = (lags - line[:, :1] - line[:, 1:] * centres).abs()
         weight = (error <= (2 * error.median(1, keepdim=True).values).clamp(min=1.0)).to(lags)
-    rows = torch.arange(fixed.shape[-2], device=fixed.device, dtype=fixed.dtype)
-    axial = (line[:, :1] + line[:, 1:] * rows)[:, None, :, None].expand(-1, 1, -1, fixed.shape[-1])
+    return line
+
+
+def uniform_strain_displacement(fit: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The ``(B, 2, H, W)`` displacement (lateral 0, axial ``a + b z``) of a ``(B, 2)`` :func:`uniform_strain_fit`."""
+    rows = torch.arange(height, device=fit.device, dtype=fit.dtype)
+    axial = (fit[:, :1] + fit[:, 1:] * rows)[:, None, :, None].expand(-1, 1, -1, width)
     return torch.cat([torch.zeros_like(axial), axial], 1)
+
+
+def linear_prealignment(
+    fixed: torch.Tensor, moving: torch.Tensor, block_rows: int = PREALIGN_BLOCK_ROWS
+) -> torch.Tensor:
+    """:func:`uniform_strain_fit` as a ``(B, 2, H, W)`` displacement in pixels, channel 0 lateral (zero), 1 axial."""
+    return uniform_strain_displacement(uniform_strain_fit(fixed, moving, block_rows), *fixed.shape[-2:])
+
+
+def warp_by_uniform_strain(moving: torch.Tensor, fit: torch.Tensor) -> torch.Tensor:
+    """``warp_image(moving, uniform_strain_displacement(fit, H, W))`` as a row interpolation.
+
+    Every line is sampled at the same rows ``z + a + b z``, so the bilinear warp reduces to a
+    linear interpolation between two gathered rows (border rows repeated, as ``warp_image`` does).
+
+    Args:
+        moving: ``(B, C, H, W)`` frames, H >= 2.
+        fit: ``(B, 2)`` coefficients of :func:`uniform_strain_fit`.
+    """
+    batch, channels, height, width = moving.shape
+    rows = torch.arange(height, device=moving.device, dtype=moving.dtype).view(1, 1, height, 1)
+    fit = fit.to(moving)
+    position = (rows + fit[:, :1, None, None] + fit[:, 1:, None, None] * rows).clamp(0, height - 1)  # (B, 1, H, 1)
+    below = position.floor().clamp(max=height - 2)
+    weight = position - below
+    index = below.long().expand(batch, channels, height, width)
+    upper, lower = moving.gather(2, index), moving.gather(2, index + 1)
+    return upper + weight * (lower - upper)
+
+
+def compose_with_uniform_strain(inner: torch.Tensor, fit: torch.Tensor) -> torch.Tensor:
+    """``compose_displacements(inner, uniform_strain_displacement(fit, H, W))`` in closed form.
+
+    The uniform-strain field is linear in z and constant across lines, so sampling it at
+    ``p + inner(p)`` is evaluating ``a + b z`` at the row reached (clamped to the frame, as the
+    warp's border padding does).
+
+    Args:
+        inner: ``(B, 2, H, W)`` displacement in pixels (e.g. a network's residual).
+        fit: ``(B, 2)`` coefficients of :func:`uniform_strain_fit`.
+    """
+    height = inner.shape[-2]
+    rows = torch.arange(height, device=inner.device, dtype=inner.dtype).view(1, 1, height, 1)
+    reached = (rows + inner[:, 1:]).clamp(0, height - 1)
+    fit = fit.to(inner)
+    outer_axial = fit[:, :1, None, None] + fit[:, 1:, None, None] * reached
+    return inner + torch.cat([torch.zeros_like(outer_axial), outer_axial], 1)
 
 
 def compose_displacements(inner: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
@@ -130,9 +185,9 @@ def prealigned_estimate(
     ``(B, 2, H, W)`` pair (fixed, warped moving) to the residual ``(B, 2, H, W)``, and the result is
     the residual composed with the fit (:func:`compose_displacements`).
     """
-    prealignment = linear_prealignment(fixed, moving)
-    residual = estimate_residual(torch.cat([fixed, warp_image(moving, prealignment)], dim=1))
-    return compose_displacements(residual, prealignment)
+    fit = uniform_strain_fit(fixed, moving)
+    residual = estimate_residual(torch.cat([fixed, warp_by_uniform_strain(moving, fit)], dim=1))
+    return compose_with_uniform_strain(residual, fit)
 
 
 class DisplacementChain:
@@ -190,7 +245,9 @@ def prealigned_previous(rf: np.ndarray) -> np.ndarray:
     frames = torch.from_numpy(rf)[:, None]
     return np.concatenate(
         [
-            warp_image(frames[k : k + 1], linear_prealignment(frames[k - 1 : k], frames[k : k + 1]))[:, 0].numpy()
+            warp_by_uniform_strain(frames[k : k + 1], uniform_strain_fit(frames[k - 1 : k], frames[k : k + 1]))[
+                :, 0
+            ].numpy()
             for k in range(1, len(rf))
         ]
     )
