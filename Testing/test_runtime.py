@@ -472,6 +472,12 @@ def test_predictor_options_are_validated(gru_bundle):
         RecurrentPredictor(predictor).step()
 
 
+def test_auto_backend_takes_onnx_runtime_on_the_cpu_when_the_bundle_has_a_graph(conv_bundle, tmp_path):
+    assert create_predictor(conv_bundle, "auto", device="cpu").backend == "onnxruntime"
+    weights_only = _save_conv(tmp_path / "weights-only", formats=())
+    assert create_predictor(weights_only, "auto", device="cpu").backend == "torch"
+
+
 # --- command line ------------------------------------------------------------------------
 
 

@@ -25,14 +25,15 @@ class StrainMethod:
         model: model bundle folder or bundled model name; ``""`` takes the engine's default
             bundled DeepUSE model. Ignored with ``baseline``.
         baseline: NCC block matching instead of a network (needs no model).
-        backend: ``"torch"``, ``"torchscript"`` or ``"onnxruntime"``.
+        backend: ``"auto"`` (ONNX Runtime on the CPU when the bundle has a graph),
+            ``"torch"``, ``"torchscript"`` or ``"onnxruntime"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
         windowMm: axial least-squares strain window in mm.
     """
 
     model: str = ""
     baseline: bool = False
-    backend: str = "torch"
+    backend: str = "auto"
     device: str = "auto"
     windowMm: float = DEFAULT_WINDOW_MM
 

@@ -72,7 +72,7 @@ from deepultrasound.elastography.splits import BENCH_SEEDS, bench_seeds
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, axial_strain_np, window_samples
 from deepultrasound.errors import BundleError, ConfigError, InputError
 from deepultrasound.io import Image, read_sequence
-from deepultrasound.runtime import BACKENDS, record_metrics
+from deepultrasound.runtime import BACKEND_CHOICES, record_metrics
 
 HELP = "DeepUSE strain: networks vs block matching on held-out simulated sequences and in vivo data"
 
@@ -96,7 +96,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="model bundle folder or bundled name; repeat to compare models (default: the bundled DeepUSE model)",
     )
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default: torch)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="inference backend (default: auto, ONNX Runtime on the CPU when the bundle has a graph, else torch)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument(
         "--sequences",

@@ -323,7 +323,8 @@ class StrainEstimator(SequenceStrainEstimator):
         model: bundle folder, or the name of a bundled model (folder or manifest name in
             :func:`deepultrasound.runtime.model_directories`: the package and
             DEEPULTRASOUND_MODELS); None takes the default.
-        backend: "torch", "torchscript" or "onnxruntime".
+        backend: "auto" (ONNX Runtime on the CPU when the bundle has a graph), "torch",
+            "torchscript" or "onnxruntime".
         device: "auto", "cpu", "cuda", "cuda:N", "mps" (see :func:`choose_device`).
         threads: intra-op CPU threads, None for the library default.
 
@@ -341,7 +342,7 @@ class StrainEstimator(SequenceStrainEstimator):
     def __init__(
         self,
         model: str | os.PathLike[str] | None = None,
-        backend: str = "torch",
+        backend: str = "auto",
         device: str | torch.device | None = None,
         threads: int | None = None,
     ) -> None:

@@ -28,7 +28,7 @@ from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, window_samples
 from deepultrasound.elastography.visualise import DEFAULT_DYNAMIC_RANGE_DB, bmode_db, save_strain_figure
 from deepultrasound.io import Image, read_sequence, write_image
 from deepultrasound.io.images import WRITE_SUFFIXES, image_suffix
-from deepultrasound.runtime import BACKENDS
+from deepultrasound.runtime import BACKEND_CHOICES
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="model bundle folder or bundled model name (default: the bundled DeepUSE model, if any)",
     )
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default: torch)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="inference backend (default: auto, ONNX Runtime on the CPU when the bundle has a graph, else torch)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument(
         "--crop",

@@ -11,7 +11,14 @@ Typical use::
 """
 
 from deepultrasound.runtime.architectures import build_architecture, register_architecture, registered_architectures
-from deepultrasound.runtime.backends import BACKENDS, Predictor, RecurrentPredictor, create_predictor
+from deepultrasound.runtime.backends import (
+    AUTO_BACKEND,
+    BACKEND_CHOICES,
+    BACKENDS,
+    Predictor,
+    RecurrentPredictor,
+    create_predictor,
+)
 from deepultrasound.runtime.bundle import (
     MODELS_ENVIRONMENT_VARIABLE,
     Bundle,
@@ -31,6 +38,8 @@ from deepultrasound.runtime.device import available_devices, choose_device
 from deepultrasound.runtime.parity import ParityReport, check_parity
 
 __all__ = [
+    "AUTO_BACKEND",
+    "BACKEND_CHOICES",
     "BACKENDS",
     "MODELS_ENVIRONMENT_VARIABLE",
     "Bundle",

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from deepultrasound.errors import BundleError
-from deepultrasound.runtime import BACKENDS
+from deepultrasound.runtime import BACKEND_CHOICES
 
 HELP = "live pipeline over loopback: throughput, latency p50/p95, dropped frames, stages, model-only ratio"
 
@@ -37,7 +37,12 @@ SIZES = ((1600, 128), (2000, 128))
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="DeepUSE bundle (default: bundled model, else baseline)")
     parser.add_argument("--baseline", action="store_true", help="run the pipeline with block matching")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default: torch)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="inference backend (default: auto, ONNX Runtime on the CPU when the bundle has a graph, else torch)",
+    )
     parser.add_argument("--device", default="cpu", help="device (default: cpu)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: library default)")
     parser.add_argument("--frames", type=int, default=20, help="results collected per run (default: 20)")

@@ -16,7 +16,7 @@ import logging
 
 from deepultrasound.elastography.inference import parse_crop
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM
-from deepultrasound.runtime import BACKENDS
+from deepultrasound.runtime import BACKEND_CHOICES
 from deepultrasound.streaming.igtl import DEFAULT_OUTPUT_PORT, DEFAULT_SOURCE_PORT
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,12 @@ def add_processor_options(parser: argparse.ArgumentParser) -> None:
         "--model", default=None, help="DeepUSE bundle folder or bundled name (default: the bundled model)"
     )
     parser.add_argument("--baseline", action="store_true", help="NCC block matching instead of a network")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default: torch)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="inference backend (default: auto, ONNX Runtime on the CPU when the bundle has a graph, else torch)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: library default)")
     parser.add_argument(

@@ -131,7 +131,8 @@ class LiveStrainProcessor:
     Args:
         model: DeepUSE bundle folder or bundled model name; None takes the bundled default.
             Ignored with ``baseline=True``.
-        backend: "torch", "torchscript" or "onnxruntime".
+        backend: "auto" (ONNX Runtime on the CPU when the bundle has a graph), "torch",
+            "torchscript" or "onnxruntime".
         device: "auto", "cpu", "cuda", "cuda:N", "mps"; None is automatic.
         threads: intra-op CPU threads, None for the library default.
         baseline: NCC block matching instead of a network (no model needed).
@@ -151,7 +152,7 @@ class LiveStrainProcessor:
         self,
         model: str | os.PathLike[str] | None = None,
         *,
-        backend: str = "torch",
+        backend: str = "auto",
         device: str | torch.device | None = None,
         threads: int | None = None,
         baseline: bool = False,
