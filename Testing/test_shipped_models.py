@@ -12,6 +12,7 @@ from deepultrasound.elastography.inference import StrainEstimator, UniformStrain
 from deepultrasound.elastography.metrics import strain_nrmse, strain_nrmse_contrast
 from deepultrasound.runtime import bundled_models_dir, check_parity, list_bundles, load_bundle
 from deepultrasound.simulation import SimulationConfig, simulate_sequence
+from deepultrasound.streaming.processor import LIVE_MODEL, resolve_live_model
 
 SHIPPED = [summary.path for summary in list_bundles([bundled_models_dir()]) if summary.task == TASK]
 WINDOW_MM = 2.0
@@ -20,6 +21,12 @@ WINDOW_MM = 2.0
 def test_the_package_ships_deepuse_models():
     assert {load_bundle(path).manifest.architecture for path in SHIPPED} == {"reusenet", "usenet"}
     assert load_bundle(resolve_model(None)).manifest.architecture == "usenet"  # the default: the better figures
+
+
+def test_live_processing_defaults_to_the_real_time_model():
+    manifest = load_bundle(resolve_live_model()).manifest
+    assert manifest.name == LIVE_MODEL and manifest.architecture_args["axial_fold"] == 8
+    assert resolve_live_model("reusenet-deepuse") == resolve_model("reusenet-deepuse")  # a named model wins
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)

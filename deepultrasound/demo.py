@@ -63,7 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         help="DeepUSE bundle folder or bundled name, or 'baseline' for block matching (default: the bundled "
-        "DeepUSE model if installed, else baseline)",
+        "real-time DeepUSE model if installed, else baseline)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
 

@@ -35,7 +35,9 @@ SIZES = ((1600, 128), (2000, 128))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="DeepUSE bundle (default: bundled model, else baseline)")
+    parser.add_argument(
+        "--model", default=None, help="DeepUSE bundle (default: the bundled real-time model, else baseline)"
+    )
     parser.add_argument("--baseline", action="store_true", help="run the pipeline with block matching")
     parser.add_argument(
         "--backend",
@@ -127,14 +129,14 @@ def _stream_run(processor, frames: np.ndarray, count: int, rate: float) -> dict[
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from deepultrasound.elastography.inference import resolve_model
     from deepultrasound.streaming import LiveStrainProcessor
+    from deepultrasound.streaming.processor import resolve_live_model
 
     baseline = args.baseline
     model = None
     if not baseline:
         try:
-            model = resolve_model(args.model)
+            model = resolve_live_model(args.model)
         except BundleError:
             if args.model is not None:
                 raise

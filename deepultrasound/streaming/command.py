@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 def add_processor_options(parser: argparse.ArgumentParser) -> None:
     """Options of :class:`LiveStrainProcessor`, shared by the commands that build one."""
     parser.add_argument(
-        "--model", default=None, help="DeepUSE bundle folder or bundled name (default: the bundled model)"
+        "--model", default=None, help="DeepUSE bundle folder or bundled name (default: the bundled real-time model)"
     )
     parser.add_argument("--baseline", action="store_true", help="NCC block matching instead of a network")
     parser.add_argument(

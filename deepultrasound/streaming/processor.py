@@ -40,6 +40,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,9 +55,13 @@ from deepultrasound.elastography.inference import (
 from deepultrasound.elastography.metrics import ncc
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, axial_strain, window_samples
 from deepultrasound.elastography.visualise import bmode_db
-from deepultrasound.errors import InputError
+from deepultrasound.errors import BundleError, InputError
 
 logger = logging.getLogger(__name__)
+
+LIVE_MODEL = "usenet-fast-deepuse"
+"""The bundled model live processing takes when none is named: the real-time USENet (rows folded 8
+into channels, see :class:`~deepultrasound.elastography.networks.USENet`)."""
 
 TIMING_STAGES = ("normalise", "network", "strain", "bmode")
 """Keys of :attr:`FrameResult.timings_ms`, in the order the stages run."""
@@ -103,6 +108,21 @@ class PendingPair:
     timings_ms: dict[str, float]
 
 
+def resolve_live_model(model: str | os.PathLike[str] | None = None) -> Path:
+    """The bundle folder of ``model`` (see :func:`resolve_model`); with None, :data:`LIVE_MODEL`
+    when it is installed, else the preferred bundled DeepUSE model.
+
+    Raises:
+        BundleError: nothing matches; the message lists the bundled models and how to get one.
+    """
+    if model is None:
+        try:
+            return resolve_model(LIVE_MODEL)
+        except BundleError:
+            pass
+    return resolve_model(model)
+
+
 def check_frame(frame: np.ndarray) -> np.ndarray:
     """``frame`` as contiguous float32 ``(H, W)``.
 
@@ -129,7 +149,8 @@ class LiveStrainProcessor:
     """Axial strain of each incoming RF frame against a reference frame (see the module docstring).
 
     Args:
-        model: DeepUSE bundle folder or bundled model name; None takes the bundled default.
+        model: DeepUSE bundle folder or bundled model name; None takes :data:`LIVE_MODEL`
+            (:func:`resolve_live_model`).
             Ignored with ``baseline=True``.
         backend: "auto" (ONNX Runtime on the CPU when the bundle has a graph), "torch",
             "torchscript" or "onnxruntime".
@@ -178,7 +199,7 @@ class LiveStrainProcessor:
                 torch.set_num_threads(threads)
             self.estimator = BlockMatchingEstimator(device=device)
         else:
-            self.estimator = StrainEstimator(resolve_model(model), backend=backend, device=device, threads=threads)
+            self.estimator = StrainEstimator(resolve_live_model(model), backend=backend, device=device, threads=threads)
         self.reference_every = reference_every
         self.reference_min_ncc = reference_min_ncc
         self.window_mm = window_mm
