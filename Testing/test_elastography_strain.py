@@ -215,6 +215,22 @@ def _smooth_image(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.sin(0.4 * y + 0.3 * x) + torch.cos(0.25 * x - 0.2 * y)
 
 
+def test_warp_equals_monai_warp_with_its_channel_order():
+    import warnings
+
+    from monai.networks.blocks import Warp
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn(2, 3, 50, 20, generator=generator)
+    displacement = 4 * torch.randn(2, 2, 50, 20, generator=generator)  # many samples fall outside: border padding
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI's note on its grid_sample fallback
+        expected = Warp(mode="bilinear", padding_mode="border")(image, displacement.flip(1))
+    torch.testing.assert_close(warp_image(image, displacement), expected, rtol=0, atol=1e-4)
+    shifted = warp_image(image, torch.full((2, 2, 50, 20), 0.5).double())  # a float64 field warps float32 frames
+    assert shifted.dtype == torch.float32
+
+
 def test_ncc_after_warping_with_true_displacement():
     axial_shift, lateral_shift = -2.3, 1.5
     y, x = torch.meshgrid(torch.arange(48.0), torch.arange(40.0), indexing="ij")

@@ -3,7 +3,10 @@
 Regions are boolean masks of the same shape as the map they select from. Every metric reduces
 over all elements the mask selects (pass one frame for per-frame values) and returns a float.
 MONAI has no elastographic SNR/CNR, normalised RMSE or global NCC metric, so these are plain
-functions; warping uses MONAI's ``Warp``.
+functions. Warping is ``torch.nn.functional.grid_sample`` with the convention of MONAI's ``Warp``
+(pixel displacements, ``align_corners=True``), called directly: ``Warp`` builds and normalises
+its sampling grid with strided copies on every call, 7.2 ms against 4.4 ms for a 1600 x 128
+two-channel field on two CPU cores, and the live pipeline warps on every frame.
 
 References:
     Varghese T, Ophir J. A theoretical framework for performance characterization of
@@ -14,12 +17,12 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
-import warnings
 
 import numpy as np
 import torch
-from monai.networks.blocks import Warp
+import torch.nn.functional as F
 
 from deepultrasound.errors import InputError
 
@@ -162,9 +165,9 @@ def warp_image(moving: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor
     """Sample ``moving`` at ``x + displacement(x)``: bilinear, border values repeated outside.
 
     With the displacement that maps the pre-compression frame onto the post-compression one,
-    ``warp_image(post, displacement) ~ pre``. Uses MONAI's ``Warp``, whose DDF is in pixels with
-    channels in spatial order (rows, cols) and ``align_corners=True`` (pixel centres at integer
-    positions), so the project's (lateral, axial) channels are swapped before the call.
+    ``warp_image(post, displacement) ~ pre``. Same result as MONAI's ``Warp`` (bilinear, border
+    padding, ``align_corners=True``: pixel centres at integer positions) given the displacement
+    in its (rows, cols) channel order; see the module docstring for why it is not called.
 
     Args:
         moving: ``(B, C, H, W)`` image.
@@ -182,11 +185,20 @@ def warp_image(moving: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor
             f"displacement must be (B, 2, H, W) = {expected} for a moving image of shape "
             f"{tuple(moving.shape)}, got {tuple(displacement.shape)}"
         )
-    with warnings.catch_warnings():
-        # MONAI announces its fallback to torch's grid_sample, the intended path here.
-        warnings.filterwarnings("ignore", message=".*Using PyTorch native grid_sample.*")
-        warp = Warp(mode="bilinear", padding_mode="border")
-    return warp(moving, displacement.flip(1).to(moving))
+    height, width = moving.shape[-2:]
+    # grid_sample wants (B, H, W, 2) positions in [-1, 1], x (lateral) first: the project's order.
+    positions = _pixel_grid(height, width, moving.device, moving.dtype) + displacement.to(moving).permute(0, 2, 3, 1)
+    scale = torch.tensor([2 / max(width - 1, 1), 2 / max(height - 1, 1)], device=moving.device, dtype=moving.dtype)
+    return F.grid_sample(moving, positions * scale - 1, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(1, H, W, 2)`` pixel positions (column, row); cached, as a stream warps frames of one size."""
+    rows, cols = torch.meshgrid(
+        torch.arange(height, device=device, dtype=dtype), torch.arange(width, device=device, dtype=dtype), indexing="ij"
+    )
+    return torch.stack([cols, rows], dim=-1)[None]
 
 
 def ncc(fixed: ArrayLike, moving: ArrayLike, mask: ArrayLike | None = None) -> float:

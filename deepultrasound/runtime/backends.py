@@ -124,6 +124,9 @@ class OnnxRuntimePredictor(Predictor):
         options = onnxruntime.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
+        # Idle intra-op threads sleep instead of spinning: spinning threads take the cores from
+        # the other stages of a live pipeline (strain, B-mode, network I/O).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
