@@ -26,6 +26,8 @@ image). The output has the size of the input.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -96,17 +98,19 @@ def _slopes_by_convolution(axial: torch.Tensor, n: int) -> torch.Tensor:
     return F.conv2d(axial, kernel.view(1, 1, n, 1))
 
 
+@functools.lru_cache(maxsize=16)
 def _top_border_weights(half: int) -> np.ndarray:
     """Weights of the rows ``0 .. half - 1`` near the top: (half, L) over the first L input rows.
 
     Row ``i >= 1`` is fitted on rows ``0 .. 2 i`` (centred window of half-width ``i``); row 0 on
-    rows 0 and 1.
+    rows 0 and 1. Cached (read-only): a stream computes the strain of one window size per frame.
     """
     length = max(2 * half - 1, 2)
     weights = np.zeros((half, length))
     weights[0, :2] = _slope_weights(2, 0.5)
     for i in range(1, half):
         weights[i, : 2 * i + 1] = _slope_weights(2 * i + 1, float(i))
+    weights.flags.writeable = False
     return weights
 
 
@@ -156,7 +160,7 @@ def axial_strain(
     slopes = _slopes_by_convolution if axial.device.type == "mps" else _slopes_by_running_sums
     interior = slopes(axial, n)
 
-    border = torch.from_numpy(_top_border_weights(half)).to(axial)
+    border = torch.tensor(_top_border_weights(half), dtype=axial.dtype, device=axial.device)
     rows = border.shape[1]
     top = torch.einsum("ij,bcjw->bciw", border, axial[:, :, :rows])
     # The bottom rows are the top rows of the flipped image, whose slope has the opposite sign.
