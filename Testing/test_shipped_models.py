@@ -15,7 +15,7 @@ from deepultrasound.simulation import SimulationConfig, simulate_sequence
 from deepultrasound.streaming.processor import LIVE_MODEL, resolve_live_model
 
 SHIPPED = [summary.path for summary in list_bundles([bundled_models_dir()]) if summary.task == TASK]
-WINDOW_MM = 2.0
+WINDOW_MM = 5.74  # the paper's (and the bench's) least-squares window
 
 
 def test_the_package_ships_deepuse_models():
@@ -49,8 +49,10 @@ def test_shipped_model_backends_agree(path):
 
 @pytest.fixture(scope="module")
 def inclusion_sequence():
-    config = SimulationConfig(n_frames=3, height=640, width=64, mesh_cells=(16, 8), max_inclusions=3)
-    sequence = simulate_sequence(config, seed=2)  # one inclusion of 7548 pixels
+    # 1024 x 128: the real-time model needs frames of about its 1024-row training crops (on 640 x 64
+    # frames its contrast NRMSE is 0.96, the full-resolution USENet's 0.52)
+    config = SimulationConfig(n_frames=3, height=1024, width=128, mesh_cells=(16, 8), max_inclusions=3)
+    sequence = simulate_sequence(config, seed=2)  # one inclusion of 7547 pixels
     assert len(sequence.inclusion_masks) > 0, "the seed must give an inclusion"
     return sequence, config
 
@@ -58,7 +60,7 @@ def inclusion_sequence():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
 def test_shipped_model_recovers_strain_contrast(path, inclusion_sequence):
     sequence, config = inclusion_sequence
-    rows = slice(80, -80)  # the incomplete strain windows at the top and bottom excluded
+    rows = slice(150, -150)  # the incomplete strain windows (143 rows) at the top and bottom excluded
     figures = {}
     for estimator in (StrainEstimator(path, device="cpu"), UniformStrainEstimator()):
         strain = estimator.estimate(sequence.rf, config.axial_spacing_mm, window_mm=WINDOW_MM).strain
