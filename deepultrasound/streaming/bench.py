@@ -2,8 +2,10 @@
 
 ``stream``: for each frame size (default 1600 x 128 and 2000 x 128) a scanner streams speckle
 frames under a known axial compression at ``--rate`` Hz, the pipeline runs, and a viewer receives
-the strain. Reported per size: throughput (results/s), pipeline latency p50/p95, end-to-end
-latency (source timestamp to result), dropped frames and the per-stage medians; in the same run
+the strain. The scanner is a ``deepultrasound scanner`` process of its own, as a PLUS server or a
+scanner would be; the pipeline and the viewer share this process. Reported per size: throughput
+(results/s), pipeline latency p50/p95, end-to-end latency (source timestamp to result), dropped
+frames and the per-stage medians; in the same run
 the model-only throughput of the chosen model and of the original ReUSENet configuration (8
 initial channels, eager PyTorch, batch-statistics normalisation), and their ratio. Every
 throughput is the median over ``--runs`` repetitions. Without a bundled model the pipeline runs
@@ -17,9 +19,14 @@ after warm-up and at the end, growth in %.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,17 +107,33 @@ def _model_fps(bundle: Path, backend: str, device: str, threads: int | None, fra
     return steps / (time.perf_counter() - started)
 
 
-def _stream_run(processor, frames: np.ndarray, count: int, rate: float) -> dict[str, Any]:
-    from deepultrasound.streaming.igtl import FrameGeometry, IgtlClient
+@contextlib.contextmanager
+def _scanner_process(frames_file: Path, rate: float) -> Iterator[int]:
+    """A ``deepultrasound scanner`` process replaying ``frames_file`` at ``rate`` Hz; yields its port."""
+    command = [sys.executable, "-m", "deepultrasound", "scanner", str(frames_file), "--port", "0", "--rate", str(rate)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        port = None
+        for line in process.stdout:  # "serving ... on 127.0.0.1:PORT at R Hz ..."
+            found = re.search(r" on [^ ]+:(\d+) at ", line)
+            if found:
+                port = int(found.group(1))
+                break
+        if port is None:
+            raise RuntimeError(f"the scanner process ended without serving (exit status {process.wait()})")
+        yield port
+    finally:
+        process.terminate()
+        process.wait()
+        process.stdout.close()
+
+
+def _stream_run(processor, source_port: int, count: int) -> dict[str, Any]:
+    from deepultrasound.streaming.igtl import IgtlClient
     from deepultrasound.streaming.pipeline import StrainStream, StreamConfig
-    from deepultrasound.streaming.scanner import LoopedFrames, Scanner, cyclic_order
 
     processor.reset()
-    source = LoopedFrames(frames, FrameGeometry((0.2, 0.02)), cyclic_order(len(frames)))
-    with (
-        Scanner(source, rate_hz=rate) as scanner,
-        StrainStream(processor, StreamConfig(source_port=scanner.port, serve_port=0)) as stream,
-    ):
+    with StrainStream(processor, StreamConfig(source_port=source_port, serve_port=0)) as stream:
         viewer = IgtlClient(port=stream.output.port)
         viewed, end_to_end = 0, []
         deadline = time.monotonic() + 600
@@ -126,6 +149,17 @@ def _stream_run(processor, frames: np.ndarray, count: int, rate: float) -> dict[
     figures["viewer_received"] = viewed
     figures["end_to_end_p50_ms"] = round(float(np.percentile(end_to_end, 50)), 2) if end_to_end else None
     return figures
+
+
+def _write_cycle(folder: Path, frames: np.ndarray) -> Path:
+    """``frames`` played up and down (:func:`~deepultrasound.streaming.scanner.cyclic_order`) as an RF sequence file."""
+    from deepultrasound.io import Image, write_image
+    from deepultrasound.streaming.scanner import cyclic_order
+
+    return write_image(
+        folder / f"frames_{frames.shape[1]}x{frames.shape[2]}.mha",
+        Image(frames[cyclic_order(len(frames))], (0.2, 0.02, 1.0)),
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,7 +193,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 threads=args.threads,
                 reference_every=len(frames),
             )
-            runs = [_stream_run(processor, frames, args.frames, args.rate) for _ in range(args.runs)]
+            with _scanner_process(_write_cycle(Path(scratch), frames), args.rate) as port:
+                runs = [_stream_run(processor, port, args.frames) for _ in range(args.runs)]
             steps = max(3, args.frames // 4)
             model_fps = [
                 _model_fps(timed_model, args.backend, args.device, args.threads, frames, steps)
