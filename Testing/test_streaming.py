@@ -275,7 +275,10 @@ def test_scanner_to_stream_to_viewer_serves_strain_with_geometry_and_frame_numbe
     assert image.shape == (88, 16) and image.dtype == np.float32
     np.testing.assert_allclose(geometry.origin[:2], (1.5, -2.0 + 8 * 0.02), atol=1e-5)  # the crop moves the origin
     index, reference = frame_index(strain), frame_index(strain, "ReferenceIndex")
-    assert index % 5 != 0 and reference == index - index % 5
+    # a new reference every 5 processed frames: 1 to 4 frames after it, plus any dropped on the way
+    assert 1 <= index - reference <= 4 + figures["dropped"]
+    if figures["dropped"] == 0:
+        assert index % 5 != 0 and reference == index - index % 5
     assert figures["sent"] >= 6 and figures["errors"] == 0 and figures["latency_p50_ms"] > 0
     # every received frame was sent, dropped, rejected, a reference, or is still in flight
     assert figures["received"] >= figures["sent"] + figures["dropped"] + figures["rejected"] + figures["references"]
