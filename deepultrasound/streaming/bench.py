@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepultrasound.errors import BundleError
+from deepultrasound.errors import BundleError, DeepUltrasoundError
 from deepultrasound.runtime import BACKEND_CHOICES
 
 HELP = "live pipeline over loopback: throughput, latency p50/p95, dropped frames, stages, model-only ratio"
@@ -120,7 +120,7 @@ def _scanner_process(frames_file: Path, rate: float) -> Iterator[int]:
                 port = int(found.group(1))
                 break
         if port is None:
-            raise RuntimeError(f"the scanner process ended without serving (exit status {process.wait()})")
+            raise DeepUltrasoundError(f"the scanner process ended without serving (exit status {process.wait()})")
         yield port
     finally:
         process.terminate()
