@@ -173,7 +173,7 @@ class USENet(_DeepUSEEncoderNet):
             pair, keeps each pair of a batch independent of the others, and exports to ONNX,
             which the batch-statistics layer does not. Both load the same weights.
         axial_fold: rows folded into channels (see the module docstring); 1 (the original) runs
-            at full resolution, 8 is the real-time variant.
+            at full resolution, 4 is the real-time variant.
     """
 
     def __init__(

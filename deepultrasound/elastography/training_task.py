@@ -106,7 +106,7 @@ class DeepUSEArgs(TaskArgs):
     architecture: Literal["usenet", "reusenet"] = "reusenet"
     initial_channels: int = Field(8, ge=1, le=64, description="channels of the first level (8 or 16 published)")
     norm: NormKind = Field("instance", description="instance (exports to ONNX) or batch (the original layer)")
-    axial_fold: int = Field(1, ge=1, le=16, description="USENet only: rows folded into channels (8: real time)")
+    axial_fold: int = Field(1, ge=1, le=16, description="USENet only: rows folded into channels (4: real time)")
     patch_size: Size = Field((256, 64), description="training crop (rows, lines), multiples of 16 (rows: 16 x fold)")
     sequence_length: int = Field(6, ge=2, description="frames per training sample, the first one fixed")
     truncation: int = Field(5, ge=1, description="pairs per back-propagation chunk (TBPTT)")

@@ -60,7 +60,7 @@ from deepultrasound.errors import BundleError, InputError
 logger = logging.getLogger(__name__)
 
 LIVE_MODEL = "usenet-fast-deepuse"
-"""The bundled model live processing takes when none is named: the real-time USENet (rows folded 8
+"""The bundled model live processing takes when none is named: the real-time USENet (rows folded 4
 into channels, see :class:`~deepultrasound.elastography.networks.USENet`)."""
 
 TIMING_STAGES = ("normalise", "network", "strain", "bmode")
