@@ -8,6 +8,7 @@ IMAGE messages, and counted frames through a scanner -> stream -> viewer chain o
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pyigtl
 import pytest
 import torch
 
+from deepultrasound.cli import main
 from deepultrasound.elastography.bundles import save_deepuse_bundle
 from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION, FRAME_TO_FRAME, StrainEstimator
 from deepultrasound.elastography.networks import ReUSENet
@@ -388,10 +390,6 @@ def test_soak_of_small_frames_keeps_memory_steady() -> None:
 
 
 def test_bench_stream_measures_a_scanner_running_in_its_own_process(capsys: pytest.CaptureFixture[str]) -> None:
-    import json
-
-    from deepultrasound.cli import main
-
     arguments = ["bench", "stream", "--baseline", "--sizes", "320x32", "--frames", "3", "--runs", "1"]
     assert main(arguments) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -33,7 +33,7 @@ from deepultrasound.errors import InputError
 PREALIGN_BLOCK_ROWS = 128
 """Rows of the cross-correlation blocks of :func:`linear_prealignment` (2.56 mm at 0.02 mm)."""
 PREALIGN_LINES = 16
-"""Lines (evenly spaced) whose correlations :func:`linear_prealignment` sums: 16 x 128 rows is
+"""Lines (evenly spaced) whose correlations :func:`uniform_strain_fit` sums: 16 x 128 rows is
 plenty for a correlation peak, and 8x cheaper than all 128 lines (fits differ by < 0.1 sample)."""
 PREALIGN_UNIFORM_STRAIN = "uniform_strain"
 """Manifest value (``normalisation["prealign"]``) of models trained on residuals after this pre-alignment."""
@@ -234,7 +234,7 @@ class DisplacementChain:
 
 
 def prealigned_previous(rf: np.ndarray) -> np.ndarray:
-    """Each frame warped back onto its predecessor by :func:`linear_prealignment`.
+    """Each frame warped back onto its predecessor by their :func:`uniform_strain_fit` (all pairs as one batch).
 
     Args:
         rf: ``(N, H, W)`` float32 frames.
@@ -243,11 +243,4 @@ def prealigned_previous(rf: np.ndarray) -> np.ndarray:
         ``(N-1, H, W)``: entry k - 1 is frame k warped onto frame k - 1.
     """
     frames = torch.from_numpy(rf)[:, None]
-    return np.concatenate(
-        [
-            warp_by_uniform_strain(frames[k : k + 1], uniform_strain_fit(frames[k - 1 : k], frames[k : k + 1]))[
-                :, 0
-            ].numpy()
-            for k in range(1, len(rf))
-        ]
-    )
+    return warp_by_uniform_strain(frames[1:], uniform_strain_fit(frames[:-1], frames[1:]))[:, 0].numpy()
