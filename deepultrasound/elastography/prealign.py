@@ -45,26 +45,25 @@ def _block_lags(fixed: torch.Tensor, moving: torch.Tensor, block: int) -> tuple[
     """Axial lag of each half-overlapping row block: ``(centres (K,) rows, lags (B, K) samples)``.
 
     The lag maximises ``sum f(z) m(z + lag)`` over the block and :data:`PREALIGN_LINES` evenly
-    spaced lines (one FFT correlation per block, up to a quarter of the height), refined by a
-    parabola through the peak.
+    spaced lines (rows outside the frame count as zeros), for lags up to a quarter of the height,
+    refined by a parabola through the peak. Each block is correlated with its own segment of
+    the moving frame (the block widened by the largest lag on both sides), one short FFT each.
     """
     step = -(-fixed.shape[-1] // PREALIGN_LINES)
-    fixed, moving = fixed[..., ::step], moving[..., ::step]
+    lines_fixed = fixed[:, 0, :, ::step].transpose(1, 2)  # (B, lines, H): FFTs along contiguous rows
+    lines_moving = moving[:, 0, :, ::step].transpose(1, 2)
     height = fixed.shape[-2]
     max_lag = height // 4
-    starts = torch.arange(0, height - block + 1, block // 2, device=fixed.device)
-    rows = torch.arange(height, device=fixed.device)
-    masks = ((rows >= starts[:, None]) & (rows < starts[:, None] + block)).to(fixed)  # (K, H)
-    size = 1 << (height + max_lag - 1).bit_length()
-    spectrum_fixed = torch.fft.rfft(fixed[:, :1] * masks[None, :, :, None], n=size, dim=-2)  # (B, K, F, W)
-    spectrum_moving = torch.fft.rfft(moving[:, :1], n=size, dim=-2)
-    cross = (spectrum_fixed.conj() * spectrum_moving).sum(-1)  # summed over lines before the inverse: (B, K, F)
-    correlation = torch.fft.irfft(cross, n=size, dim=-1)  # (B, K, size)
-    correlation = torch.cat([correlation[..., size - max_lag :], correlation[..., : max_lag + 1]], dim=-1)
+    blocks = lines_fixed.unfold(-1, block, block // 2)  # (B, lines, K, block)
+    segments = torch.nn.functional.pad(lines_moving, (max_lag, max_lag)).unfold(-1, block + 2 * max_lag, block // 2)
+    size = 1 << (block + 2 * max_lag - 1).bit_length()  # no wrap-around for lags in [-max_lag, max_lag]
+    cross = torch.fft.rfft(blocks, n=size).conj() * torch.fft.rfft(segments, n=size)
+    correlation = torch.fft.irfft(cross.sum(1), n=size)[..., : 2 * max_lag + 1]  # (B, K, lags -max_lag..max_lag)
     peak = correlation.argmax(-1).clamp(1, 2 * max_lag - 1)
     minus, centre, plus = (correlation.gather(-1, (peak + d)[..., None])[..., 0] for d in (-1, 0, 1))
     offset = (0.5 * (minus - plus) / (minus - 2 * centre + plus).clamp(max=-1e-12)).clamp(-0.5, 0.5)
-    return starts.to(fixed) + (block - 1) / 2, peak - max_lag + offset
+    starts = torch.arange(blocks.shape[-2], device=fixed.device, dtype=fixed.dtype) * (block // 2)
+    return starts + (block - 1) / 2, peak - max_lag + offset
 
 
 def uniform_strain_fit(

@@ -79,16 +79,19 @@ def _slopes_by_running_sums(axial: torch.Tensor, n: int) -> torch.Tensor:
     """
     values = axial.double()
     height = values.shape[2]
-    rows = torch.arange(height, dtype=torch.float64, device=values.device)
-    start = values.new_zeros(values.shape[0], values.shape[1], 1, values.shape[3])
-    sums = torch.cat([start, values.cumsum(2)], dim=2)
-    moments = torch.cat([start, (values * rows[:, None]).cumsum(2)], dim=2)
+    rows = torch.arange(height, dtype=torch.float64, device=values.device)[:, None]
+
+    def window_sums(cumulative: torch.Tensor) -> torch.Tensor:
+        """Sums over rows ``i .. i + n - 1`` from inclusive cumulative sums over rows."""
+        sums = cumulative[:, :, n - 1 :].clone()
+        sums[:, :, 1:] -= cumulative[:, :, : height - n]
+        return sums
+
     half = n // 2
-    centres = rows[half : height - half, None]
-    window_sums = sums[:, :, n:] - sums[:, :, :-n]
-    window_moments = moments[:, :, n:] - moments[:, :, :-n]
+    slopes = window_sums((values * rows).cumsum(2))
+    slopes.addcmul_(rows[half : height - half], window_sums(values.cumsum(2)), value=-1.0)
     squares = half * (half + 1) * (2 * half + 1) / 3  # sum of (z - c)^2 over the window
-    return ((window_moments - centres * window_sums) / squares).to(axial.dtype)
+    return (slopes / squares).to(axial.dtype)
 
 
 def _slopes_by_convolution(axial: torch.Tensor, n: int) -> torch.Tensor:
@@ -152,10 +155,9 @@ def axial_strain(
             f"strain window of {window_mm} mm ({n} samples at {axial_spacing_mm} mm) is longer than the "
             f"image height of {height} samples: use a shorter window or a taller image"
         )
-    if not torch.isfinite(displacement).all():
-        raise InputError("displacement contains NaN or infinite values")
-
     axial = displacement[:, -1:]
+    if not torch.isfinite(axial).all():
+        raise InputError("axial displacement contains NaN or infinite values")
     half = n // 2
     slopes = _slopes_by_convolution if axial.device.type == "mps" else _slopes_by_running_sums
     interior = slopes(axial, n)
