@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+import crcmod
 import numpy as np
 import pyigtl
 import pytest
@@ -206,6 +207,14 @@ def test_latest_slot_keeps_the_newest_and_counts_drops() -> None:
     slot: LatestSlot[int] = LatestSlot()
     assert [slot.put(k) for k in range(3)] == [False, True, True]
     assert slot.get(0.1) == 2 and slot.get(0.01) is None and slot.dropped == 2
+
+
+def test_message_checksum_is_openigtlinks_crc64() -> None:
+    """The fast checksum installed for pyigtl equals its own crcmod one (CRC-64/ECMA-182)."""
+    reference = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, rev=False, initCrc=0, xorOut=0)
+    body = np.random.default_rng(0).standard_normal(100_003).astype(np.float32).tobytes()
+    assert pyigtl.messages.CRC64(b"123456789") == reference(b"123456789") == 0x6C40DF5F0B497347
+    assert pyigtl.messages.CRC64(body) == reference(body)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int16])

@@ -20,7 +20,12 @@ What pyigtl lacks and is added here:
   thread, and never blocks or grows a backlog when its client is slow or gone;
 - :class:`IgtlClient`: a message that cannot be decoded (truncated image, unknown scalar type)
   is counted and skipped instead of dropping the connection, and waiting for a message is
-  event-driven rather than polled.
+  event-driven rather than polled;
+- a fast checksum: pyigtl computes the CRC-64 of every message body with crcmod's byte-table
+  loop, about 250 MB/s (3.4 ms per 1600 x 128 float32 frame, holding the GIL, on every frame a
+  scanner sends and on both images the stream serves). Importing this module swaps in fastcrc's
+  CRC-64/ECMA-182, the same checksum (OpenIGTLink's: polynomial 0x42F0E1EBA9EA3693, no
+  reflection, initial value and final xor 0), about 100x faster.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyigtl
+from fastcrc import crc64
 from pyigtl import comm, messages
 
 from deepultrasound.errors import InputError
@@ -187,6 +193,7 @@ class StatusMessage(pyigtl.MessageBase):
 
 
 messages.message_type_to_class_constructor.setdefault("STATUS", StatusMessage)
+messages.CRC64 = crc64.ecma_182  # OpenIGTLink's CRC-64 (see the module docstring)
 
 
 class _ViewerConnection(socketserver.BaseRequestHandler):
