@@ -35,6 +35,7 @@ from deepultrasound.elastography.networks import ReUSENet
 from deepultrasound.elastography.prealign import (
     PREALIGN_UNIFORM_STRAIN,
     DisplacementChain,
+    _weighted_line,
     compose_displacements,
     compose_with_uniform_strain,
     linear_prealignment,
@@ -244,6 +245,21 @@ def test_linear_prealignment_recovers_a_uniform_strain_and_chains():
     assert aligned.shape == (2, *shape)
     reference, moving = frames[0][0, 0].numpy()[interior], frames[1][0, 0].numpy()[interior]
     assert np.abs(aligned[0][interior] - reference).mean() < 0.2 * np.abs(moving - reference).mean()
+
+
+def test_weighted_line_fit_equals_numpy_least_squares_on_the_kept_blocks():
+    """The closed-form fit that replaces a solver call: rows in the thousands, 0/1 weights (outliers dropped)."""
+    rng = np.random.default_rng(4)
+    centres = torch.arange(24, dtype=torch.float32) * 64 + 63.5  # block centres of a 1600-row frame
+    lags = torch.from_numpy(rng.uniform(-3, 3, (3, 1)) + rng.uniform(-0.02, 0.02, (3, 1)) * centres.numpy())
+    lags = (lags + torch.from_numpy(rng.normal(0, 0.1, (3, 24)))).float()
+    weight = torch.from_numpy(rng.random((3, 24)) > 0.3).float()
+    lags[weight == 0] += 40.0  # what the dropped blocks hold must not matter
+    line = _weighted_line(centres, lags, weight)
+    for b in range(3):
+        kept = weight[b].numpy() > 0
+        slope, intercept = np.polyfit(centres.numpy()[kept].astype(float), lags[b].numpy()[kept].astype(float), 1)
+        np.testing.assert_allclose(line[b].numpy(), [intercept, slope], rtol=1e-4, atol=1e-4)
 
 
 def test_uniform_strain_warp_and_composition_in_closed_form_match_the_generic_ones():

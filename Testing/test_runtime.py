@@ -266,6 +266,44 @@ def test_states_taken_as_varargs_export_with_dynamic_shapes(varstates_bundle):
     assert check_parity(varstates_bundle, steps=3).ok
 
 
+def test_tensor_predictions_equal_array_predictions_and_stay_tensors(conv_bundle, gru_bundle):
+    rng = np.random.default_rng(8)
+    frames = rng.standard_normal((1, 2, 20, 12)).astype(np.float32)
+    sequence = [rng.standard_normal((1, 1, 20, 12)).astype(np.float32) for _ in range(3)]
+    for backend in BACKENDS:
+        predictor = create_predictor(conv_bundle, backend, device="cpu")
+        (expected,) = predictor.predict(frames)
+        (output,) = predictor.predict_tensors(torch.from_numpy(frames))
+        assert isinstance(output, torch.Tensor) and output.dtype == torch.float32
+        np.testing.assert_array_equal(output.numpy(), expected, err_msg=backend)
+        with pytest.raises(InputError, match="shape|rank|size"):
+            predictor.predict_tensors(torch.zeros(1, 3, 20, 12))
+
+        arrays = RecurrentPredictor(create_predictor(gru_bundle, backend, device="cpu"))
+        tensors = RecurrentPredictor(create_predictor(gru_bundle, backend, device="cpu"))
+        for frame in sequence:
+            (expected,) = arrays.step(frame)
+            (output,) = tensors.step(torch.from_numpy(frame))
+            np.testing.assert_allclose(output.numpy(), expected, atol=1e-6, err_msg=backend)
+        assert all(isinstance(state, torch.Tensor) for state in tensors.states)
+        np.testing.assert_allclose(tensors.states[0].numpy(), arrays.states[0], atol=1e-6)
+
+
+def test_half_precision_runs_the_weights_in_float16_and_returns_float32(conv_bundle):
+    frames = np.random.default_rng(9).standard_normal((1, 2, 16, 12)).astype(np.float32)
+    (full,) = create_predictor(conv_bundle, "torch", device="cpu").predict(frames)
+    for backend in ("auto", "torch", "torchscript"):
+        predictor = create_predictor(conv_bundle, backend, device="cpu", half=True)
+        assert predictor.backend in ("torch", "torchscript")  # auto does not pick ONNX Runtime for float16
+        (half,) = predictor.predict(frames)
+        assert half.dtype == np.float32
+        # float16 keeps ~3 significant digits: close to the float32 result, and not identical to it
+        np.testing.assert_allclose(half, full, atol=2e-2 * np.abs(full).max(), err_msg=backend)
+        assert np.abs(half - full).max() > 0
+    with pytest.raises(InputError, match="half precision"):
+        create_predictor(conv_bundle, "onnxruntime", device="cpu", half=True)
+
+
 # --- integrity ---------------------------------------------------------------------------
 
 

@@ -20,7 +20,12 @@ import torch
 
 from deepultrasound.cli import main
 from deepultrasound.elastography.bundles import save_deepuse_bundle
-from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION, FRAME_TO_FRAME, StrainEstimator
+from deepultrasound.elastography.inference import (
+    DEEPUSE_NORMALISATION,
+    FRAME_TO_FRAME,
+    StrainEstimator,
+    normalise_frame,
+)
 from deepultrasound.elastography.networks import ReUSENet
 from deepultrasound.elastography.prealign import PREALIGN_UNIFORM_STRAIN
 from deepultrasound.errors import InputError
@@ -38,6 +43,7 @@ from deepultrasound.streaming.igtl import (
 from deepultrasound.streaming.pipeline import StrainStream, StreamConfig
 from deepultrasound.streaming.queues import LatestSlot
 from deepultrasound.streaming.scanner import LoopedFrames, Scanner, cyclic_order
+from deepultrasound.streaming.throughput import model_and_strain
 
 WINDOW_MM = 0.5  # 25 samples at 0.02 mm: fits the small frames
 GEOMETRY = FrameGeometry((0.2, 0.02), (1.5, -2.0, 0.0))
@@ -405,3 +411,33 @@ def test_bench_stream_measures_a_scanner_running_in_its_own_process(capsys: pyte
     size = figures["sizes"]["320x32"]
     assert figures["pipeline"] == "block matching" and size["fps"] > 0 and size["latency_p95_ms"] > 0
     assert size["received"][0] >= 4  # a reference frame and three more came from the scanner process
+
+
+@pytest.mark.parametrize("bundle", ["tiny_bundle", "prealigned_bundle"])
+def test_bench_throughput_step_gives_the_live_processors_strain(bundle: str, request: pytest.FixtureRequest) -> None:
+    """What ``bench throughput`` times is what a stream computes: the same strain, frame by frame."""
+    model = request.getfixturevalue(bundle)
+    frames = _shifted_speckle([0, 1, 2, 3], (64, 32))
+    estimator = StrainEstimator(model, device="cpu")
+    normalised = np.stack([normalise_frame(frame, estimator.normalisation) for frame in frames])
+    step = model_and_strain(estimator, normalised, WINDOW_MM, 0.02)
+    live = LiveStrainProcessor(model, device="cpu", window_mm=WINDOW_MM, reference_every=None)
+    for k, frame in enumerate(frames):
+        strain, result = step(k), live.process(frame, 0.02)
+        if k == 0:
+            assert strain is None and result is None
+        else:
+            np.testing.assert_allclose(strain, result.strain, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_throughput_reports_frames_per_second_and_the_ratio(
+    prealigned_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ["bench", "throughput", "--model", str(prealigned_bundle), "--device", "cpu"]
+    arguments += ["--sizes", "320x32", "--seconds", "0", "--runs", "1", "--per-reference", "3"]
+    assert main(arguments) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    size = figures["sizes"]["320x32"]
+    assert figures["suite"] == "throughput" and figures["device"] == "cpu" and figures["half"] is False
+    assert size["fps"] > 0 and size["processor_fps"] > 0 and 0 < size["frame_p50_ms"] <= size["frame_p95_ms"]
+    assert size["ratio"] == pytest.approx(size["fps"] / size["original_reusenet_fps"], rel=0.01)

@@ -19,6 +19,7 @@ SUITES: dict[str, str] = {
     "strain": "deepultrasound.elastography.bench",
     "stream": "deepultrasound.streaming.bench",
     "soak": "deepultrasound.streaming.soak",
+    "throughput": "deepultrasound.streaming.throughput",
 }
 
 

@@ -230,12 +230,15 @@ class SequenceStrainEstimator(ABC):
     displacement of one pair (:meth:`step`). ``name`` labels results (tables, figures).
 
     :meth:`estimate` runs a whole sequence; a live stream feeds pairs one at a time with
-    :meth:`reset` and :meth:`step` (see :class:`deepultrasound.streaming.LiveStrainProcessor`).
+    :meth:`reset` and :meth:`step_tensor` (see :class:`deepultrasound.streaming.LiveStrainProcessor`),
+    on tensors that stay on :attr:`device`.
     """
 
     name: str
     normalisation: str = "none"
     """Key of :data:`NORMALISATIONS` applied to each frame before :meth:`step`."""
+    device: torch.device = torch.device("cpu")
+    """Where :meth:`step_tensor` takes its frames and returns its displacement."""
 
     def estimate(
         self,
@@ -300,7 +303,6 @@ class SequenceStrainEstimator(ABC):
     def _begin_sequence(self) -> None:
         """Forget everything carried over from a previous sequence."""
 
-    @abstractmethod
     def step(self, pair: np.ndarray, new_reference: bool) -> np.ndarray:
         """Displacement of one frame pair, carrying state over from the previous call.
 
@@ -313,6 +315,17 @@ class SequenceStrainEstimator(ABC):
         Returns:
             ``(2, H, W)`` float32 displacement in pixels, channel 0 lateral, channel 1 axial,
             ``moving(p + u(p)) ~ fixed(p)``.
+        """
+        with torch.inference_mode():
+            displacement = self.step_tensor(torch.from_numpy(pair[None]).to(self.device), new_reference)
+        return displacement[0].cpu().numpy()
+
+    @abstractmethod
+    def step_tensor(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
+        """:meth:`step` on a ``(1, 2, H, W)`` float32 tensor on :attr:`device`.
+
+        Returns the ``(1, 2, H, W)`` float32 displacement on :attr:`device`: a GPU stream keeps
+        every frame-to-frame step there, with no host copy or synchronisation.
         """
 
 
@@ -327,6 +340,8 @@ class StrainEstimator(SequenceStrainEstimator):
             "torchscript" or "onnxruntime".
         device: "auto", "cpu", "cuda", "cuda:N", "mps" (see :func:`choose_device`).
         threads: intra-op CPU threads, None for the library default.
+        half: run the network in float16 (torch and TorchScript backends, for GPUs); the
+            pre-alignment, composition and strain stay float32.
 
     Attributes:
         prealignment: the pre-alignment the bundle was trained with (manifest
@@ -345,8 +360,10 @@ class StrainEstimator(SequenceStrainEstimator):
         backend: str = "auto",
         device: str | torch.device | None = None,
         threads: int | None = None,
+        half: bool = False,
     ) -> None:
-        self.predictor: Predictor = create_predictor(resolve_model(model), backend, device, threads)
+        self.predictor: Predictor = create_predictor(resolve_model(model), backend, device, threads, half)
+        self.device = self.predictor.device
         manifest = self.predictor.bundle.manifest
         first = manifest.inputs[0].shape
         if len(manifest.inputs) != 1 or len(first) != 4 or first[1] != 2:
@@ -386,11 +403,10 @@ class StrainEstimator(SequenceStrainEstimator):
         if self._chain is not None:
             self._chain.reset()
 
-    def step(self, pair: np.ndarray, new_reference: bool) -> np.ndarray:
-        frames = torch.from_numpy(pair[None])  # (1, 2, H, W)
+    def step_tensor(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
         if self._chain is None:
-            return self._network(frames, new_reference)[0].numpy()
-        return self._chain.step(frames[:, :1], frames[:, 1:], new_reference)[0].numpy()
+            return self._network(pair, new_reference)
+        return self._chain.step(pair[:, :1], pair[:, 1:], new_reference)
 
     def _pair_displacement(self, fixed: torch.Tensor, moving: torch.Tensor, starts: bool) -> torch.Tensor:
         """The network's ``(1, 2, H, W)`` displacement of one frame-to-frame pair, pre-aligned if trained so."""
@@ -402,12 +418,12 @@ class StrainEstimator(SequenceStrainEstimator):
         """The network's ``(1, 2, H, W)`` displacement of a ``(1, 2, H, W)`` pair, padded to its stride."""
         padded, size = pad_to_multiple(pair, self._input_multiple)
         if self._recurrent is None:
-            (output,) = self.predictor.predict(padded.numpy())
+            (output,) = self.predictor.predict_tensors(padded)
         else:
             if new_reference:
                 self._recurrent.reset()
-            (output,) = self._recurrent.step(padded.numpy())
-        return crop_to_size(torch.from_numpy(output), size)
+            (output,) = self._recurrent.step(padded)
+        return crop_to_size(output, size)
 
 
 class BlockMatchingEstimator(SequenceStrainEstimator):
@@ -458,11 +474,11 @@ class BlockMatchingEstimator(SequenceStrainEstimator):
         if self._chain is not None:
             self._chain.reset()
 
-    def step(self, pair: np.ndarray, new_reference: bool) -> np.ndarray:
-        fixed, moving = torch.from_numpy(pair[:, None, None]).to(self.device)  # two (1, 1, H, W) frames
+    def step_tensor(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
+        fixed, moving = pair[:, :1], pair[:, 1:]
         if self._chain is None:
-            return self._match(fixed, moving)[0].cpu().numpy()
-        return self._chain.step(fixed, moving, new_reference)[0].cpu().numpy()
+            return self._match(fixed, moving)
+        return self._chain.step(fixed, moving, new_reference)
 
     def _match(self, fixed: torch.Tensor, moving: torch.Tensor, starts: bool = True) -> torch.Tensor:
         """``(1, 2, H, W)`` displacement of one pair of ``(1, 1, H, W)`` frames (``starts`` unused)."""
@@ -498,9 +514,8 @@ class UniformStrainEstimator(SequenceStrainEstimator):
     def _begin_sequence(self) -> None:
         self._chain.reset()
 
-    def step(self, pair: np.ndarray, new_reference: bool) -> np.ndarray:
-        fixed, moving = torch.from_numpy(pair[:, None, None])  # two (1, 1, H, W) frames
-        return self._chain.step(fixed, moving, new_reference)[0].numpy()
+    def step_tensor(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
+        return self._chain.step(pair[:, :1], pair[:, 1:], new_reference)
 
 
 def _bundled_deepuse_models() -> list[tuple[Path, dict[str, object]]]:

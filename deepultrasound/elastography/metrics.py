@@ -187,18 +187,26 @@ def warp_image(moving: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor
         )
     height, width = moving.shape[-2:]
     # grid_sample wants (B, H, W, 2) positions in [-1, 1], x (lateral) first: the project's order.
-    positions = _pixel_grid(height, width, moving.device, moving.dtype) + displacement.to(moving).permute(0, 2, 3, 1)
-    scale = torch.tensor([2 / max(width - 1, 1), 2 / max(height - 1, 1)], device=moving.device, dtype=moving.dtype)
+    grid, scale = _pixel_grid(height, width, moving.device, moving.dtype)
+    positions = grid + displacement.to(moving).permute(0, 2, 3, 1)
     return F.grid_sample(moving, positions * scale - 1, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 @functools.lru_cache(maxsize=8)
-def _pixel_grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``(1, H, W, 2)`` pixel positions (column, row); cached, as a stream warps frames of one size."""
-    rows, cols = torch.meshgrid(
-        torch.arange(height, device=device, dtype=dtype), torch.arange(width, device=device, dtype=dtype), indexing="ij"
-    )
-    return torch.stack([cols, rows], dim=-1)[None]
+def _pixel_grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1, H, W, 2)`` pixel positions (column, row) and the ``(2,)`` scale of pixels to ``grid_sample``'s [-1, 1].
+
+    Cached, as a stream warps frames of one size (and a GPU then gets no host copy per frame);
+    made outside inference mode, so that training may differentiate through them later.
+    """
+    with torch.inference_mode(False):
+        rows, cols = torch.meshgrid(
+            torch.arange(height, device=device, dtype=dtype),
+            torch.arange(width, device=device, dtype=dtype),
+            indexing="ij",
+        )
+        scale = torch.tensor([2 / max(width - 1, 1), 2 / max(height - 1, 1)], device=device, dtype=dtype)
+        return torch.stack([cols, rows], dim=-1)[None], scale
 
 
 def ncc(fixed: ArrayLike, moving: ArrayLike, mask: ArrayLike | None = None) -> float:

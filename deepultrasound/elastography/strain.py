@@ -117,6 +117,14 @@ def _top_border_weights(half: int) -> np.ndarray:
     return weights
 
 
+@functools.lru_cache(maxsize=16)
+def _top_border_tensor(half: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """:func:`_top_border_weights` as a tensor, cached per device (no host copy per frame on a GPU);
+    made outside inference mode, so that training may differentiate through it later."""
+    with torch.inference_mode(False):
+        return torch.tensor(_top_border_weights(half), dtype=dtype, device=device)
+
+
 def axial_strain(
     displacement: torch.Tensor,
     window_mm: float = DEFAULT_WINDOW_MM,
@@ -162,7 +170,7 @@ def axial_strain(
     slopes = _slopes_by_convolution if axial.device.type == "mps" else _slopes_by_running_sums
     interior = slopes(axial, n)
 
-    border = torch.tensor(_top_border_weights(half), dtype=axial.dtype, device=axial.device)
+    border = _top_border_tensor(half, axial.dtype, axial.device)
     rows = border.shape[1]
     top = torch.einsum("ij,bcjw->bciw", border, axial[:, :, :rows])
     # The bottom rows are the top rows of the flipped image, whose slope has the opposite sign.

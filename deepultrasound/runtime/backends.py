@@ -1,8 +1,10 @@
 """One inference interface over three backends: eager torch, TorchScript and ONNX Runtime.
 
 ``create_predictor(bundle, backend)`` returns a :class:`Predictor`; ``predict`` takes and
-returns float32 numpy arrays in the order of the exported graphs (data inputs, then states).
-:class:`RecurrentPredictor` keeps the states of a recurrent model between calls.
+returns float32 numpy arrays in the order of the exported graphs (data inputs, then states), and
+``predict_tensors`` the same as torch tensors that stay on the model's device (no host copy with
+the torch and TorchScript backends). :class:`RecurrentPredictor` keeps the states of a recurrent
+model between calls.
 """
 
 from __future__ import annotations
@@ -67,9 +69,29 @@ class Predictor(ABC):
             converted.append(array)
         return self._run(converted)
 
+    def predict_tensors(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:meth:`predict` on torch tensors: float32 outputs on the first input's device.
+
+        The device-resident path of a live stream: with the torch and TorchScript backends,
+        inputs on the model's device are used as they are and outputs stay there (no host copy,
+        no synchronisation); ONNX Runtime goes through host arrays. Shapes are checked, values
+        are not (that would synchronise a GPU on every call): callers check their frames.
+
+        Raises:
+            InputError: wrong number of inputs, rank, fixed size or inconsistent symbolic size.
+        """
+        check_shapes([(spec.name, spec.shape) for spec in self._inputs], [tuple(tensor.shape) for tensor in inputs])
+        return self._run_tensors(list(inputs))
+
     @abstractmethod
     def _run(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         """Run the model on validated arrays."""
+
+    def _run_tensors(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Run the model on shape-checked tensors; this default goes through :meth:`_run` on the host."""
+        arrays = [np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float32) for tensor in inputs]
+        device = inputs[0].device
+        return tuple(torch.from_numpy(output).to(device) for output in self._run(arrays))
 
     def __repr__(self) -> str:
         manifest = self.bundle.manifest
@@ -79,17 +101,28 @@ class Predictor(ABC):
 
 
 class _TorchModulePredictor(Predictor):
-    """Shared part of the eager and TorchScript backends: a callable module on ``device``."""
+    """Shared part of the eager and TorchScript backends: a callable module on ``device``.
 
-    def __init__(self, bundle: Bundle, device: torch.device, module: torch.nn.Module) -> None:
+    With ``half``, the module's weights are float16 and inputs are cast to float16 on the way in;
+    outputs are float32 either way.
+    """
+
+    def __init__(self, bundle: Bundle, device: torch.device, module: torch.nn.Module, half: bool) -> None:
         super().__init__(bundle, device)
-        self._module = module
+        self.half = half
+        self._dtype = torch.float16 if half else torch.float32
+        self._module = module.half() if half else module
 
     def _run(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        outputs = self._run_tensors([torch.from_numpy(array) for array in inputs])
+        return tuple(output.cpu().numpy() for output in outputs)
+
+    def _run_tensors(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        device = inputs[0].device
         with torch.inference_mode():
-            outputs = self._module(*[torch.from_numpy(array).to(self.device) for array in inputs])
+            outputs = self._module(*[tensor.to(self.device, self._dtype) for tensor in inputs])
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-        return tuple(output.float().cpu().numpy() for output in outputs)
+        return tuple(output.to(device, torch.float32) for output in outputs)
 
 
 class TorchPredictor(_TorchModulePredictor):
@@ -97,8 +130,8 @@ class TorchPredictor(_TorchModulePredictor):
 
     backend = "torch"
 
-    def __init__(self, bundle: Bundle, device: torch.device) -> None:
-        super().__init__(bundle, device, bundle.build_torch_model(device))
+    def __init__(self, bundle: Bundle, device: torch.device, half: bool = False) -> None:
+        super().__init__(bundle, device, bundle.build_torch_model(device), half)
 
 
 class TorchScriptPredictor(_TorchModulePredictor):
@@ -106,11 +139,11 @@ class TorchScriptPredictor(_TorchModulePredictor):
 
     backend = "torchscript"
 
-    def __init__(self, bundle: Bundle, device: torch.device) -> None:
+    def __init__(self, bundle: Bundle, device: torch.device, half: bool = False) -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript is deprecated, still served
             module = torch.jit.load(io.BytesIO(bundle.read("torchscript")), map_location=device)
-        super().__init__(bundle, device, module.eval())
+        super().__init__(bundle, device, module.eval(), half)
 
 
 class OnnxRuntimePredictor(Predictor):
@@ -157,6 +190,7 @@ def create_predictor(
     backend: str = "torch",
     device: str | torch.device | None = None,
     threads: int | None = None,
+    half: bool = False,
 ) -> Predictor:
     """A predictor for a bundle (or the path of one, which is loaded and verified).
 
@@ -168,9 +202,12 @@ def create_predictor(
         device: see :func:`choose_device`; ``None`` is the automatic choice.
         threads: intra-op CPU threads (torch: ``torch.set_num_threads``, process-wide); ``None``
             leaves the library default.
+        half: run the model in float16 (torch and TorchScript; meant for GPUs, where it halves
+            memory traffic; "auto" then picks torch). Outputs stay float32.
 
     Raises:
-        InputError: unknown backend, unavailable device or invalid thread count.
+        InputError: unknown backend, unavailable device, invalid thread count, or ``half`` with
+            ONNX Runtime.
         BundleError: the bundle is invalid or lacks the backend's file.
     """
     if backend not in BACKEND_CHOICES:
@@ -180,21 +217,27 @@ def create_predictor(
     bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path)
     chosen = choose_device(device)
     if backend == AUTO_BACKEND:
-        backend = "onnxruntime" if chosen.type == "cpu" and "onnxruntime" in available_backends(bundle) else "torch"
+        onnx_on_cpu = chosen.type == "cpu" and not half and "onnxruntime" in available_backends(bundle)
+        backend = "onnxruntime" if onnx_on_cpu else "torch"
     if backend == "onnxruntime":
+        if half:
+            raise InputError("half precision runs on the torch and torchscript backends, not onnxruntime")
         return OnnxRuntimePredictor(bundle, chosen, threads)
     if threads is not None:
         torch.set_num_threads(threads)
-    return TorchPredictor(bundle, chosen) if backend == "torch" else TorchScriptPredictor(bundle, chosen)
+    predictor = TorchPredictor if backend == "torch" else TorchScriptPredictor
+    return predictor(bundle, chosen, half)
 
 
 class RecurrentPredictor:
     """Holds the states of a recurrent model between calls (the caller thread owns them).
 
     ``step(*data_inputs)`` feeds the data inputs with the current states, keeps the updated
-    states and returns the data outputs. States start as zeros of shape
-    (B, channels, H // stride, W // stride) from the first data input, and start again from
-    zeros after :meth:`reset` or when the batch or spatial size of the first input changes.
+    states and returns the data outputs; numpy arrays in and out, or torch tensors (through
+    :meth:`Predictor.predict_tensors`, the states then stay on the inputs' device). States start
+    as zeros of shape (B, channels, H // stride, W // stride) from the first data input, and
+    start again from zeros after :meth:`reset`, when the batch or spatial size of the first input
+    changes, or when it switches between arrays and tensors.
     """
 
     def __init__(self, predictor: Predictor) -> None:
@@ -203,29 +246,44 @@ class RecurrentPredictor:
             raise InputError(f"model {manifest.name!r} has no recurrent states; use its predictor directly")
         self.predictor = predictor
         self._data_outputs = len(manifest.outputs)
-        self._states: list[np.ndarray] | None = None
+        self._states: list[np.ndarray] | list[torch.Tensor] | None = None
 
     def reset(self) -> None:
         """Forget the states; the next step starts from zeros."""
         self._states = None
 
-    def step(self, *data_inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+    def step(self, *data_inputs: np.ndarray | torch.Tensor) -> tuple[np.ndarray, ...] | tuple[torch.Tensor, ...]:
         """Data outputs for ``data_inputs``, carrying the states over from the previous step."""
         manifest = self.predictor.bundle.manifest
         if len(data_inputs) != len(manifest.inputs):
             names = ", ".join(spec.name for spec in manifest.inputs)
             raise InputError(f"step takes {len(manifest.inputs)} data input(s) ({names}); got {len(data_inputs)}")
-        first = np.shape(data_inputs[0])
+        lead = data_inputs[0]
+        first = tuple(lead.shape) if isinstance(lead, torch.Tensor) else np.shape(lead)
         if len(first) < 2:
             raise InputError(f"the first input needs batch and channel axes, got shape {first}")
-        shapes = manifest.initial_state_shapes(first)
-        if self._states is None or [state.shape for state in self._states] != shapes:
-            self._states = [np.zeros(shape, dtype=np.float32) for shape in shapes]
-        outputs = self.predictor.predict(*data_inputs, *self._states)
+        shapes = [tuple(shape) for shape in manifest.initial_state_shapes(first)]
+        if isinstance(lead, torch.Tensor):
+            if not self._states_match(torch.Tensor, shapes, lead.device):
+                self._states = [torch.zeros(shape, device=lead.device) for shape in shapes]
+            outputs = self.predictor.predict_tensors(*data_inputs, *self._states)
+        else:
+            if not self._states_match(np.ndarray, shapes, None):
+                self._states = [np.zeros(shape, dtype=np.float32) for shape in shapes]
+            outputs = self.predictor.predict(*data_inputs, *self._states)
         self._states = list(outputs[self._data_outputs :])
         return outputs[: self._data_outputs]
 
+    def _states_match(self, kind: type, shapes: list[tuple[int, ...]], device: torch.device | None) -> bool:
+        """The held states can feed the next step: of ``kind``, these shapes, on ``device`` (tensors)."""
+        if self._states is None:
+            return False
+        return all(
+            isinstance(state, kind) and tuple(state.shape) == shape and (device is None or state.device == device)
+            for state, shape in zip(self._states, shapes)
+        )
+
     @property
-    def states(self) -> tuple[np.ndarray, ...]:
+    def states(self) -> tuple[np.ndarray, ...] | tuple[torch.Tensor, ...]:
         """The states after the last step (empty before the first step or after a reset)."""
         return tuple(self._states or ())

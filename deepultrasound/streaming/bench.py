@@ -60,7 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="1600x128,2000x128", help="frame sizes HxW, comma separated")
 
 
-def _sizes(text: str) -> list[tuple[int, int]]:
+def parse_sizes(text: str) -> list[tuple[int, int]]:
     from deepultrasound.errors import InputError
 
     try:
@@ -69,7 +69,7 @@ def _sizes(text: str) -> list[tuple[int, int]]:
         raise InputError(f"--sizes must be HxW[,HxW...], e.g. 1600x128, got {text!r}") from error
 
 
-def _frames(height: int, width: int, count: int = 8, step: float = 0.005) -> np.ndarray:
+def speckle_frames(height: int, width: int, count: int = 8, step: float = 0.005) -> np.ndarray:
     """``count`` speckle frames compressed by ``k * step`` (axial strain), band-limited like RF."""
     from scipy.ndimage import gaussian_filter1d, map_coordinates
 
@@ -82,7 +82,7 @@ def _frames(height: int, width: int, count: int = 8, step: float = 0.005) -> np.
     )
 
 
-def _reference_bundle(folder: Path) -> Path:
+def original_reusenet_bundle(folder: Path) -> Path:
     """An untrained ReUSENet of the original configuration (8 channels, batch statistics)."""
     from deepultrasound.elastography.bundles import save_deepuse_bundle
     from deepultrasound.elastography.networks import ReUSENet
@@ -176,15 +176,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise
             baseline = True
     with tempfile.TemporaryDirectory() as scratch:
-        reference = _reference_bundle(Path(scratch))
+        reference = original_reusenet_bundle(Path(scratch))
         timed_model = model or reference
         print(
             f"pipeline: {'block matching' if baseline else model}; "
             f"model-only: {timed_model.name} vs original ReUSENet (8 ch, eager, batch norm)"
         )
         sizes: dict[str, Any] = {}
-        for height, width in _sizes(args.sizes):
-            frames = _frames(height, width)
+        for height, width in parse_sizes(args.sizes):
+            frames = speckle_frames(height, width)
             processor = LiveStrainProcessor(
                 model,
                 baseline=baseline,

@@ -36,6 +36,7 @@ def add_processor_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: library default)")
+    parser.add_argument("--half", action="store_true", help="run the network in float16 (torch backend, for GPUs)")
     parser.add_argument(
         "--reference-every", type=int, default=10, help="new reference frame every K frames, 0 for never (default: 10)"
     )
@@ -62,6 +63,7 @@ def build_processor(args: argparse.Namespace):
         backend=args.backend,
         device=args.device,
         threads=args.threads,
+        half=args.half,
         baseline=args.baseline,
         reference_every=args.reference_every or None,
         reference_min_ncc=args.reference_min_ncc,

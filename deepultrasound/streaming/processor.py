@@ -100,7 +100,7 @@ class PendingPair:
     """A frame whose displacement is known, before strain and B-mode (see :meth:`LiveStrainProcessor.finish`)."""
 
     frame: np.ndarray  # (H, W) float32, cropped
-    displacement: np.ndarray  # (2, H, W) float32, pixels
+    displacement: torch.Tensor  # (2, H, W) float32 in pixels, on the estimator's device
     axial_spacing_mm: float
     reference_index: int
     frame_index: int
@@ -156,6 +156,7 @@ class LiveStrainProcessor:
             "torchscript" or "onnxruntime".
         device: "auto", "cpu", "cuda", "cuda:N", "mps"; None is automatic.
         threads: intra-op CPU threads, None for the library default.
+        half: run the network in float16 (torch backend, for GPUs); see :class:`StrainEstimator`.
         baseline: NCC block matching instead of a network (no model needed).
         reference_every: a new reference frame (and state reset) every K >= 2 frames; None: never.
         reference_min_ncc: also a new reference when NCC(reference, frame) drops below this
@@ -176,6 +177,7 @@ class LiveStrainProcessor:
         backend: str = "auto",
         device: str | torch.device | None = None,
         threads: int | None = None,
+        half: bool = False,
         baseline: bool = False,
         reference_every: int | None = 10,
         reference_min_ncc: float | None = None,
@@ -199,7 +201,9 @@ class LiveStrainProcessor:
                 torch.set_num_threads(threads)
             self.estimator = BlockMatchingEstimator(device=device)
         else:
-            self.estimator = StrainEstimator(resolve_live_model(model), backend=backend, device=device, threads=threads)
+            self.estimator = StrainEstimator(
+                resolve_live_model(model), backend=backend, device=device, threads=threads, half=half
+            )
         self.reference_every = reference_every
         self.reference_min_ncc = reference_min_ncc
         self.window_mm = window_mm
@@ -215,7 +219,7 @@ class LiveStrainProcessor:
         """Forget the reference frame and the recurrent state; the next frame is a new reference
         and frame counting starts again at 0."""
         self._reference: np.ndarray | None = None  # raw float32 (H, W), for NCC and shape checks
-        self._reference_normalised: np.ndarray | None = None
+        self._reference_normalised: torch.Tensor | None = None  # (H, W) on the estimator's device
         self._reference_index = -1
         self._next_index = 0
         self._fresh_reference = False
@@ -253,8 +257,10 @@ class LiveStrainProcessor:
     def displacement(self, frame: np.ndarray, axial_spacing_mm: float) -> PendingPair | None:
         """First half of :meth:`process`: checks, normalisation and network (or block matching).
 
-        A pipeline may run :meth:`finish` of one frame in another thread while this runs on the
-        next frame. Returns None when ``frame`` became the new reference.
+        The frame is copied to the estimator's device once; the reference frame, the recurrent
+        state and the chained displacement stay there. A pipeline may run :meth:`finish` of one
+        frame in another thread while this runs on the next frame. Returns None when ``frame``
+        became the new reference.
         """
         started = time.perf_counter()
         values = check_frame(frame)
@@ -270,13 +276,14 @@ class LiveStrainProcessor:
         if self._needs_new_reference(values, index):
             self._set_reference(values, index)
             return None
-        normalised = normalise_frame(values, self.estimator.normalisation)
-        pair = np.stack([self._reference_normalised, normalised])
+        current = self._on_device(values)
         timings = {"normalise": _ms_since(started)}
         started = time.perf_counter()
         fresh, self._fresh_reference = self._fresh_reference, False
         with torch.inference_mode():
-            displacement = self.estimator.step(pair, new_reference=fresh)
+            pair = torch.stack([self._reference_normalised, current])[None]
+            displacement = self.estimator.step_tensor(pair, new_reference=fresh)[0]
+        _synchronise(displacement.device)  # the stage's time is the device's work, not its launch
         timings["network"] = _ms_since(started)
         return PendingPair(values, displacement, axial_spacing_mm, self._reference_index, index, fresh, timings)
 
@@ -288,17 +295,16 @@ class LiveStrainProcessor:
         timings = dict(pending.timings_ms)
         started = time.perf_counter()
         with torch.inference_mode():
-            strain = axial_strain(
-                torch.from_numpy(pending.displacement[None]), self.window_mm, pending.axial_spacing_mm
-            )
+            strain = axial_strain(pending.displacement[None], self.window_mm, pending.axial_spacing_mm)[0, 0]
+            strain, displacement = strain.cpu().numpy(), pending.displacement.cpu().numpy()
         timings["strain"] = _ms_since(started)
         started = time.perf_counter()
         bmode = bmode_db(pending.frame)
         timings["bmode"] = _ms_since(started)
         return FrameResult(
-            strain=strain[0, 0].numpy(),
+            strain=strain,
             bmode_db=bmode,
-            displacement=pending.displacement,
+            displacement=displacement,
             reference_index=pending.reference_index,
             frame_index=pending.frame_index,
             reference_reset=pending.reference_reset,
@@ -325,10 +331,21 @@ class LiveStrainProcessor:
 
     def _set_reference(self, values: np.ndarray, index: int) -> None:
         self._reference = values
-        self._reference_normalised = normalise_frame(values, self.estimator.normalisation)
+        self._reference_normalised = self._on_device(values)
         self._reference_index = index
         self._fresh_reference = True
         self.estimator.reset()
+
+    def _on_device(self, values: np.ndarray) -> torch.Tensor:
+        """A checked ``(H, W)`` frame normalised per the estimator, on its device."""
+        normalised = normalise_frame(values, self.estimator.normalisation)
+        return torch.from_numpy(normalised).to(self.estimator.device)
+
+
+def _synchronise(device: torch.device) -> None:
+    """Wait for the work queued on a CUDA device (a no-op elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _ms_since(started: float) -> float:
