@@ -38,6 +38,7 @@ from deepultrasound.elastography.strain import axial_strain_np
 from deepultrasound.errors import BundleError, InputError
 from deepultrasound.io import Image, read_image, write_image
 from deepultrasound.runtime import RecurrentPredictor, create_predictor, load_bundle
+from deepultrasound.runtime.graphs import GraphedStep, restore, snapshot
 
 REFERENCE = Path("/work/shared/data/deepuse_reference")
 SPACING = (0.2, 0.02, 0.05)  # lateral mm, axial mm, frame interval s
@@ -264,6 +265,70 @@ def test_frame_to_frame_bundle_chains_its_prealigned_pairs(prealigned_bundle: Pa
     np.testing.assert_allclose(
         result.strain, axial_strain_np(result.displacement[:, 1], WINDOW_MM, SPACING[1]), atol=1e-5
     )
+
+
+class _ReplayOnCpu:
+    """:class:`GraphedStep`'s contract without a GPU: a warm-up run whose state changes are undone,
+    then each call runs the step on the static input buffers and returns a copy of the output."""
+
+    def __init__(self, function, inputs, state) -> None:
+        self.function, self.inputs = function, [tensor.clone() for tensor in inputs]
+        self.addresses = [tensor.data_ptr() for tensor in state]
+        saved = snapshot(state)
+        function(*self.inputs)
+        restore(state, saved)
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        for buffer, value in zip(self.inputs, inputs):
+            buffer.copy_(value)
+        return self.function(*self.inputs).clone()
+
+
+def test_pairs_replayed_on_static_buffers_equal_the_eager_ones(
+    prealigned_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a CUDA graph relies on: the chain and the recurrent states are updated in place, so
+    one capture serves every pair of every reference of a frame size, with the eager results."""
+    rf = _compressed_sequence([-0.5, -1.0, -1.5, -2.0], height=128)
+    expected = StrainEstimator(prealigned_bundle, "torch", "cpu").estimate(rf, SPACING[1], window_mm=WINDOW_MM)
+    captures: list[_ReplayOnCpu] = []
+    monkeypatch.setattr(inference, "GraphedStep", lambda *args: captures.append(_ReplayOnCpu(*args)) or captures[-1])
+    replayed = StrainEstimator(prealigned_bundle, "torch", "cpu")
+    replayed.cuda_graphs = True  # CPU tensors: the stand-in replays them
+    for _ in range(2):  # two references of one size
+        result = replayed.estimate(rf, SPACING[1], window_mm=WINDOW_MM)
+        np.testing.assert_allclose(result.displacement, expected.displacement, atol=1e-5)
+    assert len(captures) == 1 and replayed.cuda_graphs
+    assert [tensor.data_ptr() for tensor in replayed._carried_state()] == captures[0].addresses
+
+
+@pytest.mark.parametrize("failure", ["capture raises", "replay differs"])
+def test_a_failed_or_wrong_capture_falls_back_to_eager_pairs(
+    failure: str, prealigned_bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(function, inputs, state):
+        if failure == "capture raises":
+            raise RuntimeError("operation not permitted when stream is capturing")
+        replay = _ReplayOnCpu(function, inputs, state)
+        return lambda *inputs: replay(*inputs) + 0.01
+
+    rf = _compressed_sequence([-0.5, -1.0, -1.5], height=128)
+    expected = StrainEstimator(prealigned_bundle, "torch", "cpu").estimate(rf, SPACING[1], window_mm=WINDOW_MM)
+    monkeypatch.setattr(inference, "GraphedStep", broken)
+    estimator = StrainEstimator(prealigned_bundle, "torch", "cpu")
+    estimator.cuda_graphs = True
+    result = estimator.estimate(rf, SPACING[1], window_mm=WINDOW_MM)
+    np.testing.assert_allclose(result.displacement, expected.displacement, atol=1e-5)
+    assert not estimator.cuda_graphs
+    assert ("capture failed" if failure == "capture raises" else "differs from the eager step") in caplog.text
+
+
+def test_cuda_graphs_need_a_cuda_device(prealigned_bundle: Path) -> None:
+    with pytest.raises(InputError, match="CUDA graphs need a CUDA device"):
+        StrainEstimator(prealigned_bundle, "torch", "cpu", cuda_graphs=True)
+    with pytest.raises(InputError, match="CUDA tensors"):
+        GraphedStep(lambda x: x, [torch.zeros(2)], [])
+    assert not StrainEstimator(prealigned_bundle, "torch", "cpu").cuda_graphs
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])

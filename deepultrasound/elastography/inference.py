@@ -74,12 +74,12 @@ from deepultrasound.errors import BundleError, InputError
 from deepultrasound.io import Image
 from deepultrasound.runtime import (
     Predictor,
-    RecurrentPredictor,
     choose_device,
     create_predictor,
     find_bundles,
     model_directories,
 )
+from deepultrasound.runtime.graphs import GraphedStep, restore, snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -342,17 +342,27 @@ class StrainEstimator(SequenceStrainEstimator):
         threads: intra-op CPU threads, None for the library default.
         half: run the network in float16 (torch and TorchScript backends, for GPUs); the
             pre-alignment, composition and strain stay float32.
+        cuda_graphs: replay each pair that carries the state on (every pair after a new
+            reference) as one CUDA graph (:class:`~deepultrasound.runtime.graphs.GraphedStep`):
+            captured at the first such pair of a frame size and checked there against the eager
+            step, which it falls back to (with a warning) when capture fails or differs. None: on
+            wherever possible (a CUDA device, the torch or TorchScript backend).
 
     Attributes:
         prealignment: the pre-alignment the bundle was trained with (manifest
             ``normalisation["prealign"]``, e.g. ``"uniform_strain"``), or None.
         frame_to_frame: the bundle was trained on frame-to-frame pairs (manifest
             ``normalisation["pairs"] == "previous"``); displacements to the reference are chained.
+        cuda_graphs: whether pairs are (still) replayed as CUDA graphs.
 
     Raises:
         BundleError: no such model (the message says how to get one), an invalid bundle, a
             bundle that is not a frame-pair displacement model, or an unknown pre-alignment.
+        InputError: ``cuda_graphs=True`` without a CUDA device and a torch backend.
     """
+
+    GRAPH_TOLERANCE_PX = 1e-3
+    """Largest difference between a captured graph's replay and the eager step that keeps the graph."""
 
     def __init__(
         self,
@@ -361,9 +371,17 @@ class StrainEstimator(SequenceStrainEstimator):
         device: str | torch.device | None = None,
         threads: int | None = None,
         half: bool = False,
+        cuda_graphs: bool | None = None,
     ) -> None:
         self.predictor: Predictor = create_predictor(resolve_model(model), backend, device, threads, half)
         self.device = self.predictor.device
+        graphable = self.device.type == "cuda" and self.predictor.backend != "onnxruntime"
+        if cuda_graphs and not graphable:
+            raise InputError(
+                f"CUDA graphs need a CUDA device and the torch or torchscript backend; got {self.predictor.backend} "
+                f"on {self.device}"
+            )
+        self.cuda_graphs = graphable if cuda_graphs is None else cuda_graphs
         manifest = self.predictor.bundle.manifest
         first = manifest.inputs[0].shape
         if len(manifest.inputs) != 1 or len(first) != 4 or first[1] != 2:
@@ -394,19 +412,57 @@ class StrainEstimator(SequenceStrainEstimator):
         self.frame_to_frame = pairs == FRAME_TO_FRAME
         self.name = manifest.name
         self._input_multiple = input_multiple(int(manifest.architecture_args.get("axial_fold", 1)))
-        self._recurrent = RecurrentPredictor(self.predictor) if manifest.states else None
+        self._states: list[torch.Tensor] = []  # recurrent states, updated in place
         self._chain = DisplacementChain(self._pair_displacement) if self.frame_to_frame else None
+        self._graph: GraphedStep | None = None
+        self._graph_key: tuple[object, ...] | None = None
+        self._begin_sequence()
 
     def _begin_sequence(self) -> None:
-        if self._recurrent is not None:
-            self._recurrent.reset()
+        self._running = False
         if self._chain is not None:
             self._chain.reset()
 
     def step_tensor(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
-        if self._chain is None:
-            return self._network(pair, new_reference)
-        return self._chain.step(pair[:, :1], pair[:, 1:], new_reference)
+        if new_reference or not self._running:
+            self._running = True
+            return self._chain.step(pair[:, :1], pair[:, 1:], True) if self._chain else self._network(pair, True)
+        if not self.cuda_graphs:
+            return self._carry_on(pair)
+        key = (tuple(pair.shape), *(tensor.data_ptr() for tensor in self._carried_state()))
+        if self._graph is None or key != self._graph_key:
+            return self._capture(pair, key)
+        return self._graph(pair)
+
+    def _carry_on(self, pair: torch.Tensor) -> torch.Tensor:
+        """A pair after the first of its reference: the state (chain, recurrent states) carried on, in place."""
+        return self._chain.step(pair[:, :1], pair[:, 1:], False) if self._chain else self._network(pair, False)
+
+    def _carried_state(self) -> list[torch.Tensor]:
+        """Every tensor :meth:`_carry_on` updates in place."""
+        return (self._chain.buffers if self._chain else []) + self._states
+
+    def _capture(self, pair: torch.Tensor, key: tuple[object, ...]) -> torch.Tensor:
+        """:meth:`_carry_on` captured as a CUDA graph, its replay checked against the eager step."""
+        state = self._carried_state()
+        saved = snapshot(state)
+        try:
+            graph = GraphedStep(self._carry_on, [pair], state)
+            replayed = graph(pair)
+        except RuntimeError as error:
+            logger.warning("CUDA graph capture failed, running pairs eagerly: %s", error)
+            self.cuda_graphs = False
+            restore(state, saved)
+            return self._carry_on(pair)
+        restore(state, saved)
+        expected = self._carry_on(pair)
+        difference = float((replayed - expected).abs().max())
+        if difference > self.GRAPH_TOLERANCE_PX:
+            logger.warning("CUDA graph replay differs from the eager step by %.3g px: pairs run eagerly", difference)
+            self.cuda_graphs = False
+        else:
+            self._graph, self._graph_key = graph, key
+        return expected
 
     def _pair_displacement(self, fixed: torch.Tensor, moving: torch.Tensor, starts: bool) -> torch.Tensor:
         """The network's ``(1, 2, H, W)`` displacement of one frame-to-frame pair, pre-aligned if trained so."""
@@ -417,13 +473,23 @@ class StrainEstimator(SequenceStrainEstimator):
     def _network(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
         """The network's ``(1, 2, H, W)`` displacement of a ``(1, 2, H, W)`` pair, padded to its stride."""
         padded, size = pad_to_multiple(pair, self._input_multiple)
-        if self._recurrent is None:
-            (output,) = self.predictor.predict_tensors(padded)
-        else:
-            if new_reference:
-                self._recurrent.reset()
-            (output,) = self._recurrent.step(padded)
+        if new_reference:
+            self._zero_states(padded)
+        output, *states = self.predictor.predict_tensors(padded, *self._states)
+        for buffer, state in zip(self._states, states):
+            buffer.copy_(state)
         return crop_to_size(output, size)
+
+    def _zero_states(self, padded: torch.Tensor) -> None:
+        """Recurrent states of zeros for a padded ``(1, 2, H, W)`` pair; same-shape ones zeroed in place."""
+        shapes = [tuple(shape) for shape in self.predictor.bundle.manifest.initial_state_shapes(tuple(padded.shape))]
+        if [tuple(state.shape) for state in self._states] == shapes and all(
+            state.device == padded.device for state in self._states
+        ):
+            for state in self._states:
+                state.zero_()
+        else:
+            self._states = [torch.zeros(shape, device=padded.device) for shape in shapes]
 
 
 class BlockMatchingEstimator(SequenceStrainEstimator):

@@ -212,7 +212,9 @@ class DisplacementChain:
     pair's estimate stays as small as one frame step (a few samples), where an RF similarity or
     a frame-to-frame network works, however far frame k has moved from the reference.
 
-    State (owned by the caller's thread): the previous moving frame and its displacement.
+    State (owned by the caller's thread): the previous moving frame and its displacement, in
+    :attr:`buffers` that are updated in place from pair to pair of one size (so a CUDA graph of
+    :meth:`step` can replay them, see :class:`~deepultrasound.runtime.graphs.GraphedStep`).
 
     Args:
         pair_displacement: the frame-to-frame estimate, e.g. :func:`uniform_strain_pair`.
@@ -220,12 +222,18 @@ class DisplacementChain:
 
     def __init__(self, pair_displacement: PairDisplacement) -> None:
         self.pair_displacement = pair_displacement
+        self._previous: torch.Tensor | None = None  # (B, 1, H, W) last moving frame
+        self._chained: torch.Tensor | None = None  # (B, 2, H, W) reference -> last moving frame
         self.reset()
 
     def reset(self) -> None:
         """Forget the previous pair; the next one is estimated directly."""
-        self._previous: torch.Tensor | None = None  # (B, 1, H, W) last moving frame
-        self._chained: torch.Tensor | None = None  # (B, 2, H, W) reference -> last moving frame
+        self._started = False
+
+    @property
+    def buffers(self) -> list[torch.Tensor]:
+        """The tensors :meth:`step` updates in place: the last moving frame and its chained displacement."""
+        return [tensor for tensor in (self._previous, self._chained) if tensor is not None]
 
     def step(self, fixed: torch.Tensor, moving: torch.Tensor, new_reference: bool = False) -> torch.Tensor:
         """Displacement of the pair (``fixed``, ``moving``).
@@ -238,11 +246,16 @@ class DisplacementChain:
         Returns:
             ``(B, 2, H, W)`` displacement in pixels mapping ``fixed`` to ``moving``.
         """
-        if new_reference or self._previous is None:
+        if new_reference or not self._started:
             chained = self.pair_displacement(fixed, moving, True)
         else:
             chained = compose_displacements(self._chained, self.pair_displacement(self._previous, moving, False))
-        self._previous, self._chained = moving, chained
+        if self._previous is None or self._previous.shape != moving.shape or self._previous.device != moving.device:
+            self._previous, self._chained = moving.clone(), chained.clone()
+        else:
+            self._previous.copy_(moving)
+            self._chained.copy_(chained)
+        self._started = True
         return chained
 
 

@@ -4,7 +4,7 @@
 returns float32 numpy arrays in the order of the exported graphs (data inputs, then states), and
 ``predict_tensors`` the same as torch tensors that stay on the model's device (no host copy with
 the torch and TorchScript backends). :class:`RecurrentPredictor` keeps the states of a recurrent
-model between calls.
+model between numpy calls.
 """
 
 from __future__ import annotations
@@ -233,11 +233,9 @@ class RecurrentPredictor:
     """Holds the states of a recurrent model between calls (the caller thread owns them).
 
     ``step(*data_inputs)`` feeds the data inputs with the current states, keeps the updated
-    states and returns the data outputs; numpy arrays in and out, or torch tensors (through
-    :meth:`Predictor.predict_tensors`, the states then stay on the inputs' device). States start
-    as zeros of shape (B, channels, H // stride, W // stride) from the first data input, and
-    start again from zeros after :meth:`reset`, when the batch or spatial size of the first input
-    changes, or when it switches between arrays and tensors.
+    states and returns the data outputs. States start as zeros of shape
+    (B, channels, H // stride, W // stride) from the first data input, and start again from
+    zeros after :meth:`reset` or when the batch or spatial size of the first input changes.
     """
 
     def __init__(self, predictor: Predictor) -> None:
@@ -246,44 +244,29 @@ class RecurrentPredictor:
             raise InputError(f"model {manifest.name!r} has no recurrent states; use its predictor directly")
         self.predictor = predictor
         self._data_outputs = len(manifest.outputs)
-        self._states: list[np.ndarray] | list[torch.Tensor] | None = None
+        self._states: list[np.ndarray] | None = None
 
     def reset(self) -> None:
         """Forget the states; the next step starts from zeros."""
         self._states = None
 
-    def step(self, *data_inputs: np.ndarray | torch.Tensor) -> tuple[np.ndarray, ...] | tuple[torch.Tensor, ...]:
+    def step(self, *data_inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         """Data outputs for ``data_inputs``, carrying the states over from the previous step."""
         manifest = self.predictor.bundle.manifest
         if len(data_inputs) != len(manifest.inputs):
             names = ", ".join(spec.name for spec in manifest.inputs)
             raise InputError(f"step takes {len(manifest.inputs)} data input(s) ({names}); got {len(data_inputs)}")
-        lead = data_inputs[0]
-        first = tuple(lead.shape) if isinstance(lead, torch.Tensor) else np.shape(lead)
+        first = np.shape(data_inputs[0])
         if len(first) < 2:
             raise InputError(f"the first input needs batch and channel axes, got shape {first}")
-        shapes = [tuple(shape) for shape in manifest.initial_state_shapes(first)]
-        if isinstance(lead, torch.Tensor):
-            if not self._states_match(torch.Tensor, shapes, lead.device):
-                self._states = [torch.zeros(shape, device=lead.device) for shape in shapes]
-            outputs = self.predictor.predict_tensors(*data_inputs, *self._states)
-        else:
-            if not self._states_match(np.ndarray, shapes, None):
-                self._states = [np.zeros(shape, dtype=np.float32) for shape in shapes]
-            outputs = self.predictor.predict(*data_inputs, *self._states)
+        shapes = manifest.initial_state_shapes(first)
+        if self._states is None or [state.shape for state in self._states] != shapes:
+            self._states = [np.zeros(shape, dtype=np.float32) for shape in shapes]
+        outputs = self.predictor.predict(*data_inputs, *self._states)
         self._states = list(outputs[self._data_outputs :])
         return outputs[: self._data_outputs]
 
-    def _states_match(self, kind: type, shapes: list[tuple[int, ...]], device: torch.device | None) -> bool:
-        """The held states can feed the next step: of ``kind``, these shapes, on ``device`` (tensors)."""
-        if self._states is None:
-            return False
-        return all(
-            isinstance(state, kind) and tuple(state.shape) == shape and (device is None or state.device == device)
-            for state, shape in zip(self._states, shapes)
-        )
-
     @property
-    def states(self) -> tuple[np.ndarray, ...] | tuple[torch.Tensor, ...]:
+    def states(self) -> tuple[np.ndarray, ...]:
         """The states after the last step (empty before the first step or after a reset)."""
         return tuple(self._states or ())

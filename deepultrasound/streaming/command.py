@@ -38,6 +38,13 @@ def add_processor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: library default)")
     parser.add_argument("--half", action="store_true", help="run the network in float16 (torch backend, for GPUs)")
     parser.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        default=None,
+        help="launch every kernel of a pair from Python instead of replaying CUDA graphs (default: graphs on CUDA)",
+    )
+    parser.add_argument(
         "--reference-every", type=int, default=10, help="new reference frame every K frames, 0 for never (default: 10)"
     )
     parser.add_argument(
@@ -64,6 +71,7 @@ def build_processor(args: argparse.Namespace):
         device=args.device,
         threads=args.threads,
         half=args.half,
+        cuda_graphs=args.cuda_graphs,
         baseline=args.baseline,
         reference_every=args.reference_every or None,
         reference_min_ncc=args.reference_min_ncc,

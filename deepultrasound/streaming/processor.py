@@ -157,6 +157,8 @@ class LiveStrainProcessor:
         device: "auto", "cpu", "cuda", "cuda:N", "mps"; None is automatic.
         threads: intra-op CPU threads, None for the library default.
         half: run the network in float16 (torch backend, for GPUs); see :class:`StrainEstimator`.
+        cuda_graphs: replay the pairs of each reference as CUDA graphs; None: wherever possible
+            (see :class:`StrainEstimator`).
         baseline: NCC block matching instead of a network (no model needed).
         reference_every: a new reference frame (and state reset) every K >= 2 frames; None: never.
         reference_min_ncc: also a new reference when NCC(reference, frame) drops below this
@@ -178,6 +180,7 @@ class LiveStrainProcessor:
         device: str | torch.device | None = None,
         threads: int | None = None,
         half: bool = False,
+        cuda_graphs: bool | None = None,
         baseline: bool = False,
         reference_every: int | None = 10,
         reference_min_ncc: float | None = None,
@@ -202,7 +205,12 @@ class LiveStrainProcessor:
             self.estimator = BlockMatchingEstimator(device=device)
         else:
             self.estimator = StrainEstimator(
-                resolve_live_model(model), backend=backend, device=device, threads=threads, half=half
+                resolve_live_model(model),
+                backend=backend,
+                device=device,
+                threads=threads,
+                half=half,
+                cuda_graphs=cuda_graphs,
             )
         self.reference_every = reference_every
         self.reference_min_ncc = reference_min_ncc

@@ -12,8 +12,11 @@ frames). Reported per size, each a median over ``--runs`` repetitions:
 - ``processor_fps``: the whole :meth:`LiveStrainProcessor.process` (frame checks, crop, B-mode
   of every frame on the host included);
 - ``original_reusenet_fps``: model + strain with the original ReUSENet configuration (8 initial
-  channels, eager torch, float32, batch-statistics normalisation; untrained, as speed does not
-  depend on the weights) on the same device, and ``ratio`` = ``fps`` / that.
+  channels, eager torch, float32, batch-statistics normalisation, no CUDA graphs; untrained, as
+  speed does not depend on the weights) on the same device, and ``ratio`` = ``fps`` / that.
+
+On a CUDA device the model's pairs are replayed as CUDA graphs unless ``--no-cuda-graphs``;
+``cuda_graphs`` in the figures says whether they stayed on (a failed capture falls back).
 
 Frames/s counts result frames (the reference frame's upload is not timed); each figure times
 frames for at least ``--seconds`` after a warm-up of one reference cycle.
@@ -52,6 +55,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="device: auto, cpu, cuda, cuda:N, mps (default: auto)")
     parser.add_argument("--half", action="store_true", help="run the network in float16 (torch backend, GPUs)")
+    parser.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        default=None,
+        help="launch every kernel from Python instead of replaying CUDA graphs (default: graphs on CUDA)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: library default)")
     parser.add_argument("--sizes", default="1600x128,2000x128", help="frame sizes HxW, comma separated")
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per figure (default: 3)")
@@ -130,21 +140,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.runs < 1 or args.per_reference < 2 or args.seconds < 0:
         raise InputError("--runs must be >= 1, --per-reference >= 2 and --seconds >= 0")
     model = resolve_live_model(args.model)
-    estimator = StrainEstimator(model, args.backend, args.device, args.threads, half=args.half)
-    processor = LiveStrainProcessor(
-        model,
-        backend=args.backend,
-        device=args.device,
-        threads=args.threads,
-        half=args.half,
-        reference_every=args.per_reference,
-    )
+    options = {"backend": args.backend, "device": args.device, "threads": args.threads, "half": args.half}
+    options["cuda_graphs"] = args.cuda_graphs
+    estimator = StrainEstimator(model, **options)
+    processor = LiveStrainProcessor(model, reference_every=args.per_reference, **options)
     device = estimator.device
     with tempfile.TemporaryDirectory() as scratch:
-        original = StrainEstimator(original_reusenet_bundle(Path(scratch)), "torch", device)
+        original = StrainEstimator(original_reusenet_bundle(Path(scratch)), "torch", device, cuda_graphs=False)
     print(
         f"model + strain on {device}: {estimator.name} ({estimator.predictor.backend}"
-        f"{', float16' if args.half else ''}) vs original ReUSENet (8 ch, eager, float32, batch norm); "
+        f"{', float16' if args.half else ''}{', CUDA graphs' if estimator.cuda_graphs else ''}) "
+        "vs original ReUSENet (8 ch, eager, float32, batch norm, no graphs); "
         f"{args.per_reference} frames per reference, >= {args.seconds} s per figure, {args.runs} runs",
         flush=True,
     )
@@ -182,6 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "backend": estimator.predictor.backend,
         "device": str(device),
         "half": args.half,
+        "cuda_graphs": estimator.cuda_graphs,
         "per_reference": args.per_reference,
         "runs": args.runs,
         "sizes": sizes,
