@@ -1,11 +1,13 @@
 """Model runtime: bundles (manifest + weights + sha256), TorchScript/ONNX export, inference
-backends, device choice and parity between backends.
+backends, device choice, parity between backends, and per-frame steps replayed as CUDA graphs
+(``graphs``).
 
 Typical use::
 
     bundle = load_bundle("models/reusenet")          # verified against its checksums
     predictor = create_predictor(bundle, backend="onnxruntime", device="auto")
     strain, = predictor.predict(frames)              # numpy in, numpy out
+    strain, = predictor.predict_tensors(tensors)     # torch in, torch out, on the model's device
     list_bundles()                                   # installed bundles: the package's models folder
                                                      # and the folders in DEEPULTRASOUND_MODELS
 """

@@ -8,7 +8,8 @@
 - ``scanner``    ``deepultrasound scanner``: an OpenIGTLink server streaming RF like a PLUS server
 - ``pipeline``   the threaded receive -> network -> strain -> send pipeline, with reconnect
 - ``command``    ``deepultrasound stream``
-- ``bench``      ``deepultrasound bench stream`` and ``bench soak``
+- ``bench``      ``deepultrasound bench stream``; ``soak``: ``bench soak``
+- ``throughput`` ``deepultrasound bench throughput``: model + strain per frame on one device
 
 Only ``processor`` is imported here, so hosts that must not load pyigtl (3D Slicer) can use it.
 """
