@@ -323,6 +323,35 @@ def test_a_failed_or_wrong_capture_falls_back_to_eager_pairs(
     assert ("capture failed" if failure == "capture raises" else "differs from the eager step") in caplog.text
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_graphed_step_replays_the_step_and_leaves_the_state_to_the_replays() -> None:
+    state = torch.zeros(4, device="cuda")
+
+    def accumulate(x: torch.Tensor) -> torch.Tensor:
+        state.add_(x)
+        return 2 * state
+
+    graph = GraphedStep(accumulate, [torch.ones(4, device="cuda")], [state])
+    assert not state.any()  # the warm-up run was undone
+    first, second = graph(torch.full((4,), 3.0, device="cuda")), graph(torch.ones(4, device="cuda"))
+    assert first.tolist() == [6.0] * 4 and second.tolist() == [8.0] * 4 and state.tolist() == [4.0] * 4
+
+
+@needs_cuda
+def test_live_pairs_on_cuda_replay_graphs_with_the_cpu_results(prealigned_bundle: Path) -> None:
+    rf = _compressed_sequence([-0.5, -1.0, -1.5, -2.0], height=128)
+    on_cpu = StrainEstimator(prealigned_bundle, "torch", "cpu").estimate(rf, SPACING[1], window_mm=WINDOW_MM)
+    estimator = StrainEstimator(prealigned_bundle, "torch", "cuda")
+    assert estimator.cuda_graphs
+    for _ in range(2):  # two references: the second replays the graph of the first
+        on_gpu = estimator.estimate(rf, SPACING[1], window_mm=WINDOW_MM)
+        np.testing.assert_allclose(on_gpu.displacement, on_cpu.displacement, atol=1e-3)
+    assert estimator.cuda_graphs  # captured, checked against the eager step, kept
+
+
 def test_cuda_graphs_need_a_cuda_device(prealigned_bundle: Path) -> None:
     with pytest.raises(InputError, match="CUDA graphs need a CUDA device"):
         StrainEstimator(prealigned_bundle, "torch", "cpu", cuda_graphs=True)
