@@ -4,8 +4,9 @@ Connects to an RF source (a PLUS server or ``deepultrasound scanner``) as a clie
 :class:`LiveStrainProcessor` in the threaded :class:`StrainStream` pipeline and serves "Strain"
 (float32, %) and "BMode" (float32, dB) with the geometry of the processed rows on its own port,
 for 3D Slicer (OpenIGTLinkIF) or any IGT viewer. Prints a status line every few seconds; Ctrl-C
-stops cleanly. On a GPU the network runs in float32 as on the CPU: half precision and CUDA graphs
-are not used.
+stops cleanly. On a CUDA device the frames stay on the GPU and each pair after the first of its
+reference is replayed as a CUDA graph (``--no-cuda-graphs`` turns that off); ``--half`` runs the
+network in float16.
 """
 
 from __future__ import annotations
@@ -22,12 +23,9 @@ from deepultrasound.streaming.igtl import DEFAULT_OUTPUT_PORT, DEFAULT_SOURCE_PO
 logger = logging.getLogger(__name__)
 
 
-def add_processor_options(parser: argparse.ArgumentParser) -> None:
-    """Options of :class:`LiveStrainProcessor`, shared by the commands that build one."""
-    parser.add_argument(
-        "--model", default=None, help="DeepUSE bundle folder or bundled name (default: the bundled real-time model)"
-    )
-    parser.add_argument("--baseline", action="store_true", help="NCC block matching instead of a network")
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """How the network runs (``--backend --device --threads --half --no-cuda-graphs``), for the
+    :class:`~deepultrasound.elastography.inference.StrainEstimator` arguments of the same names."""
     parser.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
@@ -44,6 +42,15 @@ def add_processor_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="launch every kernel of a pair from Python instead of replaying CUDA graphs (default: graphs on CUDA)",
     )
+
+
+def add_processor_options(parser: argparse.ArgumentParser) -> None:
+    """Options of :class:`LiveStrainProcessor`, shared by the commands that build one."""
+    parser.add_argument(
+        "--model", default=None, help="DeepUSE bundle folder or bundled name (default: the bundled real-time model)"
+    )
+    parser.add_argument("--baseline", action="store_true", help="NCC block matching instead of a network")
+    add_inference_options(parser)
     parser.add_argument(
         "--reference-every", type=int, default=10, help="new reference frame every K frames, 0 for never (default: 10)"
     )

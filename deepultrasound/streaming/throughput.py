@@ -37,7 +37,7 @@ import torch
 
 from deepultrasound.elastography.strain import DEFAULT_AXIAL_SPACING_MM, DEFAULT_WINDOW_MM, axial_strain
 from deepultrasound.errors import InputError
-from deepultrasound.runtime import BACKEND_CHOICES
+from deepultrasound.streaming.command import add_inference_options
 
 if TYPE_CHECKING:
     from deepultrasound.elastography.inference import SequenceStrainEstimator
@@ -47,22 +47,7 @@ HELP = "model + strain per frame on one device (batch 1, frames in order): frame
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="DeepUSE bundle (default: the bundled real-time model)")
-    parser.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default="auto",
-        help="inference backend (default: auto, ONNX Runtime on the CPU when the bundle has a graph, else torch)",
-    )
-    parser.add_argument("--device", default="auto", help="device: auto, cpu, cuda, cuda:N, mps (default: auto)")
-    parser.add_argument("--half", action="store_true", help="run the network in float16 (torch backend, GPUs)")
-    parser.add_argument(
-        "--no-cuda-graphs",
-        dest="cuda_graphs",
-        action="store_false",
-        default=None,
-        help="launch every kernel from Python instead of replaying CUDA graphs (default: graphs on CUDA)",
-    )
-    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: library default)")
+    add_inference_options(parser)
     parser.add_argument("--sizes", default="1600x128,2000x128", help="frame sizes HxW, comma separated")
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per figure (default: 3)")
     parser.add_argument("--runs", type=int, default=3, help="repetitions; figures are medians (default: 3)")
