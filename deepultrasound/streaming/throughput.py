@@ -9,6 +9,8 @@ is copied back to the host, one frame after the other (a new reference every ``-
 frames). Reported per size, each a median over ``--runs`` repetitions:
 
 - ``fps``: model + strain, frames per second, and the per-frame time p50/p95 in ms;
+- ``without_cuda_graphs_fps`` (when the model's pairs are replayed as CUDA graphs): the same
+  with every kernel launched from Python, in the same run;
 - ``processor_fps``: the whole :meth:`LiveStrainProcessor.process` (frame checks, crop, B-mode
   of every frame on the host included);
 - ``original_reusenet_fps``: model + strain with the original ReUSENet configuration (8 initial
@@ -130,6 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     estimator = StrainEstimator(model, **options)
     processor = LiveStrainProcessor(model, reference_every=args.per_reference, **options)
     device = estimator.device
+    eager = StrainEstimator(model, **{**options, "cuda_graphs": False}) if estimator.cuda_graphs else None
     with tempfile.TemporaryDirectory() as scratch:
         original = StrainEstimator(original_reusenet_bundle(Path(scratch)), "torch", device, cuda_graphs=False)
     print(
@@ -147,24 +150,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         def normalised(kind: str) -> np.ndarray:
             return np.stack([normalise_frame(frame, kind) for frame in raw])
 
-        ours = model_and_strain(estimator, normalised(estimator.normalisation), DEFAULT_WINDOW_MM, spacing)
-        theirs = model_and_strain(original, normalised(original.normalisation), DEFAULT_WINDOW_MM, spacing)
+        def timed(step: Callable[[int], object]) -> dict[str, float]:
+            return _summary([_timed_frames(step, len(raw), args.seconds) for _ in range(args.runs)])
 
-        def live(k: int) -> object:
-            return processor.process(raw[k], spacing)
+        def model_step(model_estimator: StrainEstimator) -> Callable[[int], np.ndarray | None]:
+            frames = normalised(model_estimator.normalisation)
+            return model_and_strain(model_estimator, frames, DEFAULT_WINDOW_MM, spacing)
 
-        figures = _summary([_timed_frames(ours, len(raw), args.seconds) for _ in range(args.runs)])
-        figures["processor_fps"] = _summary([_timed_frames(live, len(raw), args.seconds) for _ in range(args.runs)])[
-            "fps"
-        ]
-        figures["original_reusenet_fps"] = _summary(
-            [_timed_frames(theirs, len(raw), args.seconds) for _ in range(args.runs)]
-        )["fps"]
+        figures = timed(model_step(estimator))
+        if eager is not None:
+            figures["without_cuda_graphs_fps"] = timed(model_step(eager))["fps"]
+        figures["processor_fps"] = timed(lambda k: processor.process(raw[k], spacing))["fps"]
+        figures["original_reusenet_fps"] = timed(model_step(original))["fps"]
         figures["ratio"] = round(figures["fps"] / figures["original_reusenet_fps"], 2)
         sizes[f"{height}x{width}"] = figures
         print(
             f"{height} x {width}: model + strain {figures['fps']} frames/s (p50 {figures['frame_p50_ms']} ms, "
-            f"p95 {figures['frame_p95_ms']} ms); whole processor {figures['processor_fps']} frames/s; "
+            f"p95 {figures['frame_p95_ms']} ms"
+            + (f"; {figures['without_cuda_graphs_fps']} without CUDA graphs" if eager is not None else "")
+            + f"); whole processor {figures['processor_fps']} frames/s; "
             f"original ReUSENet {figures['original_reusenet_fps']} frames/s (x{figures['ratio']})",
             flush=True,
         )
