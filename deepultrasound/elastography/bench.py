@@ -68,11 +68,12 @@ from deepultrasound.elastography.inference import (
     resolve_model,
 )
 from deepultrasound.elastography.metrics import cnr_e, snr_e, strain_nrmse, strain_nrmse_contrast
+from deepultrasound.elastography.options import add_inference_options, inference_options
 from deepultrasound.elastography.splits import BENCH_SEEDS, bench_seeds
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, axial_strain_np, window_samples
 from deepultrasound.errors import BundleError, ConfigError, InputError
 from deepultrasound.io import Image, read_sequence
-from deepultrasound.runtime import BACKEND_CHOICES, record_metrics
+from deepultrasound.runtime import record_metrics
 
 HELP = "DeepUSE strain: networks vs block matching on held-out simulated sequences and in vivo data"
 
@@ -96,13 +97,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="model bundle folder or bundled name; repeat to compare models (default: the bundled DeepUSE model)",
     )
-    parser.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default="auto",
-        help="inference backend (default: auto, ONNX Runtime on the CPU when the bundle has a graph, else torch)",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    add_inference_options(parser)
     parser.add_argument(
         "--sequences",
         type=int,
@@ -189,7 +184,7 @@ def _estimators(args: argparse.Namespace) -> tuple[dict[str, SequenceStrainEstim
             models, note = [], f"no network benchmarked: {error}"
     estimators: dict[str, SequenceStrainEstimator] = {}
     for model in models:
-        estimator = StrainEstimator(model, backend=args.backend, device=args.device)
+        estimator = StrainEstimator(model, **inference_options(args))
         label = estimator.name if estimator.name not in estimators else f"{estimator.name} ({model})"
         estimators[label] = estimator
     for chained in (True, False):

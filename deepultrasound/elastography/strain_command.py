@@ -24,11 +24,11 @@ from deepultrasound.elastography.inference import (
     crop_rows,
     parse_crop,
 )
+from deepultrasound.elastography.options import add_inference_options, inference_options
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, window_samples
 from deepultrasound.elastography.visualise import DEFAULT_DYNAMIC_RANGE_DB, bmode_db, save_strain_figure
 from deepultrasound.io import Image, read_sequence, write_image
 from deepultrasound.io.images import WRITE_SUFFIXES, image_suffix
-from deepultrasound.runtime import BACKEND_CHOICES
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -40,13 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="model bundle folder or bundled model name (default: the bundled DeepUSE model, if any)",
     )
-    parser.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default="auto",
-        help="inference backend (default: auto, ONNX Runtime on the CPU when the bundle has a graph, else torch)",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    add_inference_options(parser)
     parser.add_argument(
         "--crop",
         type=parse_crop,
@@ -71,13 +65,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baseline", action="store_true", help="use NCC block matching instead of a network (no model needed)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: library)")
 
 
 def _estimator(args: argparse.Namespace) -> SequenceStrainEstimator:
     if args.baseline:
         return BlockMatchingEstimator(device=args.device)
-    return StrainEstimator(args.model, backend=args.backend, device=args.device, threads=args.threads)
+    return StrainEstimator(args.model, **inference_options(args))
 
 
 def _write_figures(

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepultrasound.elastography.options import add_inference_options, inference_options
 from deepultrasound.errors import BundleError, DeepUltrasoundError
-from deepultrasound.runtime import BACKEND_CHOICES
 
 HELP = "live pipeline over loopback: throughput, latency p50/p95, dropped frames, stages, model-only ratio"
 
@@ -46,14 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--model", default=None, help="DeepUSE bundle (default: the bundled real-time model, else baseline)"
     )
     parser.add_argument("--baseline", action="store_true", help="run the pipeline with block matching")
-    parser.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default="auto",
-        help="inference backend (default: auto, ONNX Runtime on the CPU when the bundle has a graph, else torch)",
-    )
-    parser.add_argument("--device", default="cpu", help="device (default: cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: library default)")
+    add_inference_options(parser, default_device="cpu")
     parser.add_argument("--frames", type=int, default=20, help="results collected per run (default: 20)")
     parser.add_argument("--rate", type=float, default=30.0, help="scanner frame rate in Hz (default: 30)")
     parser.add_argument("--runs", type=int, default=3, help="repetitions; figures are medians (default: 3)")
@@ -94,11 +87,14 @@ def original_reusenet_bundle(folder: Path) -> Path:
     )
 
 
-def _model_fps(bundle: Path, backend: str, device: str, threads: int | None, frames: np.ndarray, steps: int) -> float:
-    """Model-only pairs/s: the estimator's step on normalised pairs (no strain, no B-mode)."""
+def _model_fps(bundle: Path, options: dict[str, Any], frames: np.ndarray, steps: int) -> float:
+    """Model-only pairs/s: the estimator's step on normalised pairs (no strain, no B-mode).
+
+    ``options``: :func:`~deepultrasound.elastography.options.inference_options`.
+    """
     from deepultrasound.elastography.inference import StrainEstimator
 
-    estimator = StrainEstimator(bundle, backend=backend, device=device, threads=threads)
+    estimator = StrainEstimator(bundle, **options)
     pair = np.stack([frames[0], frames[1]]) / np.abs(frames[:2]).max()
     estimator.step(pair, True)  # warm-up
     started = time.perf_counter()
@@ -186,23 +182,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for height, width in parse_sizes(args.sizes):
             frames = speckle_frames(height, width)
             processor = LiveStrainProcessor(
-                model,
-                baseline=baseline,
-                backend=args.backend,
-                device=args.device,
-                threads=args.threads,
-                reference_every=len(frames),
+                model, baseline=baseline, reference_every=len(frames), **inference_options(args)
             )
             with _scanner_process(_write_cycle(Path(scratch), frames), args.rate) as port:
                 runs = [_stream_run(processor, port, args.frames) for _ in range(args.runs)]
             steps = max(3, args.frames // 4)
-            model_fps = [
-                _model_fps(timed_model, args.backend, args.device, args.threads, frames, steps)
-                for _ in range(args.runs)
-            ]
-            original_fps = [
-                _model_fps(reference, "torch", args.device, args.threads, frames, steps) for _ in range(args.runs)
-            ]
+            model_fps = [_model_fps(timed_model, inference_options(args), frames, steps) for _ in range(args.runs)]
+            eager_float32 = {"backend": "torch", "half": False, "cuda_graphs": False}
+            original = {**inference_options(args), **eager_float32}
+            original_fps = [_model_fps(reference, original, frames, steps) for _ in range(args.runs)]
 
             def median(key: str) -> float | None:
                 values = [r[key] for r in runs if r[key] is not None]

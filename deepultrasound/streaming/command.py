@@ -16,32 +16,11 @@ import json
 import logging
 
 from deepultrasound.elastography.inference import parse_crop
+from deepultrasound.elastography.options import add_inference_options, inference_options
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM
-from deepultrasound.runtime import BACKEND_CHOICES
 from deepultrasound.streaming.igtl import DEFAULT_OUTPUT_PORT, DEFAULT_SOURCE_PORT
 
 logger = logging.getLogger(__name__)
-
-
-def add_inference_options(parser: argparse.ArgumentParser) -> None:
-    """How the network runs (``--backend --device --threads --half --no-cuda-graphs``), for the
-    :class:`~deepultrasound.elastography.inference.StrainEstimator` arguments of the same names."""
-    parser.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default="auto",
-        help="inference backend (default: auto, ONNX Runtime on the CPU when the bundle has a graph, else torch)",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: library default)")
-    parser.add_argument("--half", action="store_true", help="run the network in float16 (torch backend, for GPUs)")
-    parser.add_argument(
-        "--no-cuda-graphs",
-        dest="cuda_graphs",
-        action="store_false",
-        default=None,
-        help="launch every kernel of a pair from Python instead of replaying CUDA graphs (default: graphs on CUDA)",
-    )
 
 
 def add_processor_options(parser: argparse.ArgumentParser) -> None:
@@ -74,16 +53,12 @@ def build_processor(args: argparse.Namespace):
 
     return LiveStrainProcessor(
         args.model,
-        backend=args.backend,
-        device=args.device,
-        threads=args.threads,
-        half=args.half,
-        cuda_graphs=args.cuda_graphs,
         baseline=args.baseline,
         reference_every=args.reference_every or None,
         reference_min_ncc=args.reference_min_ncc,
         window_mm=args.window_mm,
         crop=args.crop,
+        **inference_options(args),
     )
 
 

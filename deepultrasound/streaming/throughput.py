@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from deepultrasound.elastography.options import add_inference_options, inference_options
 from deepultrasound.elastography.strain import DEFAULT_AXIAL_SPACING_MM, DEFAULT_WINDOW_MM, axial_strain
 from deepultrasound.errors import InputError
-from deepultrasound.streaming.command import add_inference_options
 
 if TYPE_CHECKING:
     from deepultrasound.elastography.inference import SequenceStrainEstimator
@@ -127,8 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.runs < 1 or args.per_reference < 2 or args.seconds < 0:
         raise InputError("--runs must be >= 1, --per-reference >= 2 and --seconds >= 0")
     model = resolve_live_model(args.model)
-    options = {"backend": args.backend, "device": args.device, "threads": args.threads, "half": args.half}
-    options["cuda_graphs"] = args.cuda_graphs
+    options = inference_options(args)
     estimator = StrainEstimator(model, **options)
     processor = LiveStrainProcessor(model, reference_every=args.per_reference, **options)
     device = estimator.device

@@ -1,0 +1,47 @@
+"""Command-line options of how a DeepUSE network runs, shared by the commands that run one.
+
+``add_inference_options(parser)`` adds ``--backend --device --threads --half --no-cuda-graphs``;
+``inference_options(args)`` gives them back as the keyword arguments of
+:class:`~deepultrasound.elastography.inference.StrainEstimator` (and of
+:class:`~deepultrasound.streaming.LiveStrainProcessor`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from deepultrasound.runtime import BACKEND_CHOICES
+
+
+def add_inference_options(parser: argparse.ArgumentParser, default_device: str = "auto") -> None:
+    """Add ``--backend --device --threads --half --no-cuda-graphs`` to ``parser``."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="inference backend (default: auto, ONNX Runtime on the CPU when the bundle has a graph, else torch)",
+    )
+    parser.add_argument(
+        "--device", default=default_device, help=f"auto, cpu, cuda, cuda:N or mps (default: {default_device})"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: library default)")
+    parser.add_argument("--half", action="store_true", help="run the network in float16 (torch backend, for GPUs)")
+    parser.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        default=None,
+        help="launch every kernel of a pair from Python instead of replaying CUDA graphs (default: graphs on CUDA)",
+    )
+
+
+def inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :func:`add_inference_options` values as ``StrainEstimator`` keyword arguments."""
+    return {
+        "backend": args.backend,
+        "device": args.device,
+        "threads": args.threads,
+        "half": args.half,
+        "cuda_graphs": args.cuda_graphs,
+    }
