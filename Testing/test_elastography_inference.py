@@ -491,6 +491,22 @@ def test_strain_command_uncropped_origin_equals_input(tmp_path: Path) -> None:
     assert np.median(strain.array[0, 40:-40]) == pytest.approx(-1.0, rel=0.1)
 
 
+def test_strain_command_half_precision_is_close_to_float32_and_refused_on_onnxruntime(
+    tmp_path: Path, small_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_rf(tmp_path / "rf.mha", _compressed_sequence([-1.0, -2.0], height=128))
+    base = ["strain", str(tmp_path / "rf.mha"), "--model", str(small_bundle), "--device", "cpu"]
+    base += ["--backend", "torch", "--window-mm", str(WINDOW_MM)]
+    assert main([*base, "-o", str(tmp_path / "full.mha")]) == 0
+    assert main([*base, "-o", str(tmp_path / "half.mha"), "--half"]) == 0
+    full, half = read_image(tmp_path / "full.mha").array, read_image(tmp_path / "half.mha").array
+    assert 0 < np.abs(half - full).max() <= 0.05 * np.abs(full).max()  # float16 rounding, nothing more
+    capsys.readouterr()
+    refused = [*base[:-4], "--backend", "onnxruntime", "--half", "-o", str(tmp_path / "x.mha")]
+    assert main(refused) == 2
+    assert "half precision runs on the torch and torchscript backends" in capsys.readouterr().err
+
+
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     write_image(tmp_path / "two_d.mha", Image(np.zeros((16, 16), np.float32)))
     write_image(tmp_path / "one.mha", Image(np.ones((1, 16, 16), np.float32)))
