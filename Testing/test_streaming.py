@@ -404,13 +404,14 @@ def test_soak_of_small_frames_keeps_memory_steady() -> None:
     assert figures["errors"] == 0
 
 
-def test_bench_stream_measures_a_scanner_running_in_its_own_process(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_stream_measures_with_scanner_and_viewer_in_processes_of_their_own(capsys: pytest.CaptureFixture[str]) -> None:
     arguments = ["bench", "stream", "--baseline", "--sizes", "320x32", "--frames", "3", "--runs", "1"]
     assert main(arguments) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     size = figures["sizes"]["320x32"]
     assert figures["pipeline"] == "block matching" and size["fps"] > 0 and size["latency_p95_ms"] > 0
     assert size["received"][0] >= 4  # a reference frame and three more came from the scanner process
+    assert size["end_to_end_p50_ms"] > 0  # measured by the viewer process on the strain it received
 
 
 @pytest.mark.parametrize("bundle", ["tiny_bundle", "prealigned_bundle"])

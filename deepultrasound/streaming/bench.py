@@ -3,7 +3,8 @@
 ``stream``: for each frame size (default 1600 x 128 and 2000 x 128) a scanner streams speckle
 frames under a known axial compression at ``--rate`` Hz, the pipeline runs, and a viewer receives
 the strain. The scanner is a ``deepultrasound scanner`` process of its own, as a PLUS server or a
-scanner would be; the pipeline and the viewer share this process. Reported per size: throughput
+scanner would be, and so is the viewer (:mod:`~deepultrasound.streaming.viewer`), as 3D Slicer
+would be, connected before the first frame; the pipeline runs in this process. Reported per size: throughput
 (results/s), pipeline latency p50/p95, end-to-end latency (source timestamp to result), dropped
 frames and the per-stage medians; in the same run
 the model-only throughput of the chosen model and of the original ReUSENet configuration (8
@@ -124,25 +125,38 @@ def _scanner_process(frames_file: Path, rate: float) -> Iterator[int]:
         process.stdout.close()
 
 
+@contextlib.contextmanager
+def _viewer_process(port: int) -> Iterator[list[float]]:
+    """A viewer (:mod:`deepultrasound.streaming.viewer`) connected to ``port`` in a process of its own, as
+    3D Slicer would be; yields the list that receives its end-to-end latencies (ms) when it is stopped."""
+    command = [sys.executable, "-m", "deepultrasound.streaming.viewer", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    latencies: list[float] = []
+    try:
+        if process.stdout.readline().strip() != "connected":
+            raise DeepUltrasoundError(f"the viewer process did not connect (exit status {process.wait()})")
+        yield latencies
+    finally:
+        process.terminate()
+        output, _ = process.communicate()
+        latencies += [float(line) for line in output.split()]
+
+
 def _stream_run(processor, source_port: int, count: int) -> dict[str, Any]:
-    from deepultrasound.streaming.igtl import IgtlClient
     from deepultrasound.streaming.pipeline import StrainStream, StreamConfig
 
     processor.reset()
-    with StrainStream(processor, StreamConfig(source_port=source_port, serve_port=0)) as stream:
-        viewer = IgtlClient(port=stream.output.port)
-        viewed, end_to_end = 0, []
-        deadline = time.monotonic() + 600
-        try:
+    stream = StrainStream(processor, StreamConfig(source_port=source_port, serve_port=0))
+    try:
+        with _viewer_process(stream.output.port) as end_to_end:  # connected before the first frame
+            stream.start()
+            deadline = time.monotonic() + 600
             while stream.figures()["sent"] < count and time.monotonic() < deadline:
-                for message in viewer.take(0.5):
-                    if message.device_name == "Strain" and message.message_type == "IMAGE":
-                        viewed += 1
-                        end_to_end.append(1000.0 * (time.time() - message.timestamp))
-        finally:
-            viewer.stop()
-        figures = stream.figures()
-    figures["viewer_received"] = viewed
+                time.sleep(0.05)
+            figures = stream.figures()
+    finally:
+        stream.stop()
+    figures["viewer_received"] = len(end_to_end)
     figures["end_to_end_p50_ms"] = round(float(np.percentile(end_to_end, 50)), 2) if end_to_end else None
     return figures
 

@@ -241,12 +241,13 @@ class StrainStream:
         return self
 
     def stop(self) -> None:
-        """Stop every stage, close the connections; returns when all threads ended."""
+        """Stop every stage (started or not), close the connections; returns when all threads ended."""
         self._stop.set()
         for slot in (self._received, self._estimated, self._finished):
             slot.close()
         for thread in self._threads:
-            thread.join()
+            if thread.is_alive():
+                thread.join()
         self.output.stop()
 
     def figures(self) -> dict[str, object]:
