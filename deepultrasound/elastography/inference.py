@@ -426,7 +426,7 @@ class StrainEstimator(SequenceStrainEstimator):
     def step_tensor(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
         if new_reference or not self._running:
             self._running = True
-            return self._chain.step(pair[:, :1], pair[:, 1:], True) if self._chain else self._network(pair, True)
+            return self._pair_step(pair, starts=True)
         if not self.cuda_graphs:
             return self._carry_on(pair)
         key = (tuple(pair.shape), *(tensor.data_ptr() for tensor in self._carried_state()))
@@ -434,9 +434,16 @@ class StrainEstimator(SequenceStrainEstimator):
             return self._capture(pair, key)
         return self._graph(pair)
 
+    def _pair_step(self, pair: torch.Tensor, starts: bool) -> torch.Tensor:
+        """The displacement of a ``(1, 2, H, W)`` pair: chained frame to frame or the network's own;
+        ``starts``: the first pair of its reference (states and chain start again)."""
+        if self._chain is None:
+            return self._network(pair, starts)
+        return self._chain.step(pair[:, :1], pair[:, 1:], starts)
+
     def _carry_on(self, pair: torch.Tensor) -> torch.Tensor:
         """A pair after the first of its reference: the state (chain, recurrent states) carried on, in place."""
-        return self._chain.step(pair[:, :1], pair[:, 1:], False) if self._chain else self._network(pair, False)
+        return self._pair_step(pair, starts=False)
 
     def _carried_state(self) -> list[torch.Tensor]:
         """Every tensor :meth:`_carry_on` updates in place."""
