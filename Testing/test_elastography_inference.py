@@ -7,6 +7,7 @@ uniform compression of known strain for the block-matching path.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -33,7 +34,13 @@ from deepultrasound.elastography.inference import (
 )
 from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.networks import ReUSENet, USENet
-from deepultrasound.elastography.prealign import PREALIGN_UNIFORM_STRAIN, compose_displacements, linear_prealignment
+from deepultrasound.elastography.options import add_inference_options, inference_options, live_inference_options
+from deepultrasound.elastography.prealign import (
+    PREALIGN_UNIFORM_STRAIN,
+    REFINEMENT_WEIGHT,
+    compose_displacements,
+    linear_prealignment,
+)
 from deepultrasound.elastography.strain import axial_strain_np
 from deepultrasound.errors import BundleError, InputError
 from deepultrasound.io import Image, read_image, write_image
@@ -248,7 +255,7 @@ def _network_on_prealigned(
 
 def test_frame_to_frame_bundle_chains_its_prealigned_pairs(prealigned_bundle: Path, small_model: ReUSENet) -> None:
     rf = _compressed_sequence([-1.0, -2.0], height=128)
-    estimator = StrainEstimator(prealigned_bundle, "torch", "cpu")
+    estimator = StrainEstimator(prealigned_bundle, "torch", "cpu", refine=False)
     assert estimator.prealignment == PREALIGN_UNIFORM_STRAIN and estimator.frame_to_frame
     result = estimator.estimate(rf, SPACING[1], window_mm=WINDOW_MM)
     previous = estimator.estimate(rf, SPACING[1], reference="previous", window_mm=WINDOW_MM)
@@ -265,6 +272,52 @@ def test_frame_to_frame_bundle_chains_its_prealigned_pairs(prealigned_bundle: Pa
     np.testing.assert_allclose(
         result.strain, axial_strain_np(result.displacement[:, 1], WINDOW_MM, SPACING[1]), atol=1e-5
     )
+
+
+def test_refined_chain_corrects_each_pair_against_the_reference(
+    prealigned_bundle: Path, small_model: ReUSENet
+) -> None:
+    """Each chained estimate is averaged with the network's own estimate against frame 0 (from
+    zero states, the running states untouched), and the chain carries the refined one on."""
+    rf = _compressed_sequence([-1.0, -2.0], height=128)
+    estimator = StrainEstimator(prealigned_bundle, "torch", "cpu")
+    assert estimator.refine  # the default for frame-to-frame bundles
+    result = estimator.estimate(rf, SPACING[1], window_mm=WINDOW_MM)
+
+    frames = torch.from_numpy(np.stack([normalise_frame(frame, "frame_max") for frame in rf]))[:, None]
+
+    def refined(chained: torch.Tensor, k: int) -> torch.Tensor:
+        warped = warp_image(frames[k : k + 1], chained)
+        against_reference, _ = _network_on_prealigned(small_model, frames[:1], warped, torch.zeros_like(chained), ())
+        return chained + REFINEMENT_WEIGHT * (compose_displacements(against_reference, chained) - chained)
+
+    with torch.no_grad():
+        first, states = _network_on_prealigned(
+            small_model, frames[:1], frames[1:2], linear_prealignment(frames[:1], frames[1:2]), ()
+        )
+        second, _ = _network_on_prealigned(
+            small_model, frames[1:2], frames[2:3], linear_prealignment(frames[1:2], frames[2:3]), states
+        )
+        refined_first = refined(first, 1)
+        refined_second = refined(compose_displacements(refined_first, second), 2)
+    np.testing.assert_allclose(result.displacement[0], refined_first[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(result.displacement[1], refined_second[0].numpy(), atol=1e-4)
+    assert np.abs(result.displacement[0] - first[0].numpy()).max() > 1e-3  # the refinement did something
+
+
+@pytest.mark.parametrize(
+    ("argv", "offline", "live"), [([], True, False), (["--refine"], True, True), (["--no-refine"], False, False)]
+)
+def test_refinement_is_on_offline_and_off_live_unless_asked(
+    argv: list[str], offline: bool, live: bool, prealigned_bundle: Path
+) -> None:
+    from deepultrasound.streaming import LiveStrainProcessor
+
+    parser = argparse.ArgumentParser()
+    add_inference_options(parser)
+    args = parser.parse_args([*argv, "--backend", "torch", "--device", "cpu"])
+    assert StrainEstimator(prealigned_bundle, **inference_options(args)).refine is offline
+    assert LiveStrainProcessor(prealigned_bundle, **live_inference_options(args)).estimator.refine is live
 
 
 class _ReplayOnCpu:

@@ -34,7 +34,9 @@ JSON (the last stdout line of ``deepultrasound bench strain``): ``simulated`` ho
 ``sequences``, ``seeds`` [first, last], ``pairs`` and ``methods``: per method label,
 ``nrmse``, ``nrmse_contrast``, ``cnr_e``, ``snr_e`` and ``seconds_per_pair`` (``null`` where
 undefined); ``invivo`` holds ``sequences``, ``region`` and ``methods`` (``snr_e``,
-``seconds_per_pair``, ``snr_e_per_sequence``), or ``skipped`` with the reason.
+``seconds_per_pair``, ``snr_e_per_sequence``), or ``skipped`` with the reason; ``refine`` says
+per model whether its pairs were refined against the reference (``--refine/--no-refine``,
+default: frame-to-frame models are).
 
 ``--record`` stores each model's figures, beside those of the baselines and with the command
 and date, in its bundle's manifest (``metrics["bench_strain"]``, see
@@ -347,6 +349,7 @@ def _record(args: argparse.Namespace, estimators: dict[str, SequenceStrainEstima
             "command": getattr(args, "command", None),
             "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "backend": args.backend,
+            "refine": estimator.refine,
             "simulated": _methods_only(figures["simulated"], kept),
             "invivo": _methods_only(figures["invivo"], kept),
         }
@@ -361,7 +364,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     simulated = _simulated(args, estimators)
     invivo = _invivo(args, estimators)
     _print_table(simulated, invivo, note)
-    figures = {"simulated": simulated, "invivo": invivo, **({"note": note} if note else {})}
+    refined = {label: e.refine for label, e in estimators.items() if isinstance(e, StrainEstimator)}
+    figures = {"simulated": simulated, "invivo": invivo, "refine": refined, **({"note": note} if note else {})}
     if args.record:
         _record(args, estimators, figures)
     return figures

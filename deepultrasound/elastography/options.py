@@ -1,9 +1,10 @@
 """Command-line options of how a DeepUSE network runs, shared by the commands that run one.
 
-``add_inference_options(parser)`` adds ``--backend --device --threads --half --no-cuda-graphs``;
-``inference_options(args)`` gives them back as the keyword arguments of
+``add_inference_options(parser)`` adds ``--backend --device --threads --half --no-cuda-graphs
+--refine/--no-refine``; ``inference_options(args)`` gives them back as the keyword arguments of
 :class:`~deepultrasound.elastography.inference.StrainEstimator` (and of
-:class:`~deepultrasound.streaming.LiveStrainProcessor`).
+:class:`~deepultrasound.streaming.LiveStrainProcessor`), and ``live_inference_options(args)``
+as live processing runs them: refinement off unless ``--refine`` (one network pass per frame).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from deepultrasound.runtime import BACKEND_CHOICES
 
 
 def add_inference_options(parser: argparse.ArgumentParser, default_device: str = "auto") -> None:
-    """Add ``--backend --device --threads --half --no-cuda-graphs`` to ``parser``."""
+    """Add ``--backend --device --threads --half --no-cuda-graphs --refine/--no-refine`` to ``parser``."""
     parser.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
@@ -34,6 +35,13 @@ def add_inference_options(parser: argparse.ArgumentParser, default_device: str =
         default=None,
         help="launch every kernel of a pair from Python instead of replaying CUDA graphs (default: graphs on CUDA)",
     )
+    parser.add_argument(
+        "--refine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refine each frame's displacement once against the reference frame, a second network pass "
+        "(default: on offline for frame-to-frame models, off live)",
+    )
 
 
 def inference_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -44,4 +52,10 @@ def inference_options(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "half": args.half,
         "cuda_graphs": args.cuda_graphs,
+        "refine": args.refine,
     }
+
+
+def live_inference_options(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`inference_options` for live processing: refinement only with ``--refine``."""
+    return {**inference_options(args), "refine": bool(args.refine)}

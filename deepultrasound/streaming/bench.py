@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepultrasound.elastography.options import add_inference_options, inference_options
+from deepultrasound.elastography.options import add_inference_options, live_inference_options
 from deepultrasound.errors import BundleError, DeepUltrasoundError
 
 HELP = "live pipeline over loopback: throughput, latency p50/p95, dropped frames, stages, model-only ratio"
@@ -91,7 +91,7 @@ def original_reusenet_bundle(folder: Path) -> Path:
 def _model_fps(bundle: Path, options: dict[str, Any], frames: np.ndarray, steps: int) -> float:
     """Model-only pairs/s: the estimator's step on normalised pairs (no strain, no B-mode).
 
-    ``options``: :func:`~deepultrasound.elastography.options.inference_options`.
+    ``options``: :func:`~deepultrasound.elastography.options.live_inference_options`.
     """
     from deepultrasound.elastography.inference import StrainEstimator
 
@@ -196,14 +196,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for height, width in parse_sizes(args.sizes):
             frames = speckle_frames(height, width)
             processor = LiveStrainProcessor(
-                model, baseline=baseline, reference_every=len(frames), **inference_options(args)
+                model, baseline=baseline, reference_every=len(frames), **live_inference_options(args)
             )
             with _scanner_process(_write_cycle(Path(scratch), frames), args.rate) as port:
                 runs = [_stream_run(processor, port, args.frames) for _ in range(args.runs)]
             steps = max(3, args.frames // 4)
-            model_fps = [_model_fps(timed_model, inference_options(args), frames, steps) for _ in range(args.runs)]
+            model_fps = [_model_fps(timed_model, live_inference_options(args), frames, steps) for _ in range(args.runs)]
             eager_float32 = {"backend": "torch", "half": False, "cuda_graphs": False}
-            original = {**inference_options(args), **eager_float32}
+            original = {**live_inference_options(args), **eager_float32}
             original_fps = [_model_fps(reference, original, frames, steps) for _ in range(args.runs)]
 
             def median(key: str) -> float | None:

@@ -16,7 +16,7 @@ import json
 import logging
 
 from deepultrasound.elastography.inference import parse_crop
-from deepultrasound.elastography.options import add_inference_options, inference_options
+from deepultrasound.elastography.options import add_inference_options, live_inference_options
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM
 from deepultrasound.streaming.igtl import DEFAULT_OUTPUT_PORT, DEFAULT_SOURCE_PORT
 
@@ -58,7 +58,7 @@ def build_processor(args: argparse.Namespace):
         reference_min_ncc=args.reference_min_ncc,
         window_mm=args.window_mm,
         crop=args.crop,
-        **inference_options(args),
+        **live_inference_options(args),
     )
 
 

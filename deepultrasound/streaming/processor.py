@@ -159,6 +159,8 @@ class LiveStrainProcessor:
         half: run the network in float16 (torch backend, for GPUs); see :class:`StrainEstimator`.
         cuda_graphs: replay the pairs of each reference as CUDA graphs; None: wherever possible
             (see :class:`StrainEstimator`).
+        refine: refine each frame's displacement against the reference (a second network pass
+            per frame, see :class:`StrainEstimator`); off by default, for the frame rate.
         baseline: NCC block matching instead of a network (no model needed).
         reference_every: a new reference frame (and state reset) every K >= 2 frames; None: never.
         reference_min_ncc: also a new reference when NCC(reference, frame) drops below this
@@ -181,6 +183,7 @@ class LiveStrainProcessor:
         threads: int | None = None,
         half: bool = False,
         cuda_graphs: bool | None = None,
+        refine: bool = False,
         baseline: bool = False,
         reference_every: int | None = 10,
         reference_min_ncc: float | None = None,
@@ -211,6 +214,7 @@ class LiveStrainProcessor:
                 threads=threads,
                 half=half,
                 cuda_graphs=cuda_graphs,
+                refine=refine,
             )
         self.reference_every = reference_every
         self.reference_min_ncc = reference_min_ncc

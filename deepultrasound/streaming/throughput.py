@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from deepultrasound.elastography.options import add_inference_options, inference_options
+from deepultrasound.elastography.options import add_inference_options, live_inference_options
 from deepultrasound.elastography.strain import DEFAULT_AXIAL_SPACING_MM, DEFAULT_WINDOW_MM, axial_strain
 from deepultrasound.errors import InputError
 
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.runs < 1 or args.per_reference < 2 or args.seconds < 0:
         raise InputError("--runs must be >= 1, --per-reference >= 2 and --seconds >= 0")
     model = resolve_live_model(args.model)
-    options = inference_options(args)
+    options = live_inference_options(args)
     estimator = StrainEstimator(model, **options)
     processor = LiveStrainProcessor(model, reference_every=args.per_reference, **options)
     device = estimator.device
