@@ -274,9 +274,7 @@ def test_frame_to_frame_bundle_chains_its_prealigned_pairs(prealigned_bundle: Pa
     )
 
 
-def test_refined_chain_corrects_each_pair_against_the_reference(
-    prealigned_bundle: Path, small_model: ReUSENet
-) -> None:
+def test_refined_chain_corrects_each_pair_against_the_reference(prealigned_bundle: Path, small_model: ReUSENet) -> None:
     """Each chained estimate is averaged with the network's own estimate against frame 0 (from
     zero states, the running states untouched), and the chain carries the refined one on."""
     rf = _compressed_sequence([-1.0, -2.0], height=128)

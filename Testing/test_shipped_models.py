@@ -30,7 +30,7 @@ INVIVO = Path("/work/shared/data/deepuse_invivo/rf0299.mhd")
 
 def test_the_package_ships_deepuse_models():
     assert {load_bundle(path).manifest.architecture for path in SHIPPED} == {"reusenet", "usenet"}
-    assert load_bundle(resolve_model(None)).manifest.architecture == "usenet"  # the default: the better figures
+    assert load_bundle(resolve_model(None)).manifest.architecture == "reusenet"  # the default: the better figures
 
 
 def test_live_processing_defaults_to_the_real_time_model():

@@ -122,14 +122,15 @@ def test_rigid_shift_gives_the_shift_and_zero_strain(baseline: LiveStrainProcess
         assert set(result.timings_ms) == {"normalise", "network", "strain", "bmode"}
 
 
+@pytest.mark.parametrize("refine", [False, True])
 @pytest.mark.parametrize("bundle", ["tiny_bundle", "prealigned_bundle"])
 def test_live_reusenet_equals_offline_estimate_with_a_first_frame_reference(
-    bundle: str, request: pytest.FixtureRequest
+    bundle: str, refine: bool, request: pytest.FixtureRequest
 ) -> None:
     model = request.getfixturevalue(bundle)  # the frame-to-frame one chains its pairs live as offline
     frames = _shifted_speckle([0, 1, 2, 3], (64, 32))
-    offline = StrainEstimator(model, device="cpu").estimate(frames, 0.02, window_mm=WINDOW_MM)
-    live = LiveStrainProcessor(model, device="cpu", window_mm=WINDOW_MM, reference_every=None)
+    offline = StrainEstimator(model, device="cpu", refine=refine).estimate(frames, 0.02, window_mm=WINDOW_MM)
+    live = LiveStrainProcessor(model, device="cpu", window_mm=WINDOW_MM, reference_every=None, refine=refine)
     results = [live.process(frame, 0.02) for frame in frames]
     assert results[0] is None
     for k, result in enumerate(results[1:]):  # the recurrent state is carried exactly as offline
@@ -404,7 +405,9 @@ def test_soak_of_small_frames_keeps_memory_steady() -> None:
     assert figures["errors"] == 0
 
 
-def test_bench_stream_measures_with_scanner_and_viewer_in_processes_of_their_own(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_stream_measures_with_scanner_and_viewer_in_processes_of_their_own(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     arguments = ["bench", "stream", "--baseline", "--sizes", "320x32", "--frames", "3", "--runs", "1"]
     assert main(arguments) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -419,7 +422,7 @@ def test_bench_throughput_step_gives_the_live_processors_strain(bundle: str, req
     """What ``bench throughput`` times is what a stream computes: the same strain, frame by frame."""
     model = request.getfixturevalue(bundle)
     frames = _shifted_speckle([0, 1, 2, 3], (64, 32))
-    estimator = StrainEstimator(model, device="cpu")
+    estimator = StrainEstimator(model, device="cpu", refine=False)  # as bench throughput builds it: live options
     normalised = np.stack([normalise_frame(frame, estimator.normalisation) for frame in frames])
     step = model_and_strain(estimator, normalised, WINDOW_MM, 0.02)
     live = LiveStrainProcessor(model, device="cpu", window_mm=WINDOW_MM, reference_every=None)
