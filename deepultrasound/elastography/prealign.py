@@ -192,10 +192,12 @@ better displacement of the pair than ``displacement`` (see :func:`refined_agains
 REFINEMENT_WEIGHT = 0.5
 """Weight of the estimate made against the reference in :func:`refined_against_reference`: 0.5
 averages it with the chained one. Their errors differ in kind (steps accumulated along the
-chain; decorrelation between the reference and a frame several steps away), and on 5 validation
+chain; decorrelation between the reference and a frame several steps away). On 5 validation
 sequences (seeds 1000000..1000004) the shipped ReUSENet's strain NRMSE was 0.087 chained, and
-0.066, 0.061 and 0.059 refined with weights 1, 0.75 and 0.5; the USENet's 0.074, then 0.064,
-0.063 and 0.064."""
+0.066, 0.061 and 0.059 refined with weights 1, 0.75 and 0.5 (the USENet's 0.074, then 0.064,
+0.063 and 0.064), in a trial whose refining pass also pre-aligned the warped frame; as
+:class:`~deepultrasound.elastography.inference.StrainEstimator` refines now (no pre-alignment),
+weight 0.5 gave 0.059 and 0.065."""
 
 
 def refined_against_reference(
