@@ -429,7 +429,7 @@ class StrainEstimator(SequenceStrainEstimator):
         self._input_multiple = input_multiple(int(manifest.architecture_args.get("axial_fold", 1)))
         self.refine = self.frame_to_frame if refine is None else refine
         self._states: list[torch.Tensor] = []  # recurrent states, updated in place
-        self._rest_states: list[torch.Tensor] = []  # zero states of the refining pass
+        self._rest_states: list[torch.Tensor] = []  # zero states of the refining pass, never written
         refinement = self._refined if self.refine else None
         self._chain = DisplacementChain(self._pair_displacement, refinement) if self.frame_to_frame else None
         self._graph: GraphedStep | None = None
@@ -465,8 +465,8 @@ class StrainEstimator(SequenceStrainEstimator):
         return self._pair_step(pair, starts=False)
 
     def _carried_state(self) -> list[torch.Tensor]:
-        """Every tensor :meth:`_carry_on` updates in place (the refining pass zeroes its states)."""
-        return (self._chain.buffers if self._chain else []) + self._states + self._rest_states
+        """Every tensor :meth:`_carry_on` updates in place."""
+        return (self._chain.buffers if self._chain else []) + self._states
 
     def _capture(self, pair: torch.Tensor, key: tuple[object, ...]) -> torch.Tensor:
         """:meth:`_carry_on` captured as a CUDA graph, its replay checked against the eager step."""
@@ -503,7 +503,10 @@ class StrainEstimator(SequenceStrainEstimator):
         to find; on the in vivo rf0299 it locked on a wrong lag (-17 % strain where chaining gave -1.7 %).
         """
         return refined_against_reference(
-            lambda fixed, warped: self._network_at_rest(torch.cat([fixed, warped], dim=1)), fixed, moving, displacement
+            lambda reference, warped: self._network_at_rest(torch.cat([reference, warped], dim=1)),
+            fixed,
+            moving,
+            displacement,
         )
 
     def _network(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
@@ -511,7 +514,9 @@ class StrainEstimator(SequenceStrainEstimator):
         the recurrent states run on from the previous call (from zeros with ``new_reference``)."""
         padded, size = pad_to_multiple(pair, self._input_multiple)
         if new_reference:
-            self._states = self._zeroed(self._states, padded)
+            self._states = self._states_for(padded, self._states)
+            for state in self._states:
+                state.zero_()
         output, *states = self.predictor.predict_tensors(padded, *self._states)
         for buffer, state in zip(self._states, states):
             buffer.copy_(state)
@@ -520,19 +525,17 @@ class StrainEstimator(SequenceStrainEstimator):
     def _network_at_rest(self, pair: torch.Tensor) -> torch.Tensor:
         """:meth:`_network` from zero recurrent states, leaving the running states as they are."""
         padded, size = pad_to_multiple(pair, self._input_multiple)
-        self._rest_states = self._zeroed(self._rest_states, padded)
+        self._rest_states = self._states_for(padded, self._rest_states)
         output, *_ = self.predictor.predict_tensors(padded, *self._rest_states)
         return crop_to_size(output, size)
 
-    def _zeroed(self, states: list[torch.Tensor], padded: torch.Tensor) -> list[torch.Tensor]:
-        """Recurrent states of zeros for a padded ``(1, 2, H, W)`` pair: ``states`` zeroed in place when
-        their shapes and device fit (their storage stays put for CUDA graphs), else new ones."""
+    def _states_for(self, padded: torch.Tensor, states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Recurrent state tensors for a padded ``(1, 2, H, W)`` pair: ``states`` when their shapes and
+        device fit (their storage stays put for CUDA graphs), else new ones of zeros."""
         shapes = [tuple(shape) for shape in self.predictor.bundle.manifest.initial_state_shapes(tuple(padded.shape))]
         if [tuple(state.shape) for state in states] == shapes and all(
             state.device == padded.device for state in states
         ):
-            for state in states:
-                state.zero_()
             return states
         return [torch.zeros(shape, device=padded.device) for shape in shapes]
 
