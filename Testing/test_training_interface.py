@@ -95,7 +95,7 @@ CONFIG = {
     "batch_size": 16,
     "stages": [
         {"name": "coarse", "epochs": 2, "task_args": {"scale": 0.5}},
-        {"name": "fine", "epochs": 1, "task_args": {"scale": 1.0}, "lr_scale": 0.1},
+        {"name": "fine", "epochs": 1, "task_args": {"scale": 1.0, "chunks": 3}, "lr_scale": 0.1},
     ],
     "optimizers": {"generator": {"name": "adam", "lr": 0.01}, "critic": {"name": "adamw", "lr": 0.01}},
     "ema_decay": 0.9,
@@ -117,7 +117,8 @@ def test_each_optimiser_steps_its_own_networks(trained):
     epochs = 3
     critic_state = trainer.optimizers["critic"].state_dict()["state"]
     generator_state = trainer.optimizers["generator"].state_dict()["state"]
-    assert int(generator_state[0]["step"]) == epochs * steps_per_epoch * CONFIG["task_args"]["chunks"]
+    # 2 coarse epochs of 2 chunks per batch (top-level task_args), then 1 fine epoch of 3 (its own)
+    assert int(generator_state[0]["step"]) == steps_per_epoch * (2 * 2 + 1 * 3)
     assert int(critic_state[0]["step"]) == epochs * steps_per_epoch
     critic_params = {id(p) for p in trainer.networks["critic"].parameters()}
     generator_params = {id(p) for group in trainer.optimizers["generator"].param_groups for p in group["params"]}

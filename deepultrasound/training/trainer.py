@@ -253,8 +253,9 @@ class Trainer:
         restore_networks(self.networks, self.ema, load_checkpoint(self.best_checkpoint_path))
 
     # -- the loop --------------------------------------------------------------------------------
-    def _loaders(self, stage_index: int, dist_info: distributed.DistributedInfo):
-        train_set, val_set = self.task.build_datasets(self.stage_args[stage_index])
+    def _loaders(self, dist_info: distributed.DistributedInfo):
+        """Loaders of the current stage's data (``self.task.args``)."""
+        train_set, val_set = self.task.build_datasets(self.task.args)
         world = dist_info.world_size
         per_process = self.config.batch_size // world
         if len(train_set) < self.config.batch_size:
@@ -362,7 +363,8 @@ class Trainer:
                 stage_index = self._stage_at(epoch)
                 stage = config.stages[stage_index]
                 if stage_index != loaded_stage:
-                    loaders = self._loaders(stage_index, dist_info)
+                    self.task.args = self.stage_args[stage_index]  # the stage's losses as well as its data
+                    loaders = self._loaders(dist_info)
                     self._set_lr_scale(stage.lr_scale)
                     loaded_stage = stage_index
                 sampler, train_loader, val_loader = loaders
