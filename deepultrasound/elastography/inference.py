@@ -99,8 +99,8 @@ their (reference, k) displacement is composed from frame-to-frame ones (:class:`
 DEEPUSE_ARCHITECTURES = ("reusenet", "usenet")
 """Registered architectures of the DeepUSE networks, in order of preference for the default model:
 refined against the reference (the offline default), the shipped ReUSENet scored better than the
-shipped USENet on every simulated figure of ``deepultrasound bench strain`` (strain NRMSE 0.060
-against 0.072, CNRe 20.4 against 18.5; in vivo SNRe 1.59 against 1.64; the manifests hold the
+shipped USENet on every simulated figure of ``deepultrasound bench strain`` (strain NRMSE 0.057
+against 0.072, CNRe 21.3 against 18.5; in vivo SNRe 1.55 against 1.64; the manifests hold the
 figures)."""
 
 PAPER_CROP = slice(100, -300)
@@ -357,9 +357,9 @@ class StrainEstimator(SequenceStrainEstimator):
             wherever possible (a CUDA device, the torch or TorchScript backend).
         refine: refine each pair's displacement once against the reference (see the module
             docstring); None: on for frame-to-frame bundles (where chaining piles up errors),
-            off otherwise. On the 20 bench sequences it took the shipped ReUSENet's strain
-            NRMSE from 0.090 to 0.060 and its CNRe from 11.4 to 20.4, for a second network
-            pass per pair (the manifests record the figures).
+            off otherwise. On the 20 bench sequences it takes the shipped ReUSENet's strain
+            NRMSE from 0.080 to 0.057 and its CNRe from 13.7 to 21.3, for a second network
+            pass per pair (README lists both runs).
 
     Attributes:
         prealignment: the pre-alignment the bundle was trained with (manifest

@@ -193,7 +193,7 @@ REFINEMENT_WEIGHT = 0.5
 """Weight of the estimate made against the reference in :func:`refined_against_reference`: 0.5
 averages it with the chained one. Their errors differ in kind (steps accumulated along the
 chain; decorrelation between the reference and a frame several steps away). On 5 validation
-sequences (seeds 1000000..1000004) the shipped ReUSENet's strain NRMSE was 0.087 chained, and
+sequences (seeds 1000000..1000004) the ReUSENet then shipped (its first 32 epochs) had strain NRMSE 0.087 chained, and
 0.066, 0.061 and 0.059 refined with weights 1, 0.75 and 0.5 (the USENet's 0.074, then 0.064,
 0.063 and 0.064), in a trial whose refining pass also pre-aligned the warped frame; as
 :class:`~deepultrasound.elastography.inference.StrainEstimator` refines now (no pre-alignment),
