@@ -100,9 +100,10 @@ class StepContext:
 class Task(abc.ABC):
     """A trainable capability. Subclasses set ``name`` and ``Args`` and register with :func:`register_task`.
 
-    ``args`` holds the top-level ``task_args`` when the networks are built; from the start of each
-    stage on, the trainer replaces it with that stage's merged arguments, so overrides of loss
-    weights reach :meth:`training_step` as overrides of data reach :meth:`build_datasets`.
+    ``args`` holds the top-level ``task_args`` when the networks are built and the bundle is
+    exported; during each stage the trainer replaces it with that stage's merged arguments, so
+    overrides of loss weights reach :meth:`training_step` as overrides of data reach
+    :meth:`build_datasets`.
     """
 
     name: ClassVar[str]

@@ -417,6 +417,7 @@ class Trainer:
                 if config.best_metric is not None:
                     self._restore_best()
                     metrics = {**self.best["validation"], "best_epoch": self.best["epoch"]}
+                self.task.args = self.base_args  # the bundle is described as export_checkpoint describes it
                 result.bundle = export_bundle(
                     self.task, self.evaluation_networks(), config, metrics, self.output_dir / "bundle"
                 )
