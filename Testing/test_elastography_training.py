@@ -21,6 +21,8 @@ from deepultrasound.elastography.data import (
     cache_path,
     load_simulated,
     prepare_simulated,
+    refinement_pair,
+    smooth_random_field,
 )
 from deepultrasound.elastography.inference import FRAME_TO_FRAME
 from deepultrasound.elastography.losses import (
@@ -29,6 +31,7 @@ from deepultrasound.elastography.losses import (
     local_ncc,
     similarity_loss,
     smoothness_loss,
+    supervised_loss,
 )
 from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.networks import ReUSENet
@@ -190,6 +193,10 @@ def test_simulated_cache_is_written_once_and_normalised(tmp_path):
     assert path.stat().st_mtime_ns == stamp  # not simulated again
     sequence = load_simulated(path, "frame_max")
     assert sequence.rf.shape == (3, 256, 64) and sequence.strain.shape == (2, 256, 64)
+    assert sequence.displacement.shape == (2, 2, 256, 64)
+    # the cached strain is the axial derivative of the cached displacement (px -> % at the axial spacing)
+    derivative = 100 * np.gradient(sequence.displacement[:, 1], axis=1)
+    np.testing.assert_allclose(sequence.strain[:, 8:-8], derivative[:, 8:-8], atol=1e-3)
     assert np.allclose(sequence.rf.reshape(3, -1).max(axis=1), 1.0)
     assert not list(tmp_path.glob(".*partial"))  # no staging left behind
 
@@ -281,11 +288,106 @@ def test_composition_of_two_uniform_shifts_adds_them():
 
 def test_prealigned_crops_follow_the_rf_crop_and_flip():
     rf = speckle((4, 96, 48)).numpy()
-    crops = SequenceCrops([RFSequence(rf, None, "a", 2 * rf[1:])], length=3, patch=(32, 16), samples=8, seed=2)
+    crops = SequenceCrops([RFSequence(rf, None, "a", aligned=2 * rf[1:])], length=3, patch=(32, 16), samples=8, seed=2)
     for index in range(8):
         item = crops[index]
         assert item["aligned"].shape == (2, 32, 16)
         assert torch.equal(item["aligned"], 2 * item["rf"][1:])  # same frames, window and flip
+
+
+# -- supervised refinement pairs ------------------------------------------------------------------
+def test_smooth_random_field_has_unit_rms_and_follows_its_generator():
+    field = smooth_random_field((256, 64), (64, 8), torch.Generator().manual_seed(3))
+    assert field.shape == (256, 64)
+    assert torch.isclose(field.square().mean(), torch.tensor(1.0), atol=1e-5)
+    assert torch.equal(field, smooth_random_field((256, 64), (64, 8), torch.Generator().manual_seed(3)))
+    assert not torch.equal(field, smooth_random_field((256, 64), (64, 8), torch.Generator().manual_seed(4)))
+    neighbours = torch.stack([field[:-1].flatten(), field[1:].flatten()])
+    assert torch.corrcoef(neighbours)[0, 1] > 0.99  # smooth at a 64-row knot spacing
+
+
+def test_refinement_residual_carries_the_warped_frame_to_the_truth():
+    """``warp(moving, residual)`` is the frame at ``p + d(p)`` (the truth) though ``moving`` is off by the error.
+
+    The frame is linear in (z, x), which bilinear resampling reproduces exactly, so the only
+    difference left is that of the residual.
+    """
+    shape = (256, 64)
+    frame = 0.01 * torch.arange(256.0)[:, None] + 0.05 * torch.arange(64.0)
+    truth = torch.zeros(2, *shape)
+    truth[1] = -0.03 * torch.arange(256.0)[:, None]  # 3 % compression
+    truth[0] = 0.5 * torch.sin(torch.arange(64.0) / 10)
+    moving, residual = refinement_pair(frame, truth, (1.5, 1.0), torch.Generator().manual_seed(0))
+    expected = warp_image(frame[None, None], truth[None])[0, 0]
+    interior = (slice(24, -24), slice(8, -8))  # rows and lines warped in from outside excluded
+    rms = residual[(slice(None), *interior)].square().mean((1, 2)).sqrt()
+    assert torch.allclose(rms, torch.tensor([1.5, 1.0]), rtol=0.3)  # the error is there, of the asked size
+    off = (moving - expected)[interior].abs().mean()
+    assert (warp_image(moving[None, None], residual[None])[0, 0] - expected)[interior].abs().max() < 1e-3 * off
+    mirrored = residual * torch.tensor([-1.0, 1.0])[:, None, None]  # a wrong lateral sign is caught
+    assert (warp_image(moving[None, None], mirrored[None])[0, 0] - expected)[interior].abs().mean() > 0.5 * off
+
+
+def test_refinement_items_are_consistent_in_every_crop_and_flip():
+    """Identical frames, no motion: each item's residual warps its moving crop back onto its fixed crop
+    (the frame linear in (z, x), which bilinear resampling reproduces exactly)."""
+    frame = (0.01 * torch.arange(160.0)[:, None] + 0.05 * torch.arange(64.0)).numpy()
+    rf = np.stack([frame] * 3)
+    sequences = [RFSequence(rf, None, "real"), RFSequence(rf, None, "simulated", np.zeros((2, 2, 160, 64), "f4"))]
+    crops = SequenceCrops(sequences, 3, (96, 32), samples=8, seed=1, refinement_error_px=(1.0, 0.5))
+    interior = (slice(16, -16), slice(6, -6))
+    for index in range(8):
+        item = crops[index]
+        assert item["refinement_residual"].shape == (2, 96, 32) and item["refinement_moving"].shape == (96, 32)
+        fixed, moving = item["refinement_fixed"], item["refinement_moving"]
+        back = warp_image(moving[None, None], item["refinement_residual"][None])[0, 0]
+        assert (back - fixed)[interior].abs().max() < 1e-3 * (moving - fixed)[interior].abs().mean()
+        assert torch.equal(crops[index]["refinement_moving"], moving)  # a function of the index
+    with pytest.raises(ConfigError, match="refinement pairs need simulated"):
+        SequenceCrops(sequences[:1], 3, (96, 32), samples=8, seed=1, refinement_error_px=(1.0, 0.5))
+
+
+def test_supervised_loss_adds_the_displacement_error_and_its_strain_error():
+    truth = speckle((2, 2, 64, 16))
+    assert supervised_loss(truth, truth, 0.3, 0.02) == 0
+    assert torch.isclose(supervised_loss(truth + 0.5, truth, 0.3, 0.02), torch.tensor(0.5))  # no strain error
+    ramp = torch.zeros_like(truth)
+    ramp[:, 1] = 0.001 * torch.arange(64.0)[:, None]  # 0.001 px per row: 0.1 % strain
+    expected = ramp.abs().mean() + 0.1
+    assert torch.isclose(supervised_loss(truth + ramp, truth, 0.3, 0.02), expected, rtol=1e-4)
+    assert supervised_loss(truth + ramp, truth, 0.3, 0.02, reduction="none").shape == (2,)
+    with pytest.raises(InputError, match="leave none"):
+        supervised_loss(truth, truth, 2.0, 0.02)
+
+
+def test_supervised_term_runs_the_refinement_pairs_from_zero_states_and_joins_the_first_chunk(tmp_path):
+    args = {**tiny_config(tmp_path)["task_args"], "supervised_weight": 2.0}
+    network = DeepUSETask(DeepUSETask.parse_args(args), seed=0).build_networks()[NETWORK]
+    seen = []
+    network.register_forward_pre_hook(lambda module, inputs: seen.append([tensor.clone() for tensor in inputs]))
+    batch = {
+        "rf": speckle((2, 3, 64, 32)),
+        "refinement_fixed": speckle((2, 64, 32), seed=1),
+        "refinement_moving": speckle((2, 64, 32), seed=2),
+        "refinement_residual": torch.zeros(2, 2, 64, 32),
+    }
+
+    def chunk_losses(weight: float) -> tuple[list[float], dict[str, torch.Tensor]]:
+        task = DeepUSETask(DeepUSETask.parse_args({**args, "supervised_weight": weight}), seed=0)
+        losses = []
+        context = StepContext({NETWORK: network}, {}, {}, torch.device("cpu"), lambda loss, name: losses.append(loss))
+        logged = task.training_step(batch, context)
+        return [float(loss) for loss in losses], logged
+
+    (first, second), logged = chunk_losses(2.0)
+    pair, *states = seen[0]
+    assert torch.equal(pair, torch.stack([batch["refinement_fixed"], batch["refinement_moving"]], dim=1))
+    assert all(state.abs().sum() == 0 for state in states)
+    assert len(seen) == 3  # the refinement pair, then the two training pairs (one per chunk: truncation 1)
+    (first_alone, second_alone), alone = chunk_losses(0.0)
+    assert "supervised" not in alone and logged["supervised"] > 0
+    assert first == pytest.approx(first_alone + 2.0 * float(logged["supervised"]), rel=1e-5)
+    assert second == pytest.approx(second_alone, rel=1e-5)
 
 
 @pytest.mark.parametrize("prealign", [False, True])
@@ -312,6 +414,28 @@ def test_validation_runs_the_pairs_as_inference_does(tmp_path, pairs):
     for t, (pair, *states) in enumerate(seen, start=1):
         assert torch.equal(pair[:, 0], rf[:, t - 1 if pairs == "previous" else 0]) and torch.equal(pair[:, 1], rf[:, t])
         assert all(state.abs().sum() == 0 for state in states) == (t == 1)  # zero states, then carried on
+
+
+def test_refined_validation_refines_each_chained_estimate_from_zero_states(tmp_path):
+    """With ``validate_refined``, as ``deepultrasound strain`` runs: (0, 1), refined; (1, 2), on the
+    running states, refined."""
+    args = {**tiny_config(tmp_path)["task_args"], "pairs": "previous", "validate_refined": True}
+    task = DeepUSETask(DeepUSETask.parse_args(args), seed=0)
+    network = task.build_networks()[NETWORK].eval()
+    seen, returned = [], []
+    network.register_forward_pre_hook(lambda module, inputs: seen.append([tensor.clone() for tensor in inputs]))
+    network.register_forward_hook(
+        lambda module, inputs, outputs: returned.append([tensor.clone() for tensor in outputs])
+    )
+    rf = speckle((1, 3, 64, 32))
+    batch = {"rf": rf, "strain": torch.ones(1, 2, 64, 32), "region": torch.ones(1, 64, 32, dtype=torch.bool)}
+    assert task.validation_step(batch, {NETWORK: network})["strain_nrmse"].isfinite().all()
+    assert len(seen) == 4
+    (first, *zeros), (reference, *rest), (second, *carried), (again, *rest_again) = seen
+    assert torch.equal(first[:, 0], rf[:, 0]) and torch.equal(second[:, 0], rf[:, 1])
+    assert torch.equal(reference[:, 0], rf[:, 0]) and torch.equal(again[:, 0], rf[:, 0])
+    assert all(state.abs().sum() == 0 for state in [*zeros, *rest, *rest_again])
+    assert all(torch.equal(state, out) for state, out in zip(carried, returned[0][1:]))  # the first pair's states
 
 
 def test_folded_usenet_validates_frames_of_any_height_and_exports_its_fold(tmp_path):

@@ -15,6 +15,11 @@ inference does on full frames.
 
 With pre-alignment (:mod:`deepultrasound.elastography.prealign`), each sequence also holds its
 frames warped onto their predecessors (:attr:`RFSequence.aligned`), cropped with the RF.
+
+Simulated sequences know their displacement, which makes supervised *refinement pairs*
+(:func:`refinement_pair`): the pairs that
+:func:`~deepultrasound.elastography.prealign.refined_against_reference` gives the network at
+inference, with the true residual.
 """
 
 from __future__ import annotations
@@ -22,22 +27,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from deepultrasound.elastography.inference import normalise_frame
+from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.strain import window_samples
 from deepultrasound.errors import ConfigError, FileFormatError
 from deepultrasound.io.atomic import atomic_write
 from deepultrasound.simulation import SimulationConfig, simulate_sequence
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bumped when the cached content changes; part of every cache file name."""
 
 
@@ -50,6 +57,8 @@ class RFSequence:
         strain: ``(N-1, H, W)`` float32 true axial strain in % from frame 0 to frame k (index
             k - 1), or None for real data.
         name: where it came from (seed or file), for messages.
+        displacement: ``(N-1, 2, H, W)`` float32 true displacement in pixels from frame 0 to frame
+            k (index k - 1) on the frame-0 grid, channel 0 lateral, 1 axial, or None for real data.
         aligned: ``(N-1, H, W)`` frame k warped onto frame k - 1 (index k - 1, see
             :func:`~deepultrasound.elastography.prealign.prealigned_previous`), or None without
             pre-alignment.
@@ -58,6 +67,7 @@ class RFSequence:
     rf: np.ndarray
     strain: np.ndarray | None
     name: str
+    displacement: np.ndarray | None = None
     aligned: np.ndarray | None = None
 
 
@@ -73,14 +83,15 @@ def prepare_simulated(
     """Simulate (once) and cache the sequences of ``seeds``; returns their cache files.
 
     Files already present are kept. Each file holds ``rf`` ``(N, H, W)`` float32 (max |rf| = 1
-    per frame, as simulated) and ``strain`` ``(N-1, H, W)`` float32 in %, frame 0 -> k.
+    per frame, as simulated), ``strain`` ``(N-1, H, W)`` float32 in % and ``displacement``
+    ``(N-1, 2, H, W)`` float32 in pixels (channel 0 lateral, 1 axial), both frame 0 -> k.
     """
     paths = [cache_path(cache_dir, config, seed) for seed in seeds]
     missing = [(seed, path) for seed, path in zip(seeds, paths) if not path.is_file()]
     for seed, path in tqdm(missing, desc="simulating sequences", unit="sequence", disable=not progress or not missing):
         sequence = simulate_sequence(config, seed)
         with atomic_write(path) as staged, open(staged, "wb") as stream:
-            np.savez(stream, rf=sequence.rf, strain=sequence.strain_percent)
+            np.savez(stream, rf=sequence.rf, strain=sequence.strain_percent, displacement=sequence.displacement_px)
     return paths
 
 
@@ -88,12 +99,13 @@ def load_simulated(path: Path, normalisation: str) -> RFSequence:
     """Read a cache file written by :func:`prepare_simulated`; frames normalised with ``normalisation``."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            rf, strain = data["rf"], data["strain"]
+            rf, strain, displacement = data["rf"], data["strain"], data["displacement"]
     except (OSError, ValueError, KeyError) as error:
         raise FileFormatError(
             f"cannot read the cached sequence {path} ({error}); delete it to simulate it again"
         ) from None
-    return RFSequence(np.stack([normalise_frame(frame, normalisation) for frame in rf]), strain, path.name)
+    frames = np.stack([normalise_frame(frame, normalisation) for frame in rf])
+    return RFSequence(frames, strain, path.name, displacement)
 
 
 def load_real(path: str | os.PathLike[str], normalisation: str) -> RFSequence:
@@ -105,6 +117,69 @@ def load_real(path: str | os.PathLike[str], normalisation: str) -> RFSequence:
     return RFSequence(np.stack([normalise_frame(frame, normalisation) for frame in rf]), None, Path(path).name)
 
 
+REFINEMENT_KNOT_SPACING = (((256, 1024), (16, 48)), ((64, 512), (8, 32)))
+"""Ranges of the knot spacing ((rows), (lines)) of :func:`smooth_random_field` in refinement pairs,
+lateral channel then axial. The chained estimate's error on validation sequences has
+autocorrelation half-widths of 500 to 640 rows and about 20 lines laterally, 60 to 240 rows and 6
+to 13 lines axially."""
+
+RESIDUAL_TOLERANCE_PX = 1e-3
+"""Largest change of the last fixed-point step of :func:`refinement_pair`'s residual."""
+
+
+def smooth_random_field(
+    shape: tuple[int, int], knot_spacing: tuple[int, int], generator: torch.Generator
+) -> torch.Tensor:
+    """A ``(H, W)`` field of unit RMS: Gaussian knots ``knot_spacing`` (rows, lines) apart, bicubic between."""
+    knots = torch.randn(1, 1, shape[0] // knot_spacing[0] + 2, shape[1] // knot_spacing[1] + 2, generator=generator)
+    field = F.interpolate(knots, size=shape, mode="bicubic", align_corners=True)[0, 0]
+    return field / field.square().mean().sqrt()
+
+
+def refinement_pair(
+    frame: torch.Tensor, displacement: torch.Tensor, error_px: tuple[float, float], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A refinement pair's moving frame and its true residual.
+
+    At inference frame k is warped back onto the reference by the chained estimate, and the
+    network estimates what is left (:func:`~deepultrasound.elastography.prealign.refined_against_reference`).
+    Here frame k is warped by its true displacement plus a smooth random error ``e`` standing in
+    for the chain's (one :func:`smooth_random_field` per channel, knot spacings drawn from
+    :data:`REFINEMENT_KNOT_SPACING`). The residual ``r`` then solves
+    ``r(p) + (d + e)(p + r(p)) = d(p)``, by fixed-point steps from ``-e`` until they change it by
+    less than :data:`RESIDUAL_TOLERANCE_PX` (the map contracts by the gradient of ``d + e``, a
+    few %; at most 20 steps).
+
+    Args:
+        frame: ``(H, W)`` RF frame k.
+        displacement: ``(2, H, W)`` true displacement reference -> k in pixels (channel 0 lateral, 1 axial).
+        error_px: RMS of ``e`` (lateral, axial) in pixels.
+        generator: the source of randomness.
+
+    Returns:
+        ``(H, W)`` frame k warped back by ``d + e``, and the ``(2, H, W)`` residual in pixels.
+    """
+    shape = tuple(frame.shape)
+
+    def spacing(low_high: tuple[int, int]) -> int:
+        return int(torch.randint(low_high[0], low_high[1] + 1, (), generator=generator))
+
+    error = torch.stack(
+        [
+            rms * smooth_random_field(shape, (spacing(rows), spacing(lines)), generator)
+            for rms, (rows, lines) in zip(error_px, REFINEMENT_KNOT_SPACING)
+        ]
+    )
+    start = (displacement + error)[None]
+    moving = warp_image(frame[None, None], start)[0, 0]
+    residual = -error[None]
+    for _ in range(20):
+        previous, residual = residual, displacement[None] - warp_image(start, residual)
+        if (residual - previous).abs().max() < RESIDUAL_TOLERANCE_PX:
+            break
+    return moving, residual[0]
+
+
 class SequenceCrops(Dataset):
     """Random crops of RF sub-sequences for training: sample ``i`` depends only on (seed, i).
 
@@ -114,7 +189,12 @@ class SequenceCrops(Dataset):
     the sub-sequence is the fixed frame of every pair.
 
     Items: ``{"rf": (length, rows, lines) float32}``, plus ``"aligned": (length-1, rows, lines)``
-    (the same crop of :attr:`RFSequence.aligned`) when every sequence has it.
+    (the same crop of :attr:`RFSequence.aligned`) when every sequence has it. With
+    ``refinement_error_px``, each item also holds a :func:`refinement_pair` of a sequence with
+    truth (its frame 0 and a random frame k, its own random crop): ``"refinement_fixed"`` and
+    ``"refinement_moving"`` ``(rows, lines)``, ``"refinement_residual"`` ``(2, rows, lines)`` px.
+    The error's RMS is ``k`` times a uniform draw in ``[0, refinement_error_px]`` per channel:
+    the chain's error grows with each step.
 
     Args:
         sequences: the sources (any mix of simulated and real).
@@ -123,6 +203,8 @@ class SequenceCrops(Dataset):
         samples: the dataset length (crops per epoch).
         seed: the task seed.
         flip_lateral: mirror half of the samples left-right.
+        refinement_error_px: (lateral, axial) largest RMS error per frame step of the refinement
+            pairs, in pixels; None: no refinement pairs.
     """
 
     def __init__(
@@ -133,6 +215,7 @@ class SequenceCrops(Dataset):
         samples: int,
         seed: int,
         flip_lateral: bool = True,
+        refinement_error_px: tuple[float, float] | None = None,
     ) -> None:
         if not sequences:
             raise ConfigError("no training sequences: give simulated sequences or real sequence files")
@@ -144,11 +227,15 @@ class SequenceCrops(Dataset):
                     f"for samples of {length} frames of {patch[0]} x {patch[1]}; lower sequence_length or patch_size"
                 )
         self.sequences = list(sequences)
+        self.with_truth = [sequence for sequence in self.sequences if sequence.displacement is not None]
+        if refinement_error_px is not None and not self.with_truth:
+            raise ConfigError("refinement pairs need simulated sequences (with their displacement); none was given")
         self.length = length
         self.patch = patch
         self.samples = samples
         self.seed = seed
         self.flip_lateral = flip_lateral
+        self.refinement_error_px = refinement_error_px
 
     def __len__(self) -> int:
         return self.samples
@@ -173,9 +260,30 @@ class SequenceCrops(Dataset):
         if all(source.aligned is not None for source in self.sequences):
             item["aligned"] = sequence.aligned[start : start + self.length - 1, window[0], window[1]]
         flip = self.flip_lateral and draw(2)
+        tensors = {key: torch.from_numpy(value.copy()) for key, value in item.items()}
+        if self.refinement_error_px is not None:
+            tensors.update(self._refinement_item(draw, generator))
+        if flip:
+            tensors = {key: value.flip(-1).contiguous() for key, value in tensors.items()}
+            if "refinement_residual" in tensors:
+                tensors["refinement_residual"][0].neg_()  # a mirrored lateral axis
+        return tensors
+
+    def _refinement_item(self, draw: Callable[[int], int], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The ``refinement_*`` entries of an item (see the class docstring)."""
+        sequence = self.with_truth[draw(len(self.with_truth))]
+        frames, rows, lines = sequence.rf.shape
+        k = 1 + draw(frames - 1)
+        error_px = tuple(k * bound * float(torch.rand((), generator=generator)) for bound in self.refinement_error_px)
+        moving, residual = refinement_pair(
+            torch.from_numpy(sequence.rf[k]), torch.from_numpy(sequence.displacement[k - 1]), error_px, generator
+        )
+        top, left = draw(rows - self.patch[0] + 1), draw(lines - self.patch[1] + 1)
+        window = (slice(top, top + self.patch[0]), slice(left, left + self.patch[1]))
         return {
-            key: torch.from_numpy(value.copy()).flip(-1).contiguous() if flip else torch.from_numpy(value.copy())
-            for key, value in item.items()
+            "refinement_fixed": torch.from_numpy(sequence.rf[0, window[0], window[1]].copy()),
+            "refinement_moving": moving[window].contiguous(),
+            "refinement_residual": residual[:, window[0], window[1]].contiguous(),
         }
 
 

@@ -10,15 +10,19 @@ crop) and the network learns the residual. A bundle trained on frame-to-frame pa
 so that inference (:class:`~deepultrasound.elastography.inference.StrainEstimator`) chains its
 frame-to-frame estimates to the reference as validation does. The
 loss (:mod:`deepultrasound.elastography.losses`) needs no truth, so simulated and real RF train
-alike. ReUSENet carries its convLSTM state from pair to pair; with truncated back-propagation
-through time the pairs are processed in chunks of ``truncation`` steps, the optimiser steps after
-each chunk and the states (and the last motion-compensated strain of the consistency term) are
-detached before the next one.
+alike. Simulated sequences know their displacement, and with ``supervised_weight`` a supervised
+term on *refinement pairs* joins it: frame k warped back by its true displacement plus a smooth
+random error, the pairs the refining pass sees at inference, with the true residual
+(:func:`~deepultrasound.elastography.data.refinement_pair`). ReUSENet carries its convLSTM state
+from pair to pair; with truncated back-propagation through time the pairs are processed in chunks
+of ``truncation`` steps, the optimiser steps after each chunk and the states (and the last
+motion-compensated strain of the consistency term) are detached before the next one.
 
 Validation estimates the pairs (0, k) of the first frames of simulated validation sequences (a
 centred crop) as inference does - directly, or chained from frame-to-frame pairs
-(:class:`~deepultrasound.elastography.prealign.DisplacementChain`) - and reports, per sequence,
-the axial strain NRMSE against the FEM truth and that of its contrast (least-squares strain with
+(:class:`~deepultrasound.elastography.prealign.DisplacementChain`), with ``validate_refined``
+each chained estimate refined against frame 0 as ``deepultrasound strain`` does - and reports,
+per sequence, the axial strain NRMSE against the FEM truth and that of its contrast (least-squares strain with
 ``eval_window_mm``, on the rows where the window is complete) and the NCC between the fixed
 frame and the warped moving frame, averaged over the pairs.
 
@@ -62,6 +66,7 @@ from deepultrasound.elastography.losses import (
     consistency_loss,
     similarity_loss,
     smoothness_loss,
+    supervised_loss,
 )
 from deepultrasound.elastography.metrics import ncc, strain_nrmse, strain_nrmse_contrast, warp_image
 from deepultrasound.elastography.networks import (
@@ -77,6 +82,7 @@ from deepultrasound.elastography.prealign import (
     DisplacementChain,
     prealigned_estimate,
     prealigned_previous,
+    refined_against_reference,
 )
 from deepultrasound.elastography.splits import TRAINING_SEEDS, VALIDATION_SEEDS
 from deepultrasound.elastography.strain import (
@@ -115,7 +121,18 @@ class DeepUSEArgs(TaskArgs):
     similarity_window: Size = Field((8, 8), description="NCC tile (rows, lines) of similarity and consistency")
     alpha: float = Field(5.0, ge=0, description="weight of the smoothness term")
     beta: float = Field(0.1, ge=0, description="weight of the temporal consistency term")
-    consistency_window_mm: float = Field(1.0, gt=0, description="least-squares strain window of the consistency term")
+    consistency_window_mm: float = Field(
+        1.0, gt=0, description="least-squares strain window of the consistency and supervised terms"
+    )
+    supervised_weight: float = Field(
+        0.0, ge=0, description="weight of the supervised term on refinement pairs (simulated truth); 0: none"
+    )
+    refinement_error_px: tuple[float, float] = Field(
+        (0.3, 0.2), description="largest RMS error (lateral, axial) per frame step of the refinement pairs, px"
+    )
+    validate_refined: bool = Field(
+        False, description="refine each chained validation estimate against the first frame, as inference does"
+    )
     normalisation: str = Field("frame_max", description="per-frame input normalisation (inference.NORMALISATIONS)")
     flip_lateral: bool = Field(True, description="mirror half of the training crops left-right")
     simulation: dict[str, Any] = Field(default_factory=dict, description="SimulationConfig fields of the sequences")
@@ -233,7 +250,13 @@ class DeepUSETask(Task):
         if args.prealign:
             training = [replace(sequence, aligned=prealigned_previous(sequence.rf)) for sequence in training]
         train_set = SequenceCrops(
-            training, args.sequence_length, args.patch_size, args.samples_per_epoch, self.seed, args.flip_lateral
+            training,
+            args.sequence_length,
+            args.patch_size,
+            args.samples_per_epoch,
+            self.seed,
+            args.flip_lateral,
+            args.refinement_error_px if args.supervised_weight > 0 else None,
         )
         val_set = None
         if validation_sequences:
@@ -262,6 +285,7 @@ class DeepUSETask(Task):
         states = initial_states(network, torch.cat([fixed, fixed], dim=1))
         previous: torch.Tensor | None = None  # compensated strain of the last step, detached across chunks
         logged: dict[str, list[torch.Tensor]] = {}
+        supervised = self._supervised_term(batch, network) if args.supervised_weight > 0 else None
         steps = list(range(1, rf.shape[1]))
         for first in range(0, len(steps), args.truncation):
             terms: dict[str, list[torch.Tensor]] = {"similarity": [], "smoothness": [], "consistency": []}
@@ -282,7 +306,14 @@ class DeepUSETask(Task):
                         )
                     previous = current
             means = {key: torch.stack(values).mean() for key, values in terms.items() if values}
-            weights = {"similarity": 1.0, "smoothness": args.alpha, "consistency": args.beta}
+            if first == 0 and supervised is not None:
+                means["supervised"] = supervised
+            weights = {
+                "similarity": 1.0,
+                "smoothness": args.alpha,
+                "consistency": args.beta,
+                "supervised": args.supervised_weight,
+            }
             loss = sum(weights[key] * value for key, value in means.items())
             ctx.optimize(loss)
             states = tuple(state.detach() for state in states)
@@ -290,6 +321,18 @@ class DeepUSETask(Task):
             for key, value in {"loss": loss, **means}.items():
                 logged.setdefault(key, []).append(value.detach())
         return {key: torch.stack(values).mean() for key, values in logged.items()}
+
+    def _supervised_term(self, batch: Mapping[str, torch.Tensor], network: nn.Module) -> torch.Tensor:
+        """:func:`supervised_loss` of the network's residual on the batch's refinement pairs."""
+        args = self.args
+        pair = torch.stack([batch["refinement_fixed"], batch["refinement_moving"]], dim=1)
+        residual, _ = network_step(network, pair, initial_states(network, pair))
+        return supervised_loss(
+            residual,
+            batch["refinement_residual"],
+            args.consistency_window_mm,
+            args.simulation_config.axial_spacing_mm,
+        )
 
     @torch.no_grad()
     def validation_step(
@@ -315,7 +358,16 @@ class DeepUSETask(Task):
                 return prealigned_estimate(network_on, first, second)
             return network_on(torch.cat([first, second], dim=1))
 
-        chain = DisplacementChain(frame_to_frame) if args.pairs == "previous" else None
+        def at_rest(reference: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+            padded, size = pad_to_multiple(torch.cat([reference, warped], dim=1), input_multiple(args.axial_fold))
+            return crop_to_size(network_step(network, padded, initial_states(network, padded))[0], size)
+
+        def refine(first: torch.Tensor, second: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
+            return refined_against_reference(at_rest, first, second, displacement)
+
+        chain = None
+        if args.pairs == "previous":
+            chain = DisplacementChain(frame_to_frame, refine if args.validate_refined else None)
         pairs = rf.shape[1] - 1
         nrmse = torch.zeros(rf.shape[0], pairs)
         nrmse_contrast = torch.zeros(rf.shape[0], pairs)
