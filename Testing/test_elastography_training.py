@@ -1,14 +1,16 @@
-"""The unsupervised DeepUSE training task: losses with known answers, TBPTT, data, a tiny run and its bundle.
+"""The DeepUSE training task: losses with known answers, TBPTT, data, refinement pairs, a tiny run and its bundle.
 
 Losses: identical images are at the similarity optimum; a displacement linear in (z, x) costs
-no smoothness; an unchanged strain pattern costs no temporal consistency. Truncated
-back-propagation detaches the recurrent state, so each chunk back-propagates on its own graph.
-A tiny run through ``Trainer`` exports a bundle whose torch and ONNX Runtime predictors reproduce
-the trained network, states included.
+no smoothness; an unchanged strain pattern costs no temporal consistency; the supervised loss is
+the displacement error plus its strain error. Truncated back-propagation detaches the recurrent
+state, so each chunk back-propagates on its own graph. A refinement pair's residual carries its
+moving frame back to the truth, in every crop and flip. A tiny run through ``Trainer`` exports a
+bundle whose torch and ONNX Runtime predictors reproduce the trained network, states included.
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +152,8 @@ def test_task_is_registered_and_committed_configs_are_valid():
         ({"consistency_window_mm": 5.74}, "consistency_window_mm"),
         ({"simulation": {"height": 5}}, "simulation"),
         ({"prealign": True}, "prealign needs pairs: previous"),
+        ({"validate_refined": True}, "validate_refined needs pairs: previous"),
+        ({"supervised_weight": -1.0}, "supervised_weight"),
         ({"axial_fold": 2}, "axial_fold is a USENet option"),
         ({"architecture": "usenet", "axial_fold": 8, "patch_size": [64, 32]}, "multiple of 128"),
     ],
@@ -517,3 +521,16 @@ def test_exported_bundle_reproduces_the_trained_network_with_states(tiny_run):
         outputs = [recurrent.step(pair.numpy())[0] for pair in pairs]
         np.testing.assert_allclose(outputs[0], first.numpy(), atol=1e-4)
         np.testing.assert_allclose(outputs[1], second.numpy(), atol=1e-4)
+
+
+def test_a_supervised_stage_trains_on_refinement_pairs_from_the_simulated_cache(tmp_path):
+    config = tiny_config(tmp_path / "cache")
+    config["task_args"]["pairs"] = "previous"
+    refine = {"supervised_weight": 1.0, "validate_refined": True}
+    config["stages"] = [{"name": "main", "epochs": 1}, {"name": "refine", "epochs": 1, "task_args": refine}]
+    result = Trainer(parse_config(config), output_dir=tmp_path / "run", progress=False, device="cpu").run()
+    with open(tmp_path / "run" / "metrics.csv") as table:
+        rows = list(csv.DictReader(table))
+    assert [row["stage"] for row in rows] == ["main", "refine"]
+    assert rows[0]["train/supervised"] == "" and float(rows[1]["train/supervised"]) > 0
+    assert 0 < result.validation["val/strain_nrmse"] < 100

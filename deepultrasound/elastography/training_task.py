@@ -1,4 +1,4 @@
-"""The ``deepuse`` training task: unsupervised USENet / ReUSENet training on RF sequences.
+"""The ``deepuse`` training task: USENet / ReUSENet on RF sequences, unsupervised (a supervised term optional).
 
 Each training sample is a crop of ``sequence_length`` consecutive RF frames. With ``pairs:
 first`` the first is the fixed frame and every later frame ``t`` is paired with it, as ReUSENet
@@ -173,6 +173,8 @@ class DeepUSEArgs(TaskArgs):
             raise ValueError(f"patch_size rows must be a multiple of {rows} with axial_fold {self.axial_fold}")
         if self.prealign and self.pairs != "previous":
             raise ValueError("prealign needs pairs: previous (pre-aligned training pairs are frame to frame)")
+        if self.validate_refined and self.pairs != "previous":
+            raise ValueError("validate_refined needs pairs: previous (only chained estimates are refined)")
         if self.train_sequences == 0 and not self.real_sequences:
             raise ValueError("no training data: set train_sequences > 0 or give real_sequences")
         spacing = self.simulation_config.axial_spacing_mm
@@ -219,7 +221,8 @@ def _contrast_nrmse(strain: torch.Tensor, truth: torch.Tensor, region: torch.Ten
 
 @register_task
 class DeepUSETask(Task):
-    """Unsupervised displacement estimation for strain elastography (USENet or ReUSENet)."""
+    """Displacement estimation for strain elastography (USENet or ReUSENet), unsupervised on RF pairs
+    with an optional supervised term on simulated refinement pairs."""
 
     name = "deepuse"
     Args = DeepUSEArgs
