@@ -40,6 +40,7 @@ from deepultrasound.elastography.prealign import (
     REFINEMENT_WEIGHT,
     compose_displacements,
     linear_prealignment,
+    mirror_averaged,
 )
 from deepultrasound.elastography.strain import axial_strain_np
 from deepultrasound.errors import BundleError, InputError
@@ -276,7 +277,8 @@ def test_frame_to_frame_bundle_chains_its_prealigned_pairs(prealigned_bundle: Pa
 
 def test_refined_chain_corrects_each_pair_against_the_reference(prealigned_bundle: Path, small_model: ReUSENet) -> None:
     """Each chained estimate is averaged with the network's own estimate against frame 0 (from
-    zero states, the running states untouched), and the chain carries the refined one on."""
+    zero states, the running states untouched, averaged with that of the mirrored pair), and the
+    chain carries the refined one on."""
     rf = _compressed_sequence([-1.0, -2.0], height=128)
     estimator = StrainEstimator(prealigned_bundle, "torch", "cpu")
     assert estimator.refine  # the default for frame-to-frame bundles
@@ -284,9 +286,13 @@ def test_refined_chain_corrects_each_pair_against_the_reference(prealigned_bundl
 
     frames = torch.from_numpy(np.stack([normalise_frame(frame, "frame_max") for frame in rf]))[:, None]
 
+    def at_rest(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        return _network_on_prealigned(small_model, fixed, warped, torch.zeros(1, 2, *fixed.shape[-2:]), ())[0]
+
     def refined(chained: torch.Tensor, k: int) -> torch.Tensor:
         warped = warp_image(frames[k : k + 1], chained)
-        against_reference, _ = _network_on_prealigned(small_model, frames[:1], warped, torch.zeros_like(chained), ())
+        mirrored = at_rest(frames[:1].flip(-1), warped.flip(-1)).flip(-1) * torch.tensor([-1.0, 1.0])[:, None, None]
+        against_reference = 0.5 * (at_rest(frames[:1], warped) + mirrored)
         return chained + REFINEMENT_WEIGHT * (compose_displacements(against_reference, chained) - chained)
 
     with torch.no_grad():
@@ -301,6 +307,23 @@ def test_refined_chain_corrects_each_pair_against_the_reference(prealigned_bundl
     np.testing.assert_allclose(result.displacement[0], refined_first[0].numpy(), atol=1e-4)
     np.testing.assert_allclose(result.displacement[1], refined_second[0].numpy(), atol=1e-4)
     assert np.abs(result.displacement[0] - first[0].numpy()).max() > 1e-3  # the refinement did something
+
+
+def test_mirror_averaging_keeps_a_mirror_equivariant_estimate_and_cancels_a_lateral_bias() -> None:
+    pair = torch.randn(2, 2, 32, 16, generator=torch.Generator().manual_seed(0))
+
+    def equivariant(pair: torch.Tensor) -> torch.Tensor:
+        """Lateral: the moving frame's lateral gradient (odd under mirroring); axial: the fixed frame (even)."""
+        return torch.stack([torch.gradient(pair[:, 1], dim=-1)[0], pair[:, 0]], dim=1)
+
+    def biased(pair: torch.Tensor) -> torch.Tensor:
+        return equivariant(pair) + torch.tensor([0.3, -0.2])[:, None, None]
+
+    expected = equivariant(pair)
+    assert torch.allclose(mirror_averaged(equivariant, pair), expected, atol=1e-6)
+    averaged = mirror_averaged(biased, pair)
+    assert torch.allclose(averaged[:, 0], expected[:, 0], atol=1e-6)  # a lateral bias does not survive mirroring
+    assert torch.allclose(averaged[:, 1], expected[:, 1] - 0.2, atol=1e-6)  # an axial one does
 
 
 @pytest.mark.parametrize(

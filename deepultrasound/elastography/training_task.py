@@ -80,6 +80,7 @@ from deepultrasound.elastography.networks import (
 from deepultrasound.elastography.prealign import (
     PREALIGN_UNIFORM_STRAIN,
     DisplacementChain,
+    mirror_averaged,
     prealigned_estimate,
     prealigned_previous,
     refined_against_reference,
@@ -361,12 +362,17 @@ class DeepUSETask(Task):
                 return prealigned_estimate(network_on, first, second)
             return network_on(torch.cat([first, second], dim=1))
 
-        def at_rest(reference: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
-            padded, size = pad_to_multiple(torch.cat([reference, warped], dim=1), input_multiple(args.axial_fold))
+        def at_rest(pair: torch.Tensor) -> torch.Tensor:
+            padded, size = pad_to_multiple(pair, input_multiple(args.axial_fold))
             return crop_to_size(network_step(network, padded, initial_states(network, padded))[0], size)
 
         def refine(first: torch.Tensor, second: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
-            return refined_against_reference(at_rest, first, second, displacement)
+            return refined_against_reference(
+                lambda reference, warped: mirror_averaged(at_rest, torch.cat([reference, warped], dim=1)),
+                first,
+                second,
+                displacement,
+            )
 
         chain = None
         if args.pairs == "previous":
