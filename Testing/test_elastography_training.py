@@ -422,7 +422,7 @@ def test_validation_runs_the_pairs_as_inference_does(tmp_path, pairs):
 
 def test_refined_validation_refines_each_chained_estimate_from_zero_states(tmp_path):
     """With ``validate_refined``, as ``deepultrasound strain`` runs: (0, 1), refined; (1, 2), on the
-    running states, refined."""
+    running states, refined (each refinement mirror-averaged)."""
     args = {**tiny_config(tmp_path)["task_args"], "pairs": "previous", "validate_refined": True}
     task = DeepUSETask(DeepUSETask.parse_args(args), seed=0)
     network = task.build_networks()[NETWORK].eval()
@@ -434,11 +434,14 @@ def test_refined_validation_refines_each_chained_estimate_from_zero_states(tmp_p
     rf = speckle((1, 3, 64, 32))
     batch = {"rf": rf, "strain": torch.ones(1, 2, 64, 32), "region": torch.ones(1, 64, 32, dtype=torch.bool)}
     assert task.validation_step(batch, {NETWORK: network})["strain_nrmse"].isfinite().all()
-    assert len(seen) == 4
-    (first, *zeros), (reference, *rest), (second, *carried), (again, *rest_again) = seen
+    assert len(seen) == 6  # each pair, then its refinement: against frame 0 mirrored, then as it is
+    (first, *zeros), (mirrored, *rest_mirrored), (reference, *rest) = seen[:3]
+    (second, *carried), (mirrored_again, *rest_mirrored_again), (again, *rest_again) = seen[3:]
     assert torch.equal(first[:, 0], rf[:, 0]) and torch.equal(second[:, 0], rf[:, 1])
     assert torch.equal(reference[:, 0], rf[:, 0]) and torch.equal(again[:, 0], rf[:, 0])
-    assert all(state.abs().sum() == 0 for state in [*zeros, *rest, *rest_again])
+    assert torch.equal(mirrored[:, 0], rf[:, 0].flip(-1)) and torch.equal(mirrored_again[:, 0], rf[:, 0].flip(-1))
+    resting = [*zeros, *rest, *rest_mirrored, *rest_again, *rest_mirrored_again]
+    assert all(state.abs().sum() == 0 for state in resting)
     assert all(torch.equal(state, out) for state, out in zip(carried, returned[0][1:]))  # the first pair's states
 
 
