@@ -50,6 +50,19 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, window: tuple[int, int]) -> No
         raise InputError(f"window {tuple(window)} must be positive and fit in the images of size {tuple(a.shape[-2:])}")
 
 
+def _complete_window_rows(height: int, window_mm: float, axial_spacing_mm: float, at_least: int) -> slice:
+    """The rows of an ``height``-row strain image whose least-squares window is complete (half a
+    window dropped at each end); an :class:`InputError` if fewer than ``at_least`` are left."""
+    half = window_samples(window_mm, axial_spacing_mm) // 2
+    if height - 2 * half < at_least:
+        left = "none" if at_least == 1 else f"fewer than {at_least} rows"
+        raise InputError(
+            f"strain images of {height} rows leave {left} once {half} rows are dropped at each end for a "
+            f"{window_mm} mm window; use taller patches or a shorter window"
+        )
+    return slice(half, height - half)
+
+
 def local_ncc(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -159,13 +172,7 @@ def consistency_loss(
         window: NCC tile size (rows, columns).
         reduction: ``"mean"`` or ``"none"`` (``(B,)``).
     """
-    half = window_samples(window_mm, axial_spacing_mm) // 2
-    if previous.shape[-2] - 2 * half < window[0]:
-        raise InputError(
-            f"strain images of {previous.shape[-2]} rows leave fewer than {window[0]} rows once {half} rows are "
-            f"dropped at each end for a {window_mm} mm window; use taller patches or a shorter window"
-        )
-    rows = slice(half, previous.shape[-2] - half)
+    rows = _complete_window_rows(previous.shape[-2], window_mm, axial_spacing_mm, at_least=window[0])
     return 1.0 - local_ncc(previous[..., rows, :], current[..., rows, :], window, reduction=reduction)
 
 
@@ -192,13 +199,8 @@ def supervised_loss(
         raise InputError(
             f"expected two (B, 2, H, W) displacements, got {tuple(displacement.shape)} and {tuple(truth.shape)}"
         )
-    half = window_samples(window_mm, axial_spacing_mm) // 2
-    if displacement.shape[-2] <= 2 * half:
-        raise InputError(
-            f"{displacement.shape[-2]} rows leave none once {half} rows are dropped at each end for a "
-            f"{window_mm} mm strain window; use taller patches or a shorter window"
-        )
+    rows = _complete_window_rows(displacement.shape[-2], window_mm, axial_spacing_mm, at_least=1)
     error = displacement - truth
-    strain_error = axial_strain(error, window_mm, axial_spacing_mm)[..., half : error.shape[-2] - half, :]
+    strain_error = axial_strain(error, window_mm, axial_spacing_mm)[..., rows, :]
     per_sample = error.abs().flatten(1).mean(1) + strain_error.abs().flatten(1).mean(1)
     return _reduce(per_sample, reduction)

@@ -351,11 +351,20 @@ class DeepUSETask(Task):
         fixed = rf[:, :1]
         states = initial_states(network, torch.cat([fixed, fixed], dim=1))
 
+        def padded_step(
+            pair: torch.Tensor, states: tuple[torch.Tensor, ...] | None
+        ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+            """:func:`network_step` on ``pair`` padded to the network's multiple (None: from zero states)."""
+            padded, size = pad_to_multiple(pair, input_multiple(args.axial_fold))
+            if states is None:
+                states = initial_states(network, padded)
+            displacement, states = network_step(network, padded, states)
+            return crop_to_size(displacement, size), states
+
         def network_on(pair: torch.Tensor) -> torch.Tensor:
             nonlocal states
-            padded, size = pad_to_multiple(pair, input_multiple(args.axial_fold))
-            displacement, states = network_step(network, padded, states)
-            return crop_to_size(displacement, size)
+            displacement, states = padded_step(pair, states)
+            return displacement
 
         def frame_to_frame(first: torch.Tensor, second: torch.Tensor, starts: bool) -> torch.Tensor:
             if args.prealign:
@@ -363,8 +372,7 @@ class DeepUSETask(Task):
             return network_on(torch.cat([first, second], dim=1))
 
         def at_rest(pair: torch.Tensor) -> torch.Tensor:
-            padded, size = pad_to_multiple(pair, input_multiple(args.axial_fold))
-            return crop_to_size(network_step(network, padded, initial_states(network, padded))[0], size)
+            return padded_step(pair, None)[0]
 
         def refine(first: torch.Tensor, second: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
             return refined_against_reference(
