@@ -1,9 +1,11 @@
 """Model runtime: bundle export/load round trips, backend parity, tamper detection, atomic save,
-bundle listing, device choice and input validation, on tiny networks (a conv net, a ConvGRU, and
-a recurrent net that takes its states as ``*states``)."""
+bundle listing, device choice and input validation, on tiny networks (a conv net, a ConvGRU, a
+recurrent net that takes its states as ``*states``, a net with integer inputs and outputs, and a
+second network beside the conv net); the manifest's inference section and format-1 migration."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -19,6 +21,7 @@ from deepultrasound.errors import BundleError, InputError
 from deepultrasound.runtime import (
     MODELS_ENVIRONMENT_VARIABLE,
     BundleSummary,
+    Predictor,
     RecurrentPredictor,
     StateSpec,
     build_architecture,
@@ -36,7 +39,14 @@ from deepultrasound.runtime import (
     save_bundle,
 )
 from deepultrasound.runtime import export as export_module
+from deepultrasound.runtime.bundle import NetworkExport
 from deepultrasound.runtime.device import DEVICE_ENVIRONMENT_VARIABLE, available_devices
+from deepultrasound.runtime.inference_specs import ElastographyInference, SuperResolutionInference
+from deepultrasound.runtime.manifest import Manifest, migrate_manifest
+from deepultrasound.runtime.parity import verify_parity
+from deepultrasound.training.config import TrainConfig
+from deepultrasound.training.export import export_bundle
+from deepultrasound.training.task import ComponentExport, ExportSpec
 
 BACKENDS = ("torch", "torchscript", "onnxruntime")
 # the architectures are registered below; the manifest must still name a module of the package
@@ -96,13 +106,46 @@ class TinyVarStatesNet(nn.Module):
         return self.head(torch.cat([nn.functional.interpolate(coarse, scale_factor=2.0), fine], 1)), coarse, fine
 
 
+@register_architecture("test-tiny-labelled")
+class TinyLabelledNet(nn.Module):
+    """(B, 1, H, W) float image, (B, H, W) int64 label map of 3 classes, (B,) int64 timesteps < 10
+    -> (B, 1, H, W) float image and (B, H, W) int64 class map, like a label-conditioned denoiser."""
+
+    def __init__(self, classes: int = 3, timesteps: int = 10) -> None:
+        super().__init__()
+        self.label_embedding = nn.Embedding(classes, 2)
+        self.time_embedding = nn.Embedding(timesteps, 2)
+        self.mix = nn.Conv2d(3, classes + 1, 3, padding=1)
+
+    def forward(self, image: torch.Tensor, labels: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        condition = self.label_embedding(labels).permute(0, 3, 1, 2) + self.time_embedding(timestep)[:, :, None, None]
+        mixed = self.mix(torch.cat([image, condition], dim=1))
+        return mixed[:, :1], mixed[:, 1:].argmax(dim=1)
+
+
+@register_architecture("test-tiny-head")
+class TinyHead(nn.Module):
+    """(B, 1, H, W) -> (B, 3, H, W): a second network that reads the conv net's output."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, classes, 3, padding=1)
+
+    def forward(self, strain: torch.Tensor) -> torch.Tensor:
+        return self.conv(strain)
+
+
+LABEL_VALUES = [0, 1, 2]
+TIMESTEPS = (0, 9)
+
+
 def _conv_model() -> TinyConvNet:
     torch.manual_seed(0)
     return TinyConvNet(4)
 
 
-def _save_conv(directory: Path, **overrides) -> Path:
-    model = _conv_model()
+def _save_conv(directory: Path, model: nn.Module | None = None, **overrides) -> Path:
+    model = model or _conv_model()
     arguments = dict(
         name="tiny-conv",
         version="1.0",
@@ -163,6 +206,51 @@ def varstates_bundle(tmp_path_factory) -> Path:
             StateSpec(input="fine", output="next_fine", channels=1, stride=1),
         ],
     )
+
+
+def _labelled_example(batch: int = 2, height: int = 16, width: int = 12, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(batch, 1, height, width, generator=generator),
+        torch.randint(0, 3, (batch, height, width), generator=generator),
+        torch.randint(0, 10, (batch,), generator=generator),
+    )
+
+
+@pytest.fixture(scope="module")
+def labelled_bundle(tmp_path_factory) -> Path:
+    torch.manual_seed(3)
+    return save_bundle(
+        tmp_path_factory.mktemp("bundles") / "labelled",
+        TinyLabelledNet(),
+        name="tiny-labelled",
+        version="1.0",
+        task="test",
+        architecture="test-tiny-labelled",
+        architecture_module=MODULE,
+        architecture_args={},
+        example_inputs=_labelled_example(),
+        input_names=["image", "labels", "timestep"],
+        output_names=["denoised", "classes"],
+        input_values={"labels": LABEL_VALUES},
+        input_ranges={"timestep": TIMESTEPS},
+    )
+
+
+@pytest.fixture(scope="module")
+def two_network_bundle(tmp_path_factory) -> tuple[Path, TinyConvNet, TinyHead]:
+    torch.manual_seed(4)
+    main, head = _conv_model(), TinyHead()
+    head_export = NetworkExport(
+        architecture="test-tiny-head",
+        architecture_module=MODULE,
+        architecture_args={},
+        example_inputs=(torch.randn(1, 1, 16, 12),),
+        input_names=["strain"],
+        output_names=["scores"],
+    )
+    path = _save_conv(tmp_path_factory.mktemp("bundles") / "two", model=main, components={"head": (head, head_export)})
+    return path, main, head
 
 
 @pytest.fixture
@@ -526,3 +614,303 @@ def test_bundle_command(gru_bundle, conv_copy, capsys):
     (conv_copy / "model.onnx").write_bytes(b"tampered")
     assert cli.main(["bundle", str(conv_copy)]) == 2
     assert "model.onnx" in capsys.readouterr().err
+
+
+# --- tensor dtypes -------------------------------------------------------------------------
+
+
+def test_integer_and_channel_less_inputs_are_described_by_dtype_and_domain(labelled_bundle):
+    manifest = load_bundle(labelled_bundle).manifest
+    described = {spec.name: (spec.shape, spec.dtype, spec.values, spec.range) for spec in manifest.inputs}
+    assert described == {
+        "image": (["B", 1, "H", "W"], "float32", None, None),
+        "labels": (["B", "H", "W"], "int64", LABEL_VALUES, None),
+        "timestep": (["B"], "int64", None, TIMESTEPS),
+    }
+    assert [(spec.shape, spec.dtype) for spec in manifest.outputs] == [
+        (["B", 1, "H", "W"], "float32"),
+        (["B", "H", "W"], "int64"),
+    ]
+
+
+def test_integer_inputs_and_outputs_agree_across_backends(labelled_bundle):
+    inputs = [tensor.numpy() for tensor in _labelled_example(batch=3, height=24, width=20, seed=5)]
+    model = load_bundle(labelled_bundle).build_torch_model()
+    with torch.no_grad():
+        expected = [tensor.numpy() for tensor in model(*map(torch.from_numpy, inputs))]
+    for backend in BACKENDS:
+        denoised, classes = create_predictor(labelled_bundle, backend, device="cpu").predict(*inputs)
+        assert denoised.dtype == np.float32 and classes.dtype == np.int64, backend
+        np.testing.assert_allclose(denoised, expected[0], atol=1e-5, err_msg=backend)
+        np.testing.assert_array_equal(classes, expected[1], err_msg=backend)
+    tensors = create_predictor(labelled_bundle, "torch", device="cpu").predict_tensors(*map(torch.from_numpy, inputs))
+    assert [tensor.dtype for tensor in tensors] == [torch.float32, torch.int64]
+
+
+def test_parity_draws_inputs_within_each_spec(labelled_bundle, monkeypatch):
+    drawn = []
+    original = Predictor.predict
+
+    def recording(self, *inputs):
+        drawn.append(inputs)
+        return original(self, *inputs)
+
+    monkeypatch.setattr(Predictor, "predict", recording)
+    report = check_parity(labelled_bundle)
+    assert report.ok and set(report.differences) == {"torchscript", "onnxruntime"}, report
+    assert len(drawn) == 3
+    for image, labels, timestep in drawn:
+        assert image.dtype == np.float32 and labels.dtype == np.int64 and timestep.dtype == np.int64
+        assert set(np.unique(labels)) == set(LABEL_VALUES)
+        assert TIMESTEPS[0] <= timestep.min() and timestep.max() <= TIMESTEPS[1]
+
+
+@pytest.mark.parametrize(
+    "index, value, message",
+    [
+        (1, 3, r"values \[3\] not among its values \[0, 1, 2\]"),
+        (1, 0.5, "whole numbers"),
+        (2, 10, r"outside its range \[0.0, 9.0\]"),
+    ],
+    ids=["unknown-label", "fractional-label", "timestep-out-of-range"],
+)
+def test_integer_inputs_outside_their_domain_are_refused(labelled_bundle, index, value, message):
+    inputs = [tensor.numpy().astype(np.float64) for tensor in _labelled_example()]
+    inputs[index].flat[0] = value
+    with pytest.raises(InputError, match=message):
+        create_predictor(labelled_bundle, "torch", device="cpu").predict(*inputs)
+
+
+def test_integer_inputs_need_a_domain(tmp_path):
+    with pytest.raises(InputError, match="integer input 'labels' needs a range or values"):
+        save_bundle(
+            tmp_path / "b",
+            TinyLabelledNet(),
+            name="b",
+            version="1",
+            task="test",
+            architecture="test-tiny-labelled",
+            architecture_module=MODULE,
+            architecture_args={},
+            example_inputs=_labelled_example(),
+            input_names=["image", "labels", "timestep"],
+            output_names=["denoised", "classes"],
+            input_ranges={"timestep": TIMESTEPS},
+        )
+    assert not (tmp_path / "b").exists()
+
+
+# --- several networks in one bundle ---------------------------------------------------------
+
+
+def test_a_bundle_holds_several_networks_each_loaded_and_run_by_name(two_network_bundle):
+    path, main, head = two_network_bundle
+    bundle = load_bundle(path)
+    assert bundle.manifest.network_names() == ["main", "head"]
+    assert sorted(bundle.manifest.files) == [
+        "head.model.onnx",
+        "head.model.torchscript.pt",
+        "head.weights.safetensors",
+        "model.onnx",
+        "model.torchscript.pt",
+        "weights.safetensors",
+    ]
+    assert bundle.manifest.architecture == "test-tiny-conv"  # single-network code reads the main network
+    frames = torch.randn(1, 2, 24, 20)
+    with torch.no_grad():
+        strain = main(frames)
+        scores = head(strain)
+    for name, network, example, expected in (("main", None, frames, strain), ("head", "head", strain, scores)):
+        rebuilt = bundle.build_torch_model(name=network)
+        with torch.no_grad():
+            torch.testing.assert_close(rebuilt(example), expected, atol=1e-6, rtol=0)
+        for backend in BACKENDS:
+            (output,) = create_predictor(bundle, backend, "cpu", network=network).predict(example.numpy())
+            np.testing.assert_allclose(output, expected.numpy(), atol=1e-5, err_msg=f"{name} {backend}")
+    assert check_parity(bundle, network="head").ok
+    with pytest.raises(InputError, match="has no network 'vae'; it has main, head"):
+        create_predictor(bundle, "torch", "cpu", network="vae")
+
+
+def test_a_tampered_component_file_is_refused(two_network_bundle, tmp_path):
+    copy = Path(shutil.copytree(two_network_bundle[0], tmp_path / "copy"))
+    data = bytearray((copy / "head.weights.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "head.weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"head\.weights\.safetensors fails its sha256 check"):
+        load_bundle(copy)
+
+
+# --- float16 weights ----------------------------------------------------------------------
+
+
+def test_float16_weights_halve_the_file_and_stay_within_rounding_of_float32(tmp_path):
+    torch.manual_seed(5)
+    model, arguments = TinyConvNet(32), {"architecture_args": {"channels": 32}, "formats": ("onnx",)}  # 10k weights
+    full = _save_conv(tmp_path / "full", model, **arguments)
+    half = _save_conv(tmp_path / "half", model, weights_dtype="float16", **arguments)
+    size = {path: (path / "weights.safetensors").stat().st_size for path in (full, half)}
+    assert size[half] < 0.6 * size[full]
+    rebuilt = load_bundle(half).build_torch_model()
+    assert all(value.dtype == torch.float32 for value in rebuilt.state_dict().values())
+    frames = np.random.default_rng(3).standard_normal((1, 2, 32, 24)).astype(np.float32)
+    (reference,) = create_predictor(full, "torch", device="cpu").predict(frames)
+    (rounded,) = create_predictor(half, "torch", device="cpu").predict(frames)
+    # weights rounded to float16 (relative error <= 2**-11) move the output by a few parts in 1e4
+    difference = np.abs(rounded - reference).max()
+    assert 0 < difference < 2e-3 * np.abs(reference).max()
+    # the graphs were traced from the rounded weights: the backends agree as closely as float32 ones
+    assert check_parity(half, atol=1e-5).ok
+
+
+def test_parity_is_checked_at_export_and_a_disagreeing_graph_is_refused(tmp_path, monkeypatch):
+    path = _save_conv(tmp_path / "checked", formats=("onnx",), verify=functools.partial(verify_parity, atol=1e-4))
+    figures = load_bundle(path).manifest.metrics["parity"]
+    assert (
+        set(figures) == {"main"} and set(figures["main"]) == {"onnxruntime"} and figures["main"]["onnxruntime"] < 1e-4
+    )
+    real_write_onnx = export_module.write_onnx
+
+    def perturbed(model, *args):
+        wrong = _conv_model()
+        wrong.load_state_dict({key: value + 0.1 for key, value in model.state_dict().items()})
+        real_write_onnx(wrong.eval(), *args)
+
+    monkeypatch.setattr(export_module, "write_onnx", perturbed)
+    with pytest.raises(BundleError, match="the exported graphs disagree with the network"):
+        _save_conv(tmp_path / "broken", formats=("onnx",), verify=functools.partial(verify_parity, atol=1e-4))
+    assert not (tmp_path / "broken").exists()
+
+
+# --- inference section and format 1 ---------------------------------------------------------
+
+FORMAT_1_MANIFEST = Path(__file__).parent / "data" / "manifest_format1_usenet-fast-deepuse.json"
+
+
+def test_a_format_1_manifest_moves_its_frame_pair_settings_into_inference():
+    raw = json.loads(FORMAT_1_MANIFEST.read_text())
+    assert raw["format_version"] == 1 and raw["normalisation"]["pairs"] == "previous"
+    manifest = Manifest.model_validate(raw)
+    assert manifest.format_version == 2
+    assert manifest.inference == ElastographyInference(
+        pairs="previous", prealign="uniform_strain", input_multiple=(64, 16)
+    )
+    assert manifest.normalisation == {key: raw["normalisation"][key] for key in ("kind", "description")}
+    assert manifest.files == raw["files"] and manifest.architecture_args == raw["architecture_args"]
+    assert migrate_manifest(manifest.model_dump(mode="json")) == manifest.model_dump(mode="json")  # 2 stays 2
+
+
+def test_a_format_1_bundle_loads_and_is_rewritten_as_format_2(conv_copy):
+    manifest = json.loads((conv_copy / "manifest.json").read_text())
+    assert manifest["format_version"] == 2 and "inference" not in manifest
+    for key in ("components", "weights_dtype"):  # format 1 had neither
+        del manifest[key]
+    manifest.update(format_version=1, task="elastography", normalisation={"kind": "none", "pairs": "previous"})
+    (conv_copy / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_bundle(conv_copy).manifest
+    assert loaded.inference == ElastographyInference(pairs="previous") and loaded.normalisation == {"kind": "none"}
+    record_metrics(conv_copy, "note", {"ok": 1})
+    assert json.loads((conv_copy / "manifest.json").read_text())["format_version"] == 2
+
+
+@pytest.mark.parametrize(
+    "inference, message",
+    [
+        ({"kind": "elastography", "pairs": "first", "window": 3}, "window"),
+        ({"kind": "elastography", "version": 2}, "version"),
+        ({"kind": "elastography", "pairs": "first", "prealign": "uniform_strain"}, "needs pairs 'previous'"),
+        ({"kind": "tomography"}, "tomography"),
+        ({"kind": "superres", "factor": 4, "phase": 4}, "phase 4 must be below factor 4"),
+        (
+            {
+                "kind": "diffusion",
+                "schedule": {"name": "linear_beta", "num_train_timesteps": 10, "beta_start": 1e-4, "beta_end": 0.02},
+                "sampling_steps": 50,
+                "label_classes": [{"name": "background", "value": 0}],
+                "image_size": [64, 64],
+            },
+            "sampling_steps 50 exceeds the 10 training steps",
+        ),
+        (
+            {"kind": "registration", "input_size": [128, 128], "label_classes": [{"name": "a", "value": 1}] * 2},
+            "distinct",
+        ),
+    ],
+    ids=["unknown-key", "unknown-version", "prealign-first", "unknown-kind", "superres-phase", "diffusion", "labels"],
+)
+def test_invalid_inference_sections_are_refused(conv_copy, inference, message):
+    manifest = json.loads((conv_copy / "manifest.json").read_text())
+    manifest["inference"] = inference
+    (conv_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(conv_copy)
+
+
+def test_each_capability_has_an_inference_section(conv_copy):
+    sections = {
+        "diffusion": {
+            "kind": "diffusion",
+            "schedule": {"name": "linear_beta", "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
+            "bmap": {"enabled": True, "eps": 1e-3, "probe": "sector"},
+            "sampler": "ddpm",
+            "sampling_steps": 250,
+            "guidance_scale": 2.0,
+            "label_classes": [{"name": "background", "value": 0}, {"name": "myocardium", "value": 2}],
+            "image_size": [256, 256],
+        },
+        "registration": {"kind": "registration", "input_size": [128, 128], "diffeomorphic": True},
+        "superres": {"kind": "superres", "factor": 4, "phase": 1},
+        "elastography": {"kind": "elastography", "pairs": "previous", "prealign": "uniform_strain"},
+    }
+    for kind, section in sections.items():
+        manifest = json.loads((conv_copy / "manifest.json").read_text())
+        manifest["inference"] = section
+        (conv_copy / "manifest.json").write_text(json.dumps(manifest))
+        loaded = load_bundle(conv_copy).manifest.inference
+        assert loaded.kind == kind
+        dumped = loaded.model_dump(mode="json")
+        assert {key: dumped[key] for key in section} == section
+
+
+# --- training export ------------------------------------------------------------------------
+
+
+class _TwoNetworkTask:
+    """What :func:`export_bundle` reads of a task: an export spec naming a main network and a component."""
+
+    def export_spec(self) -> ExportSpec:
+        head = ComponentExport(
+            network="classifier",
+            architecture="test-tiny-head",
+            architecture_module=MODULE,
+            architecture_args={},
+            example_inputs=(torch.randn(1, 1, 16, 12),),
+            input_names=["strain"],
+            output_names=["scores"],
+        )
+        return ExportSpec(
+            network="regressor",
+            architecture="test-tiny-conv",
+            architecture_module=MODULE,
+            architecture_args={"channels": 4},
+            example_inputs=(torch.randn(1, 2, 16, 12),),
+            input_names=["frames"],
+            output_names=["strain"],
+            inference=SuperResolutionInference(factor=2),
+            components={"head": head},
+        )
+
+
+@pytest.mark.parametrize("formats", [["onnx"], []], ids=["onnx", "weights-only"])
+def test_training_export_writes_the_configured_formats_of_every_network(tmp_path, formats):
+    config = TrainConfig.model_validate({"task": "toy", "stages": [{"epochs": 1}], "bundle": {"formats": formats}})
+    networks = {"regressor": _conv_model(), "classifier": TinyHead()}
+    path = export_bundle(_TwoNetworkTask(), networks, config, {"loss": 0.5}, tmp_path / "bundle")
+    manifest = load_bundle(path).manifest
+    graphs = ["head.model.onnx", "model.onnx"] if formats else []
+    assert sorted(manifest.files) == sorted(graphs + ["head.weights.safetensors", "weights.safetensors"])
+    assert manifest.inference == SuperResolutionInference(factor=2) and manifest.metrics["loss"] == 0.5
+    # parity was checked at export for what is shipped, and recorded
+    assert set(manifest.metrics["parity"]) == ({"main", "head"} if formats else set())
+    head = load_bundle(path).build_torch_model(name="head")
+    torch.testing.assert_close(head.state_dict(), networks["classifier"].state_dict())

@@ -8,6 +8,7 @@ Typical use::
     predictor = create_predictor(bundle, backend="onnxruntime", device="auto")
     strain, = predictor.predict(frames)              # numpy in, numpy out
     strain, = predictor.predict_tensors(tensors)     # torch in, torch out, on the model's device
+    vae = create_predictor(bundle, network="vae")    # a further network of the bundle, by name
     list_bundles()                                   # installed bundles: the package's models folder
                                                      # and the folders in DEEPULTRASOUND_MODELS
 """
@@ -26,6 +27,7 @@ from deepultrasound.runtime.bundle import (
     Bundle,
     BundleSummary,
     Manifest,
+    NetworkExport,
     StateSpec,
     TensorSpec,
     bundled_models_dir,
@@ -37,6 +39,7 @@ from deepultrasound.runtime.bundle import (
     save_bundle,
 )
 from deepultrasound.runtime.device import available_devices, choose_device
+from deepultrasound.runtime.manifest import NetworkSpec
 from deepultrasound.runtime.parity import ParityReport, check_parity
 
 __all__ = [
@@ -47,6 +50,8 @@ __all__ = [
     "Bundle",
     "BundleSummary",
     "Manifest",
+    "NetworkExport",
+    "NetworkSpec",
     "ParityReport",
     "Predictor",
     "RecurrentPredictor",

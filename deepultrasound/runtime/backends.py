@@ -1,10 +1,11 @@
 """One inference interface over three backends: eager torch, TorchScript and ONNX Runtime.
 
-``create_predictor(bundle, backend)`` returns a :class:`Predictor`; ``predict`` takes and
-returns float32 numpy arrays in the order of the exported graphs (data inputs, then states), and
-``predict_tensors`` the same as torch tensors that stay on the model's device (no host copy with
-the torch and TorchScript backends). :class:`RecurrentPredictor` keeps the states of a recurrent
-model between numpy calls.
+``create_predictor(bundle, backend, network=...)`` returns a :class:`Predictor` of one network of
+the bundle (the main one by default); ``predict`` takes and returns numpy arrays in the order of
+the exported graphs (data inputs, then states), each in the dtype of its TensorSpec (float32 data,
+integer label maps or timesteps), and ``predict_tensors`` the same as torch tensors that stay on
+the model's device (no host copy with the torch and TorchScript backends).
+:class:`RecurrentPredictor` keeps the states of a recurrent model between numpy calls.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from deepultrasound.errors import InputError
 from deepultrasound.runtime.bundle import Bundle, load_bundle
 from deepultrasound.runtime.device import choose_device
-from deepultrasound.runtime.manifest import FILE_NAMES
+from deepultrasound.runtime.manifest import MAIN_NETWORK, NetworkSpec, TensorSpec, file_name
 from deepultrasound.runtime.shapes import check_shapes
 
 logger = logging.getLogger(__name__)
@@ -37,25 +38,32 @@ class Predictor(ABC):
 
     Attributes:
         bundle: the verified bundle.
+        network: the name of the network run (see :meth:`Manifest.network_names`).
+        spec: its manifest entry (inputs, outputs, states).
         backend: "torch", "torchscript" or "onnxruntime".
         device: the torch device the model runs on (ONNX Runtime: CUDA or CPU).
     """
 
     backend: str
 
-    def __init__(self, bundle: Bundle, device: torch.device) -> None:
+    def __init__(self, bundle: Bundle, device: torch.device, network: str = MAIN_NETWORK) -> None:
         self.bundle = bundle
+        self.network = network
+        self.spec: NetworkSpec = bundle.manifest.network(network)
         self.device = device
-        self._inputs = bundle.manifest.graph_inputs()
+        self._inputs = self.spec.graph_inputs()
+        self._outputs = self.spec.graph_outputs()
 
     def predict(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         """Outputs (data outputs, then updated states) for ``inputs`` (data inputs, then states).
 
-        Arrays are converted to the dtype of their TensorSpec (float32).
+        Arrays are converted to the dtype of their TensorSpec; integer inputs must hold whole
+        numbers within the spec's ``range`` or ``values``.
 
         Raises:
             InputError: wrong number of inputs, rank, fixed size or inconsistent symbolic size
-                (the message gives expected and given shapes), or non-finite values.
+                (the message gives expected and given shapes), non-finite values, or values an
+                integer input may not hold.
         """
         arrays = [np.asarray(array) for array in inputs]
         check_shapes([(spec.name, spec.shape) for spec in self._inputs], [array.shape for array in arrays])
@@ -63,14 +71,13 @@ class Predictor(ABC):
         for spec, array in zip(self._inputs, arrays):
             if not np.issubdtype(array.dtype, np.number):
                 raise InputError(f"input {spec.name!r} has dtype {array.dtype}; expected a numeric array")
-            array = np.ascontiguousarray(array, dtype=np.dtype(spec.dtype))
             if not np.isfinite(array).all():
                 raise InputError(f"input {spec.name!r} contains NaN or infinite values")
-            converted.append(array)
+            converted.append(_converted(array, spec))
         return self._run(converted)
 
     def predict_tensors(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """:meth:`predict` on torch tensors: float32 outputs on the first input's device.
+        """:meth:`predict` on torch tensors: outputs in their specs' dtypes on the first input's device.
 
         The device-resident path of a live stream: with the torch and TorchScript backends,
         inputs on the model's device are used as they are and outputs stay there (no host copy,
@@ -89,29 +96,53 @@ class Predictor(ABC):
 
     def _run_tensors(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Run the model on shape-checked tensors; this default goes through :meth:`_run` on the host."""
-        arrays = [np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float32) for tensor in inputs]
+        arrays = [
+            np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.dtype(spec.dtype))
+            for tensor, spec in zip(inputs, self._inputs)
+        ]
         device = inputs[0].device
         return tuple(torch.from_numpy(output).to(device) for output in self._run(arrays))
 
     def __repr__(self) -> str:
         manifest = self.bundle.manifest
+        network = "" if self.network == MAIN_NETWORK else f", network={self.network}"
         return (
-            f"{type(self).__name__}({manifest.name} {manifest.version}, backend={self.backend}, device={self.device})"
+            f"{type(self).__name__}({manifest.name} {manifest.version}{network}, backend={self.backend}, "
+            f"device={self.device})"
         )
+
+
+def _converted(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """``array`` as a contiguous array of ``spec.dtype``; integer specs take whole numbers within
+    their ``range`` or ``values`` only (a float label map is not silently truncated)."""
+    if spec.is_float:
+        return np.ascontiguousarray(array, dtype=np.dtype(spec.dtype))
+    if not np.array_equal(array, np.round(array)):
+        raise InputError(f"input {spec.name!r} is {spec.dtype}: it takes whole numbers, got fractional values")
+    if spec.range is not None and array.size and (array.min() < spec.range[0] or array.max() > spec.range[1]):
+        raise InputError(
+            f"input {spec.name!r} holds values in [{array.min()}, {array.max()}], outside its range {list(spec.range)}"
+        )
+    if spec.values is not None and not np.isin(array, spec.values).all():
+        unknown = np.setdiff1d(np.unique(array), spec.values)[:10].astype(np.int64)
+        raise InputError(f"input {spec.name!r} holds values {unknown.tolist()} not among its values {spec.values}")
+    return np.ascontiguousarray(array, dtype=np.dtype(spec.dtype))
 
 
 class _TorchModulePredictor(Predictor):
     """Shared part of the eager and TorchScript backends: a callable module on ``device``.
 
-    With ``half``, the module's weights are float16 and inputs are cast to float16 on the way in;
-    outputs are float32 either way.
+    With ``half``, the module's weights are float16 and floating-point inputs are cast to float16
+    on the way in; outputs are in their specs' dtypes either way (float32 data).
     """
 
-    def __init__(self, bundle: Bundle, device: torch.device, module: torch.nn.Module, half: bool) -> None:
-        super().__init__(bundle, device)
+    def __init__(self, bundle: Bundle, device: torch.device, network: str, module: torch.nn.Module, half: bool) -> None:
+        super().__init__(bundle, device, network)
         self.half = half
-        self._dtype = torch.float16 if half else torch.float32
+        self._float = torch.float16 if half else torch.float32
         self._module = module.half() if half else module
+        self._input_dtypes = [self._float if spec.is_float else getattr(torch, spec.dtype) for spec in self._inputs]
+        self._output_dtypes = [getattr(torch, spec.dtype) for spec in self._outputs]
 
     def _run(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         outputs = self._run_tensors([torch.from_numpy(array) for array in inputs])
@@ -120,9 +151,11 @@ class _TorchModulePredictor(Predictor):
     def _run_tensors(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         device = inputs[0].device
         with torch.inference_mode():
-            outputs = self._module(*[tensor.to(self.device, self._dtype) for tensor in inputs])
+            outputs = self._module(
+                *[tensor.to(self.device, dtype) for tensor, dtype in zip(inputs, self._input_dtypes)]
+            )
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-        return tuple(output.to(device, torch.float32) for output in outputs)
+        return tuple(output.to(device, dtype) for output, dtype in zip(outputs, self._output_dtypes))
 
 
 class TorchPredictor(_TorchModulePredictor):
@@ -130,8 +163,8 @@ class TorchPredictor(_TorchModulePredictor):
 
     backend = "torch"
 
-    def __init__(self, bundle: Bundle, device: torch.device, half: bool = False) -> None:
-        super().__init__(bundle, device, bundle.build_torch_model(device), half)
+    def __init__(self, bundle: Bundle, device: torch.device, network: str = MAIN_NETWORK, half: bool = False) -> None:
+        super().__init__(bundle, device, network, bundle.build_torch_model(device, network), half)
 
 
 class TorchScriptPredictor(_TorchModulePredictor):
@@ -139,11 +172,11 @@ class TorchScriptPredictor(_TorchModulePredictor):
 
     backend = "torchscript"
 
-    def __init__(self, bundle: Bundle, device: torch.device, half: bool = False) -> None:
+    def __init__(self, bundle: Bundle, device: torch.device, network: str = MAIN_NETWORK, half: bool = False) -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)  # TorchScript is deprecated, still served
-            module = torch.jit.load(io.BytesIO(bundle.read("torchscript")), map_location=device)
-        super().__init__(bundle, device, module.eval(), half)
+            module = torch.jit.load(io.BytesIO(bundle.read("torchscript", network)), map_location=device)
+        super().__init__(bundle, device, network, module.eval(), half)
 
 
 class OnnxRuntimePredictor(Predictor):
@@ -151,7 +184,7 @@ class OnnxRuntimePredictor(Predictor):
 
     backend = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, device: torch.device, threads: int | None) -> None:
+    def __init__(self, bundle: Bundle, device: torch.device, network: str, threads: int | None) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -170,19 +203,23 @@ class OnnxRuntimePredictor(Predictor):
         elif device.type != "cpu":
             logger.warning("onnxruntime does not run on %s; running on the CPU", device)
             device = torch.device("cpu")
-        super().__init__(bundle, device)
-        self._session = onnxruntime.InferenceSession(bundle.read("onnx"), options, providers=providers)
+        super().__init__(bundle, device, network)
+        self._session = onnxruntime.InferenceSession(bundle.read("onnx", network), options, providers=providers)
         self._names = [value.name for value in self._session.get_inputs()]
 
     def _run(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         outputs = self._session.run(None, dict(zip(self._names, inputs)))
-        return tuple(np.asarray(output, dtype=np.float32) for output in outputs)
+        return tuple(np.asarray(output, dtype=np.dtype(spec.dtype)) for output, spec in zip(outputs, self._outputs))
 
 
-def available_backends(bundle: Bundle) -> list[str]:
-    """The backends this bundle can run on: torch always, the others when their file was exported."""
-    files = {"torchscript": FILE_NAMES["torchscript"], "onnxruntime": FILE_NAMES["onnx"]}
-    return [backend for backend in BACKENDS if backend not in files or files[backend] in bundle.manifest.files]
+def available_backends(bundle: Bundle, network: str = MAIN_NETWORK) -> list[str]:
+    """The backends ``network`` of this bundle can run on: torch always, the others when their file was exported."""
+    kinds = {"torchscript": "torchscript", "onnxruntime": "onnx"}
+    return [
+        backend
+        for backend in BACKENDS
+        if backend not in kinds or file_name(kinds[backend], network) in bundle.manifest.files
+    ]
 
 
 def create_predictor(
@@ -191,8 +228,9 @@ def create_predictor(
     device: str | torch.device | None = None,
     threads: int | None = None,
     half: bool = False,
+    network: str | None = None,
 ) -> Predictor:
-    """A predictor for a bundle (or the path of one, which is loaded and verified).
+    """A predictor of one network of a bundle (or of the path of one, which is loaded and verified).
 
     Args:
         backend: "torch" (eager, rebuilt from the architecture registry), "torchscript",
@@ -204,10 +242,11 @@ def create_predictor(
             leaves the library default.
         half: run the model in float16 (torch and TorchScript; meant for GPUs, where it halves
             memory traffic; "auto" then picks torch). Outputs stay float32.
+        network: which network of the bundle (see :meth:`Manifest.network_names`); None: the main one.
 
     Raises:
-        InputError: unknown backend, unavailable device, invalid thread count, or ``half`` with
-            ONNX Runtime.
+        InputError: unknown backend or network, unavailable device, invalid thread count, or
+            ``half`` with ONNX Runtime.
         BundleError: the bundle is invalid or lacks the backend's file.
     """
     if backend not in BACKEND_CHOICES:
@@ -215,18 +254,20 @@ def create_predictor(
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
     bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path)
+    network = network or MAIN_NETWORK
+    bundle.manifest.network(network)  # refuses an unknown network before anything is loaded
     chosen = choose_device(device)
     if backend == AUTO_BACKEND:
-        onnx_on_cpu = chosen.type == "cpu" and not half and "onnxruntime" in available_backends(bundle)
+        onnx_on_cpu = chosen.type == "cpu" and not half and "onnxruntime" in available_backends(bundle, network)
         backend = "onnxruntime" if onnx_on_cpu else "torch"
     if backend == "onnxruntime":
         if half:
             raise InputError("half precision runs on the torch and torchscript backends, not onnxruntime")
-        return OnnxRuntimePredictor(bundle, chosen, threads)
+        return OnnxRuntimePredictor(bundle, chosen, network, threads)
     if threads is not None:
         torch.set_num_threads(threads)
     predictor = TorchPredictor if backend == "torch" else TorchScriptPredictor
-    return predictor(bundle, chosen, half)
+    return predictor(bundle, chosen, network, half)
 
 
 class RecurrentPredictor:
@@ -239,11 +280,10 @@ class RecurrentPredictor:
     """
 
     def __init__(self, predictor: Predictor) -> None:
-        manifest = predictor.bundle.manifest
-        if not manifest.states:
-            raise InputError(f"model {manifest.name!r} has no recurrent states; use its predictor directly")
+        if not predictor.spec.states:
+            raise InputError(f"{predictor!r} has no recurrent states; use the predictor directly")
         self.predictor = predictor
-        self._data_outputs = len(manifest.outputs)
+        self._data_outputs = len(predictor.spec.outputs)
         self._states: list[np.ndarray] | None = None
 
     def reset(self) -> None:
@@ -252,14 +292,14 @@ class RecurrentPredictor:
 
     def step(self, *data_inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         """Data outputs for ``data_inputs``, carrying the states over from the previous step."""
-        manifest = self.predictor.bundle.manifest
-        if len(data_inputs) != len(manifest.inputs):
-            names = ", ".join(spec.name for spec in manifest.inputs)
-            raise InputError(f"step takes {len(manifest.inputs)} data input(s) ({names}); got {len(data_inputs)}")
+        spec = self.predictor.spec
+        if len(data_inputs) != len(spec.inputs):
+            names = ", ".join(tensor.name for tensor in spec.inputs)
+            raise InputError(f"step takes {len(spec.inputs)} data input(s) ({names}); got {len(data_inputs)}")
         first = np.shape(data_inputs[0])
         if len(first) < 2:
             raise InputError(f"the first input needs batch and channel axes, got shape {first}")
-        shapes = manifest.initial_state_shapes(first)
+        shapes = spec.initial_state_shapes(first)
         if self._states is None or [state.shape for state in self._states] != shapes:
             self._states = [np.zeros(shape, dtype=np.float32) for shape in shapes]
         outputs = self.predictor.predict(*data_inputs, *self._states)

@@ -1,5 +1,9 @@
 """Model bundles: a folder with ``manifest.json``, safetensors weights and exported graphs.
 
+A bundle holds a main network and, where inference needs them, further networks
+(``components``); each has its safetensors weights (float32, or float16 where the manifest says
+``weights_dtype: float16``: loading casts them back) and the graphs chosen at export.
+
 Saving writes the whole folder under a temporary sibling name and renames it into place, so
 a reader never sees a half-written bundle. Loading checks the sha256 of every listed file
 before anything is deserialised, and nothing is ever unpickled.
@@ -11,6 +15,7 @@ Linux and macOS, ``;`` on Windows); each folder is a bundle or holds bundles as 
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
@@ -18,8 +23,8 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +41,17 @@ from deepultrasound.runtime.architectures import (
     registered_architectures,
 )
 from deepultrasound.runtime.device import choose_device
+from deepultrasound.runtime.inference_specs import InferenceSpec
 from deepultrasound.runtime.manifest import (
-    FILE_NAMES,
+    MAIN_NETWORK,
     MANIFEST_NAME,
     SUPPORTED_FORMAT_VERSIONS,
+    WEIGHTS_DTYPES,
     Manifest,
+    NetworkSpec,
     StateSpec,
     TensorSpec,
+    file_name,
     state_shapes,
 )
 from deepultrasound.runtime.shapes import name_dims
@@ -52,6 +61,7 @@ __all__ = [
     "Bundle",
     "BundleSummary",
     "Manifest",
+    "NetworkExport",
     "StateSpec",
     "TensorSpec",
     "bundled_models_dir",
@@ -82,48 +92,56 @@ class Bundle:
     path: Path
     manifest: Manifest
 
-    def file(self, kind: str) -> Path:
-        """Path of the file of ``kind`` ("weights", "torchscript" or "onnx").
+    def file(self, kind: str, network: str | None = None) -> Path:
+        """Path of the file of ``kind`` ("weights", "torchscript" or "onnx") of ``network`` (None: the main one).
 
         Raises:
+            InputError: an unknown kind or network.
             BundleError: the bundle was saved without that format.
         """
-        if kind not in FILE_NAMES:
-            raise InputError(f"unknown bundle file kind {kind!r}; use one of {', '.join(FILE_NAMES)}")
-        name = FILE_NAMES[kind]
+        self.manifest.network(network)  # refuses an unknown network
+        name = file_name(kind, network or MAIN_NETWORK)
         if name not in self.manifest.files:
             raise BundleError(f"bundle {self.path} has no {kind} file ({name}); it was saved without that format")
         return self.path / name
 
-    def read(self, kind: str) -> bytes:
-        """Contents of the file of ``kind``, verified against the manifest's sha256."""
-        path = self.file(kind)
+    def read(self, kind: str, network: str | None = None) -> bytes:
+        """Contents of the file of ``kind`` of ``network``, verified against the manifest's sha256."""
+        path = self.file(kind, network)
         return _read_verified(path, self.manifest.files[path.name])
 
-    def build_torch_model(self, device: str | torch.device | None = None) -> nn.Module:
-        """The network rebuilt from the architecture registry with the bundle's weights, in eval mode.
+    def build_torch_model(self, device: str | torch.device | None = None, name: str | None = None) -> nn.Module:
+        """The network ``name`` (None: the main one) rebuilt from the architecture registry with the
+        bundle's weights (float32 whatever they are stored in), in eval mode.
 
         Args:
             device: where to put it (see :func:`choose_device`); ``None`` keeps it on the CPU.
+            name: a network of :meth:`Manifest.network_names`.
         """
         from safetensors.torch import load as load_safetensors
 
-        manifest = self.manifest
-        if manifest.architecture not in registered_architectures():
-            import_architecture_module(manifest.architecture_module)
-            if manifest.architecture not in registered_architectures():
+        spec = self.manifest.network(name)
+        if spec.architecture not in registered_architectures():
+            import_architecture_module(spec.architecture_module)
+            if spec.architecture not in registered_architectures():
                 raise BundleError(
-                    f"{manifest.architecture_module} does not register architecture {manifest.architecture!r}; "
+                    f"{spec.architecture_module} does not register architecture {spec.architecture!r}; "
                     f"registered: {', '.join(registered_architectures()) or 'none'}"
                 )
-        model = build_architecture(manifest.architecture, manifest.architecture_args)
+        model = build_architecture(spec.architecture, spec.architecture_args)
+        weights = load_safetensors(self.read("weights", name))
         try:
-            model.load_state_dict(load_safetensors(self.read("weights")), strict=True)
+            model.load_state_dict(_as_float32(weights), strict=True)
         except RuntimeError as error:
             raise BundleError(
-                f"{self.file('weights')} does not fit architecture {manifest.architecture!r}: {error}"
+                f"{self.file('weights', name)} does not fit architecture {spec.architecture!r}: {error}"
             ) from error
         return model.to(choose_device(device) if device is not None else torch.device("cpu")).eval()
+
+
+def _as_float32(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating-point tensors of a state dict as float32 (weights stored in float16); others as they are."""
+    return {key: value.float() if value.is_floating_point() else value for key, value in weights.items()}
 
 
 def _read_verified(path: Path, expected: str) -> bytes:
@@ -206,7 +224,7 @@ def record_metrics(path: str | os.PathLike[str], key: str, figures: Mapping[str,
         raise BundleError(f"metrics {key!r} cannot be stored in a manifest: {error}") from error
     manifest = bundle.manifest.model_copy(update={"metrics": json.loads(text)})
     with atomic_write(bundle.path / MANIFEST_NAME) as staged:
-        staged.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        staged.write_text(manifest.to_json(), encoding="utf-8")
     return manifest
 
 
@@ -279,6 +297,23 @@ def list_bundles(directories: Iterable[str | os.PathLike[str]] | None = None) ->
     return summaries
 
 
+@dataclass(frozen=True)
+class NetworkExport:
+    """How one network of a bundle is exported; the fields are those of :func:`save_bundle`."""
+
+    architecture: str
+    architecture_module: str
+    architecture_args: Mapping[str, Any]
+    example_inputs: tuple[torch.Tensor, ...]
+    input_names: Sequence[str]
+    output_names: Sequence[str]
+    states: Sequence[StateSpec] = ()
+    input_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    input_values: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    dynamic_spatial: bool = True
+    weights_dtype: str = "float32"
+
+
 def save_bundle(
     directory: str | os.PathLike[str],
     model: nn.Module,
@@ -293,30 +328,50 @@ def save_bundle(
     input_names: Sequence[str],
     output_names: Sequence[str],
     states: Sequence[StateSpec] = (),
+    input_ranges: Mapping[str, tuple[float, float]] | None = None,
+    input_values: Mapping[str, Sequence[int]] | None = None,
+    weights_dtype: str = "float32",
+    components: Mapping[str, tuple[nn.Module, NetworkExport]] | None = None,
+    inference: InferenceSpec | None = None,
     normalisation: Mapping[str, Any] | None = None,
     training_config: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     description: str = "",
     formats: Sequence[str] = EXPORT_FORMATS,
     dynamic_spatial: bool = True,
+    verify: Callable[[Bundle], Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Write ``model`` as a bundle in folder ``directory``, atomically; returns the folder.
+    """Write ``model`` (and ``components``) as a bundle in folder ``directory``, atomically; returns the folder.
 
     ``model.forward`` takes the data inputs then one tensor per state (as parameters of their
     own or gathered in ``*states``), and returns the data outputs then the updated states.
-    ``example_inputs`` are the data inputs only (first one (B, C, H, W), or any rank with batch
-    and channel axes first); states start as zeros of shape (B, channels, H // stride,
-    W // stride). Input and output axes are named from the
-    examples: "B", the channel count, "H"/"W" and scaled forms such as "W*4" or "H//2".
+    ``example_inputs`` are the data inputs only, in their dtypes: the first one (B, C, *spatial)
+    with batch and channel axes; the others may lack the channel axis ((B, *spatial), e.g. a
+    label map) or be (B,) (e.g. diffusion timesteps). States start as float32 zeros of shape
+    (B, channels, H // stride, W // stride). Axes are named from the examples: "B", then, on
+    tensors of the first input's rank, the fixed channel count, and spatial axes "H"/"W" or scaled
+    forms such as "W*4" or "H//2".
 
-    The architecture must be registered (see :mod:`.architectures`) and rebuild a network whose
-    state dict matches ``model``'s. An existing bundle at ``directory`` is replaced only once
-    the new one is complete; a folder that is not a bundle is never replaced. ``model`` is put
-    in eval mode.
+    Args:
+        input_ranges, input_values: per input name, the [low, high] range or the only values it may
+            hold (required for integer inputs); recorded in its TensorSpec.
+        weights_dtype: "float32", or "float16" to halve the weights file: the weights are rounded
+            to float16 once, and every exported graph is traced from the rounded network, so all
+            backends agree with each other; loading casts them back to float32.
+        components: further networks inference needs, by name: (network, how to export it).
+        inference: the capability's ``inference`` section (see :mod:`.inference_specs`).
+        formats: exported graphs besides the weights ("torchscript", "onnx"), for every network.
+        verify: run on the complete bundle before it is moved into place (e.g.
+            :func:`~.parity.verify_parity`); the figures it returns join ``metrics``, and an
+            exception it raises fails the save (nothing is written).
+
+    The architectures must be registered (see :mod:`.architectures`) and rebuild networks whose
+    state dicts match. An existing bundle at ``directory`` is replaced only once the new one is
+    complete; a folder that is not a bundle is never replaced. The networks are put in eval mode.
 
     Raises:
-        InputError: inconsistent names, examples, states or formats.
-        BundleError: the architecture cannot be rebuilt, or an export failed (nothing is written).
+        InputError: inconsistent names, examples, states, formats or dtypes.
+        BundleError: an architecture cannot be rebuilt, or an export failed (nothing is written).
     """
     target = Path(directory)
     unknown = sorted(set(formats) - set(EXPORT_FORMATS))
@@ -324,28 +379,29 @@ def save_bundle(
         raise InputError(f"unknown export formats {unknown}; choose from {list(EXPORT_FORMATS)}")
     if target.exists() and not (target / MANIFEST_NAME).is_file() and (target.is_file() or any(target.iterdir())):
         raise BundleError(f"{target} exists and is not a model bundle; choose an empty or new folder")
-    if len(input_names) != len(example_inputs) or not example_inputs:
-        raise InputError(f"{len(input_names)} input names for {len(example_inputs)} example inputs; give one name each")
-    examples = tuple(tensor.detach() for tensor in example_inputs)
-    if any(tensor.ndim < 2 for tensor in examples):
-        raise InputError(f"example inputs need batch and channel axes; shapes {[tuple(t.shape) for t in examples]}")
-
-    _check_rebuild(model, architecture, architecture_args)
-    model.eval()
-    graph_inputs, produced = _run_example(model, examples, states, output_names)
-    reference = tuple(examples[0].shape)
+    main = NetworkExport(
+        architecture=architecture,
+        architecture_module=architecture_module,
+        architecture_args=architecture_args,
+        example_inputs=example_inputs,
+        input_names=input_names,
+        output_names=output_names,
+        states=states,
+        input_ranges=dict(input_ranges or {}),
+        input_values=dict(input_values or {}),
+        dynamic_spatial=dynamic_spatial,
+        weights_dtype=weights_dtype,
+    )
+    networks = {MAIN_NETWORK: (model, main), **(components or {})}
+    prepared = {network: _prepare(network, *entry) for network, entry in networks.items()}
     fields: dict[str, Any] = dict(
+        **prepared[MAIN_NETWORK].spec,
         name=name,
         version=version,
         task=task,
         description=description,
-        architecture=architecture,
-        architecture_module=architecture_module,
-        architecture_args=dict(architecture_args),
-        inputs=[_spec(n, t, reference, dynamic_spatial) for n, t in zip(input_names, examples)],
-        outputs=[_spec(n, t, reference, dynamic_spatial) for n, t in zip(output_names, produced)],
-        example_shapes=[list(tensor.shape) for tensor in examples],
-        states=list(states),
+        components={network: entry.spec for network, entry in prepared.items() if network != MAIN_NETWORK},
+        inference=inference,
         normalisation=dict(normalisation or {}),
         training_config=dict(training_config or {}),
         metrics=dict(metrics or {}),
@@ -353,22 +409,20 @@ def save_bundle(
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     # the checksums are known once the files are written; validate everything else first
-    draft = _validated_manifest({**fields, "files": {FILE_NAMES["weights"]: "0" * 64}})
+    draft = _validated_manifest({**fields, "files": {file_name("weights", network): "0" * 64 for network in networks}})
 
     staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
-        export.write_weights(model, staging / FILE_NAMES["weights"])
-        if "torchscript" in formats:
-            export.write_torchscript(model, graph_inputs, staging / FILE_NAMES["torchscript"])
-        if "onnx" in formats:
-            export.write_onnx(
-                model, graph_inputs, staging / FILE_NAMES["onnx"], draft.graph_inputs(), draft.graph_outputs()
-            )
+        for network, entry in prepared.items():
+            _write_network(entry, draft.network(network), staging, network, formats)
         written = sorted(path.name for path in staging.iterdir())
         fields["files"] = {file: _sha256((staging / file).read_bytes()) for file in written}
         manifest = _validated_manifest(fields)
-        (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        if verify is not None:
+            figures = verify(Bundle(path=staging, manifest=manifest))
+            manifest = manifest.model_copy(update={"metrics": {**manifest.metrics, **figures}})
+        (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -377,12 +431,104 @@ def save_bundle(
     return target
 
 
+@dataclass(frozen=True)
+class _PreparedNetwork:
+    """A network ready to write: the model to export (weights rounded to ``weights_dtype``), its
+    graph inputs (examples, then zero states) and its manifest fields (:class:`NetworkSpec`)."""
+
+    model: nn.Module
+    graph_inputs: tuple[torch.Tensor, ...]
+    spec: dict[str, Any]
+
+
+def _prepare(network: str, model: nn.Module, export: NetworkExport) -> _PreparedNetwork:
+    """Check ``export`` against ``model``, run its examples and describe the network."""
+    examples = tuple(tensor.detach().cpu() for tensor in export.example_inputs)
+    if len(export.input_names) != len(examples) or not examples:
+        raise InputError(
+            f"network {network!r}: {len(export.input_names)} input names for {len(examples)} example inputs; "
+            "give one name each"
+        )
+    if examples[0].ndim < 2:
+        raise InputError(
+            f"network {network!r}: the first example input needs batch and channel axes, "
+            f"got shape {tuple(examples[0].shape)}"
+        )
+    unknown = sorted((set(export.input_ranges) | set(export.input_values)) - set(export.input_names))
+    if unknown:
+        raise InputError(f"network {network!r}: ranges or values given for unknown inputs {unknown}")
+    if export.weights_dtype not in WEIGHTS_DTYPES:
+        raise InputError(f"weights_dtype {export.weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
+    _check_rebuild(model, export.architecture, export.architecture_args)
+    model = _rounded_weights(model.eval(), export.weights_dtype)
+    graph_inputs, produced = _run_example(model, examples, export.states, export.output_names)
+    reference = tuple(examples[0].shape)
+
+    def spec(tensor_name: str, tensor: torch.Tensor) -> TensorSpec:
+        return TensorSpec(
+            name=tensor_name,
+            shape=name_dims(tuple(tensor.shape), reference, export.dynamic_spatial),
+            dtype=str(tensor.dtype).removeprefix("torch."),
+            range=export.input_ranges.get(tensor_name),
+            values=list(export.input_values[tensor_name]) if tensor_name in export.input_values else None,
+        )
+
+    fields = dict(
+        architecture=export.architecture,
+        architecture_module=export.architecture_module,
+        architecture_args=dict(export.architecture_args),
+        inputs=[spec(n, t) for n, t in zip(export.input_names, examples)],
+        outputs=[spec(n, t) for n, t in zip(export.output_names, produced)],
+        example_shapes=[list(tensor.shape) for tensor in examples],
+        states=list(export.states),
+        weights_dtype=export.weights_dtype,
+    )
+    return _PreparedNetwork(model, graph_inputs, fields)
+
+
+def _rounded_weights(model: nn.Module, dtype: str) -> nn.Module:
+    """``model`` itself for float32; for float16 a copy whose floating-point weights are rounded to
+    float16 (and held as float32), so that the weights file and every graph hold the same values.
+
+    Raises:
+        InputError: a weight beyond the float16 range (65504).
+    """
+    if dtype == "float32":
+        return model
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for key, tensor in rounded.state_dict().items():
+            if tensor.is_floating_point():
+                half = tensor.to(torch.float16)
+                if not torch.isfinite(half).all() and torch.isfinite(tensor).all():
+                    raise InputError(f"weight {key!r} exceeds the float16 range; save it with weights_dtype float32")
+                tensor.copy_(half.to(tensor.dtype))
+    return rounded
+
+
+def _write_network(
+    entry: _PreparedNetwork, spec: NetworkSpec, staging: Path, network: str, formats: Sequence[str]
+) -> None:
+    """The weights and the graphs in ``formats`` of one network, into ``staging``."""
+    export.write_weights(entry.model, staging / file_name("weights", network), spec.weights_dtype)
+    if "torchscript" in formats:
+        export.write_torchscript(entry.model, entry.graph_inputs, staging / file_name("torchscript", network))
+    if "onnx" in formats:
+        export.write_onnx(
+            entry.model,
+            entry.graph_inputs,
+            staging / file_name("onnx", network),
+            spec.graph_inputs(),
+            spec.graph_outputs(),
+        )
+
+
 def _run_example(
     model: nn.Module, examples: tuple[torch.Tensor, ...], states: Sequence[StateSpec], output_names: Sequence[str]
 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """Graph inputs (examples, then zero states) and the model's outputs on them, checked
+    """Graph inputs (examples, then float32 zero states) and the model's outputs on them, checked
     against the output names and state specs."""
-    initial = tuple(examples[0].new_zeros(shape) for shape in state_shapes(states, examples[0].shape))
+    initial = tuple(torch.zeros(shape, device=examples[0].device) for shape in state_shapes(states, examples[0].shape))
     with torch.no_grad():
         produced = model(*examples, *initial)
     produced = tuple(produced) if isinstance(produced, (tuple, list)) else (produced,)
@@ -417,11 +563,6 @@ def _validated_manifest(fields: dict[str, Any]) -> Manifest:
         return Manifest.model_validate(fields)
     except ValidationError as error:
         raise InputError(f"cannot describe this model in a manifest: {error}") from error
-
-
-def _spec(name: str, tensor: torch.Tensor, reference: tuple[int, ...], dynamic_spatial: bool) -> TensorSpec:
-    dtype = str(tensor.dtype).removeprefix("torch.")
-    return TensorSpec(name=name, shape=name_dims(tuple(tensor.shape), reference, dynamic_spatial), dtype=dtype)
 
 
 def _engine_version() -> str:

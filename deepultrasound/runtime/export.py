@@ -25,11 +25,16 @@ if TYPE_CHECKING:
 ONNX_OPSET = 18
 
 
-def write_weights(model: nn.Module, path: Path) -> None:
-    """Save the state dict as safetensors (no pickle). Tensors are copied to the CPU and untied."""
+def write_weights(model: nn.Module, path: Path, dtype: str = "float32") -> None:
+    """Save the state dict as safetensors (no pickle), floating-point tensors in ``dtype``
+    ("float32" or "float16"). Tensors are copied to the CPU and untied."""
     from safetensors.torch import save_file
 
-    state = {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
+    float_dtype = getattr(torch, dtype)
+    state = {
+        key: value.detach().to("cpu", float_dtype if value.is_floating_point() else value.dtype).contiguous().clone()
+        for key, value in model.state_dict().items()
+    }
     save_file(state, str(path), metadata={"format": "pt"})
 
 

@@ -6,6 +6,7 @@ import argparse
 
 from deepultrasound.runtime.backends import BACKENDS, available_backends
 from deepultrasound.runtime.bundle import Bundle, load_bundle
+from deepultrasound.runtime.manifest import NetworkSpec, TensorSpec
 from deepultrasound.runtime.parity import check_parity
 
 
@@ -28,17 +29,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _describe_network(name: str, spec: NetworkSpec) -> list[str]:
+    """Lines of one network: architecture, tensors (dtype, what they may hold), states, weights dtype."""
+
+    def domain(tensor: TensorSpec) -> str:
+        if tensor.values is not None:
+            return f"  values {tensor.values}"
+        return f"  range {list(tensor.range)}" if tensor.range is not None else ""
+
+    return [
+        f"network {name}: {spec.architecture} from {spec.architecture_module} {spec.architecture_args}"
+        f"  (weights {spec.weights_dtype})",
+        *[f"  input   {t.name:<14} {tuple(t.shape)} {t.dtype}{domain(t)}" for t in spec.inputs],
+        *[f"  output  {t.name:<14} {tuple(t.shape)} {t.dtype}" for t in spec.outputs],
+        *[f"  state   {s.input} -> {s.output}  {s.channels} channels at 1/{s.stride} resolution" for s in spec.states],
+        f"  example shapes: {', '.join(str(tuple(shape)) for shape in spec.example_shapes)}",
+    ]
+
+
 def summary(bundle: Bundle) -> str:
     """Human-readable description of a verified bundle."""
     m = bundle.manifest
     lines = [
-        f"{m.name} {m.version}  task: {m.task}  ({bundle.path})",
+        f"{m.name} {m.version}  task: {m.task}  format {m.format_version}  ({bundle.path})",
         *([m.description] if m.description else []),
-        f"architecture: {m.architecture} from {m.architecture_module} {m.architecture_args}",
-        *[f"input   {spec.name:<14} {tuple(spec.shape)} {spec.dtype}" for spec in m.inputs],
-        *[f"output  {spec.name:<14} {tuple(spec.shape)} {spec.dtype}" for spec in m.outputs],
-        *[f"state   {s.input} -> {s.output}  {s.channels} channels at 1/{s.stride} resolution" for s in m.states],
-        f"example shapes: {', '.join(str(tuple(shape)) for shape in m.example_shapes)}",
+        *[line for name in m.network_names() for line in _describe_network(name, m.network(name))],
+        *([f"inference: {m.inference.model_dump(mode='json')}"] if m.inference else []),
         *([f"normalisation: {m.normalisation}"] if m.normalisation else []),
         *([f"metrics: {m.metrics}"] if m.metrics else []),
         f"files (sha256 verified): {', '.join(m.files)}",
@@ -48,12 +64,20 @@ def summary(bundle: Bundle) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Verify and summarise the bundle; 1 when parity was asked for and fails, else 0."""
+    """Verify and summarise the bundle; 1 when parity was asked for and fails for any network, else 0."""
     bundle = load_bundle(args.path)
     print(summary(bundle))
     if not args.parity:
         return 0
-    backends = args.backends or available_backends(bundle)
-    report = check_parity(bundle, backends=backends, atol=args.atol, steps=args.steps, device=args.device)
-    print(report)
-    return 0 if report.ok else 1
+    ok = True
+    for network in bundle.manifest.network_names():
+        backends = args.backends or available_backends(bundle, network)
+        if len(backends) < 2:
+            print(f"parity of network {network}: only {', '.join(backends)} shipped, nothing to compare")
+            continue
+        report = check_parity(
+            bundle, backends=backends, atol=args.atol, steps=args.steps, device=args.device, network=network
+        )
+        print(report)
+        ok = ok and report.ok
+    return 0 if ok else 1

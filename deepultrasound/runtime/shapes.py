@@ -49,18 +49,22 @@ def _evaluate(op: str | None, factor: int, size: int) -> int:
 def name_dims(shape: Sequence[int], reference: Sequence[int], dynamic_spatial: bool = True) -> list[Dim]:
     """Symbolic shape of a tensor relative to the first input's shape ``reference`` (B, C, *spatial).
 
-    Axis 0 is ``"B"`` when it equals the reference batch; axis 1 (channels) is fixed; a spatial
-    axis is named after the reference axis it equals, is a multiple of (``"W*4"``) or divides
-    (``"H//4"``); anything else is fixed. With ``dynamic_spatial=False`` (models with a fixed
-    input size, e.g. a dense layer after the convolutions) every spatial axis is fixed.
+    Axis 0 is ``"B"`` when it equals the reference batch. A tensor of the reference's rank has a
+    fixed channel axis 1 and spatial axes from 2; a tensor one axis shorter has no channel axis
+    (e.g. a label map (B, H, W)) and spatial axes from 1; other ranks (e.g. timesteps (B,)) have
+    no spatial axes. A spatial axis is named after the reference axis in its place when it
+    equals it, is a multiple of it (``"W*4"``) or divides it (``"H//4"``); anything else is
+    fixed. With ``dynamic_spatial=False`` (models with a fixed input size, e.g. a dense layer
+    after the convolutions) every spatial axis is fixed.
     """
     names = spatial_names(len(reference) - 2)
+    first_spatial = {len(reference): 2, len(reference) - 1: 1}.get(len(shape))
     dims: list[Dim] = []
     for axis, size in enumerate(shape):
         if axis == 0 and len(reference) > 0 and size == reference[0]:
             dims.append(BATCH)
-        elif dynamic_spatial and axis >= 2 and len(shape) == len(reference) and size > 0:
-            base, name = reference[axis], names[axis - 2]
+        elif dynamic_spatial and first_spatial is not None and axis >= first_spatial and size > 0:
+            base, name = reference[2 + axis - first_spatial], names[axis - first_spatial]
             if size % base == 0:
                 dims.append(scaled(name, "*", size // base))
             elif base % size == 0:
