@@ -266,7 +266,9 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path):
     from deepultrasound.training.trainer import TrainingDivergedError
 
     config = parse_config({**TINY, "optimizers": {"main": {"name": "sgd", "lr": 1e6}}})
-    with pytest.raises(TrainingDivergedError, match="train/mse became non-finite in epoch 1; lower the learning rate"):
+    with pytest.raises(
+        TrainingDivergedError, match=r"train/mse became non-finite in epoch 1 \(by step 64\); lower the learning rate"
+    ):
         Trainer(config, output_dir=tmp_path, progress=False, device="cpu").run()
     assert not (tmp_path / "checkpoints" / "checkpoint_last.pt").exists()
 

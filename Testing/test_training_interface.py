@@ -115,13 +115,15 @@ def test_each_optimiser_steps_its_own_networks(trained):
     trainer, _ = trained
     steps_per_epoch = 64 // 16
     epochs = 3
-    critic_state = trainer.optimizers["critic"].state_dict()["state"]
-    generator_state = trainer.optimizers["generator"].state_dict()["state"]
+    critic_state = trainer.optimisation.optimizers["critic"].state_dict()["state"]
+    generator_state = trainer.optimisation.optimizers["generator"].state_dict()["state"]
     # 2 coarse epochs of 2 chunks per batch (top-level task_args), then 1 fine epoch of 3 (its own)
     assert int(generator_state[0]["step"]) == steps_per_epoch * (2 * 2 + 1 * 3)
     assert int(critic_state[0]["step"]) == epochs * steps_per_epoch
     critic_params = {id(p) for p in trainer.networks["critic"].parameters()}
-    generator_params = {id(p) for group in trainer.optimizers["generator"].param_groups for p in group["params"]}
+    generator_params = {
+        id(p) for group in trainer.optimisation.optimizers["generator"].param_groups for p in group["params"]
+    }
     assert not critic_params & generator_params
 
 
@@ -138,7 +140,8 @@ def test_stages_build_their_data_and_scale_the_learning_rate(trained):
     with (result.output_dir / "metrics.csv").open(newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [row["stage"] for row in rows] == ["coarse", "coarse", "fine"]
-    assert [float(row["lr"]) for row in rows] == pytest.approx([0.01, 0.01, 0.001])
+    assert [float(row["lr/generator"]) for row in rows] == pytest.approx([0.01, 0.01, 0.001])
+    assert [float(row["lr/critic"]) for row in rows] == pytest.approx([0.01, 0.01, 0.001])
 
 
 def test_validation_means_skip_undefined_samples(trained):

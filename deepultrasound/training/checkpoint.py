@@ -1,23 +1,33 @@
 """Training checkpoints: self-describing, written atomically, loaded without unpickling code.
 
 A checkpoint is a ``torch.save`` of plain containers and tensors only: the validated config (as a
-dict), the position in training (next epoch), every network's and optimiser's state, EMA copies,
-and the RNG state. Loading uses ``torch.load(..., weights_only=True)``, which refuses arbitrary
-pickled objects.
+dict), the position in training (global step, stage, epoch and the batch of the epoch to continue
+from), every network's, optimiser's, schedule's and gradient scaler's state, EMA copies, and the
+RNG states of every process (torch CPU and CUDA, numpy, Python ``random``), so that a run resumed
+part-way through an epoch continues exactly. Loading uses ``torch.load(..., weights_only=True)``,
+which refuses arbitrary pickled objects.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from deepultrasound.errors import FileFormatError
 
-CHECKPOINT_FORMAT = 1
+#: 2: per-step position, schedules, gradient scaler and RNG states (format 1 held epochs only)
+CHECKPOINT_FORMAT = 2
+#: formats whose networks can still be read (e.g. exported); only the current one resumes
+READABLE_FORMATS = (1, 2)
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
 
@@ -45,6 +55,38 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise FileFormatError(f"cannot read checkpoint {path}: {error}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
         raise FileFormatError(f"{path} is not a deepultrasound training checkpoint (format {CHECKPOINT_FORMAT})")
     return state
+
+
+def restore_networks(
+    networks: Mapping[str, nn.Module], ema: Mapping[str, AveragedModel], state: Mapping[str, Any]
+) -> None:
+    """Load networks (and EMA copies) from a checkpoint ``state``, strictly."""
+    for name, net in networks.items():
+        net.load_state_dict(state["networks"][name], strict=True)
+    for name, avg in ema.items():
+        avg.load_state_dict(state["ema"][name], strict=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random generators' states (torch CPU and CUDA, numpy, Python), as checkpoint data."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state(legacy=True)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the generators saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))

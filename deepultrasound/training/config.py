@@ -4,7 +4,7 @@ A config is a YAML or JSON file. Unknown keys are errors that name the key, so a
 silently falls back to a default. Task-specific settings live under ``task_args`` and are
 validated by the task's own ``Args`` model.
 
-Example (``deepultrasound/configs/translation.yaml``)::
+Example (``deepultrasound/configs/translation.yaml``), a run counted in epochs::
 
     task: translation
     task_args: {image_size: 32, max_shift: 3.0}
@@ -12,6 +12,33 @@ Example (``deepultrasound/configs/translation.yaml``)::
     batch_size: 32          # global batch, split evenly across torchrun processes
     stages: [{epochs: 12}]
     optimizers: {main: {name: adam, lr: 0.002}}
+
+A run counted in steps (one step = one global batch = one update of each optimiser), the usual
+shape for diffusion models::
+
+    stages: [{steps: 20000}]
+    optimizers:
+      main: {name: adamw, lr: 0.0002, scheduler: {name: cosine, warmup_steps: 500}}
+    accumulate_steps: 2       # each batch in 2 micro-batches; the optimisers step once per batch
+    amp: bf16                 # autocast; fp16 (with gradient scaling) needs CUDA
+    ema_decay: 0.9999         # for the networks the task keeps an EMA copy of
+    export_ema: true          # validate and export the EMA copies (default) or the online weights
+    validation_every_steps: 1000   # validation metrics and sample images (OUTPUT/images/<step>/)
+    checkpoint_every_steps: 500    # resumable at that step exactly
+    log_every_steps: 100           # metrics.csv / TensorBoard rows of the mean losses since the last row
+
+Cadences: each of validation, checkpoints and log rows runs every N epochs (``validation_freq``,
+``model_update_freq``, one log row per epoch) unless its ``*_every_steps`` counterpart is given;
+giving both for one cadence is an error. Whatever the cadences, the run validates, logs and
+saves a checkpoint after its last step. A stage given in ``steps`` may end part-way through an
+epoch of its data; the next stage starts a new epoch.
+
+Learning rates: ``scheduler`` (top level) applies to every optimiser that has none of its own.
+Schedules count steps: ``constant``; ``cosine`` from the rate down to ``min_lr_scale`` times it;
+``linear`` from the rate to ``min_lr_scale`` times it; ``step`` multiplies it by ``gamma`` every
+``step_size`` steps. ``warmup_steps`` first ramps the rate linearly from ``warmup_start_scale``
+times it, then the schedule runs its ``decay_steps`` (default: the rest of the run). A stage's
+``lr_scale`` multiplies the scheduled rate.
 """
 
 from __future__ import annotations
@@ -30,6 +57,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SchedulerConfig(_Strict):
+    """A learning-rate schedule in steps (see the module docstring); built on ``torch.optim.lr_scheduler``."""
+
+    name: Literal["constant", "cosine", "linear", "step"] = "constant"
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up before the schedule")
+    warmup_start_scale: float = Field(0.01, gt=0, le=1, description="rate at the first warm-up step, times lr")
+    decay_steps: PositiveInt | None = Field(
+        None, description="cosine/linear: length of the decay after the warm-up (default: the rest of the run)"
+    )
+    min_lr_scale: float = Field(0.0, ge=0, le=1, description="cosine/linear: final rate, times lr")
+    step_size: PositiveInt = Field(1000, description="step: steps between reductions")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: factor of each reduction")
+
+
 class OptimizerConfig(_Strict):
     """One optimiser. The task decides which networks it updates."""
 
@@ -39,15 +80,26 @@ class OptimizerConfig(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0, description="Adam/AdamW denominator term")
     momentum: float = Field(0.0, ge=0, description="SGD only")
+    scheduler: SchedulerConfig | None = Field(None, description="default: the top-level scheduler")
 
 
 class StageConfig(_Strict):
-    """One stage of staged (e.g. multi-scale) training; each stage starts from the last one's weights."""
+    """One stage of staged (e.g. multi-scale) training; each stage starts from the last one's weights.
+
+    Its length is given in ``epochs`` (passes over its training data) or in ``steps`` (global batches).
+    """
 
     name: str = "main"
-    epochs: PositiveInt
+    epochs: PositiveInt | None = None
+    steps: PositiveInt | None = None
     task_args: dict[str, Any] = Field(default_factory=dict, description="overrides of the top-level task_args")
     lr_scale: float = Field(1.0, gt=0, description="multiplies every optimiser's lr during this stage")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "StageConfig":
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError(f"stage '{self.name}' needs exactly one of 'epochs' or 'steps'")
+        return self
 
 
 class BundleConfig(_Strict):
@@ -56,6 +108,9 @@ class BundleConfig(_Strict):
     name: str | None = Field(None, description="default: the task name")
     version: str = "0.1.0"
     description: str = ""
+    formats: list[Literal["torchscript", "onnx"]] = Field(
+        ["torchscript", "onnx"], description="exported graphs besides the weights; parity is checked for these"
+    )
 
 
 class TrainConfig(_Strict):
@@ -67,10 +122,34 @@ class TrainConfig(_Strict):
     batch_size: PositiveInt = Field(16, description="global batch size, divided evenly across DDP processes")
     stages: list[StageConfig] = Field(min_length=1)
     optimizers: dict[str, OptimizerConfig] = Field(default_factory=lambda: {"main": OptimizerConfig()})
-    grad_clip_norm: float | None = Field(None, gt=0)
+    scheduler: SchedulerConfig = Field(
+        default_factory=SchedulerConfig, description="learning-rate schedule of optimisers without their own"
+    )
+    grad_clip_norm: float | None = Field(None, gt=0, description="clip each optimiser's gradient norm to this")
+    accumulate_steps: PositiveInt = Field(
+        1,
+        description="split each process's batch into this many micro-batches, one training_step each, and "
+        "update once per batch from the accumulated gradients (see StepContext.optimize)",
+    )
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        "none", description="mixed precision (torch.autocast); fp16 scales gradients and needs CUDA"
+    )
     ema_decay: float = Field(0.999, gt=0, lt=1, description="for networks the task keeps an EMA copy of")
-    model_update_freq: PositiveInt = Field(1, description="save a checkpoint every this many epochs")
-    validation_freq: PositiveInt = Field(1, description="validate every this many epochs")
+    export_ema: bool = Field(
+        True,
+        description="validate and export the EMA copies (where the task keeps them) rather than the online weights",
+    )
+    model_update_freq: PositiveInt | None = Field(
+        None, description="save a checkpoint every this many epochs (default 1, unless checkpoint_every_steps)"
+    )
+    validation_freq: PositiveInt | None = Field(
+        None, description="validate every this many epochs (default 1, unless validation_every_steps)"
+    )
+    checkpoint_every_steps: PositiveInt | None = Field(None, description="save a checkpoint every this many steps")
+    validation_every_steps: PositiveInt | None = Field(None, description="validate every this many steps")
+    log_every_steps: PositiveInt | None = Field(
+        None, description="one log row every this many steps (default: one per epoch)"
+    )
     best_metric: str | None = Field(
         None,
         description="validation figure to minimise (e.g. val/strain_nrmse): the epoch with its lowest value is kept "
@@ -94,9 +173,17 @@ class TrainConfig(_Strict):
             raise ValueError(f"stage names must be unique, got {names}")
         return self
 
-    @property
-    def total_epochs(self) -> int:
-        return sum(stage.epochs for stage in self.stages)
+    @model_validator(mode="after")
+    def _one_cadence_each(self) -> "TrainConfig":
+        for epochs, steps in (
+            ("validation_freq", "validation_every_steps"),
+            ("model_update_freq", "checkpoint_every_steps"),
+        ):
+            if getattr(self, epochs) is not None and getattr(self, steps) is not None:
+                raise ValueError(f"give '{epochs}' (epochs) or '{steps}', not both")
+        if self.precision == "float64" and self.amp != "none":
+            raise ValueError(f"amp '{self.amp}' needs precision float32")
+        return self
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir.format(task=self.task))

@@ -6,11 +6,15 @@ The backend is NCCL when each process has a CUDA device and gloo otherwise (CPU 
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 
 
 @dataclass(frozen=True)
@@ -79,3 +83,37 @@ def barrier() -> None:
     """Wait for every process (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """``value`` of every process, in rank order (``[value]`` when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, value)
+        return gathered
+    return [value]
+
+
+class ResumableSampler(DistributedSampler):
+    """A :class:`~torch.utils.data.DistributedSampler` that can begin an epoch part-way.
+
+    ``set_epoch(epoch, start)`` makes the next pass skip this process's first ``start`` samples of
+    that epoch's order (the order depends on the seed and the epoch only), so a run resumed after
+    ``b`` batches of ``n`` samples per process continues with batch ``b`` at ``start = b * n``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if not 0 <= start <= self.num_samples:
+            raise ValueError(f"start {start} is outside this process's {self.num_samples} samples per epoch")
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start

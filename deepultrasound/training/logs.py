@@ -1,35 +1,65 @@
-"""Training logs: one CSV row per epoch and TensorBoard scalars, written by the main process only."""
+"""Training logs, written by the main process only: CSV rows and TensorBoard scalars keyed by the
+global step, and validation sample images as TensorBoard images and PNG files."""
 
 from __future__ import annotations
 
 import csv
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
+
+from deepultrasound.io.atomic import atomic_write
+
+_IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def image_array(name: str, image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A validation image as float32 ``(H, W)`` (grey) or ``(3, H, W)`` (RGB) in [0, 1]; ValueError otherwise."""
+    if not _IMAGE_NAME.fullmatch(name):
+        raise ValueError(f"image name {name!r} must be a file name of letters, digits, '_', '.' and '-'")
+    array = image.detach().float().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[0] == 3)):
+        raise ValueError(f"image {name!r} must be (H, W) or (3, H, W), got shape {array.shape}")
+    if not np.isfinite(array).all() or array.min(initial=0.0) < 0 or array.max(initial=0.0) > 1:
+        raise ValueError(
+            f"image {name!r} must hold finite values in [0, 1] (got [{np.nanmin(array):.4g}, {np.nanmax(array):.4g}]); "
+            "clamp or rescale it in validation_step"
+        )
+    return array.astype(np.float32, copy=False)
 
 
 class TrainingLog:
-    """Appends epoch records to ``metrics.csv`` and TensorBoard event files under ``directory``.
+    """Appends records to ``metrics.csv`` and TensorBoard event files under ``directory``.
 
-    The CSV grows new columns when later epochs report new keys (e.g. validation metrics that
-    appear every ``validation_freq`` epochs); it is rewritten whole in that case, so it always
-    has one header. A resumed run keeps the rows of the epochs it has already done.
+    A record holds ``step`` (global steps done), ``epoch`` (0-based), ``stage`` and numeric values;
+    TensorBoard plots them against ``step``. The CSV grows new columns when later records report
+    new keys (validation metrics appear only at validation steps); it is then rewritten whole,
+    so it always has one header. A run resumed at ``resume_step`` keeps the rows up to that step
+    and drops the later ones (logged after the checkpoint it resumes from).
     """
 
-    def __init__(self, directory: Path, resume_epoch: int = 0) -> None:
+    def __init__(self, directory: Path, resume_step: int = 0) -> None:
+        self.directory = directory
         self.csv_path = directory / "metrics.csv"
         self.rows: list[dict[str, float | int | str]] = []
-        if resume_epoch and self.csv_path.is_file():
+        if resume_step and self.csv_path.is_file():
             with self.csv_path.open(newline="") as stream:
-                self.rows = [row for row in csv.DictReader(stream) if int(row["epoch"]) < resume_epoch]
-        self.writer = SummaryWriter(log_dir=str(directory / "tensorboard"), purge_step=resume_epoch or None)
+                self.rows = [row for row in csv.DictReader(stream) if int(row["step"]) <= resume_step]
+        self.writer = SummaryWriter(
+            log_dir=str(directory / "tensorboard"), purge_step=resume_step + 1 if resume_step else None
+        )
 
-    def log(self, record: dict[str, float | int | str]) -> None:
-        """Record one epoch; ``record`` holds ``epoch``, ``stage`` and numeric values."""
-        self.rows.append(record)
+    def log(self, record: Mapping[str, float | int | str]) -> None:
+        """Record one row (see the class docstring)."""
+        self.rows.append(dict(record))
         for key, value in record.items():
-            if key not in ("epoch", "stage") and isinstance(value, (int, float)):
-                self.writer.add_scalar(key, value, int(record["epoch"]))
+            if key not in ("step", "epoch", "stage") and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, int(record["step"]))
         self.writer.flush()
         columns: list[str] = []
         for row in self.rows:
@@ -38,6 +68,15 @@ class TrainingLog:
             writer = csv.DictWriter(stream, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.rows)
+
+    def images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """Write arrays from :func:`image_array` to TensorBoard and, atomically, to ``images/<step>/<name>.png``."""
+        for name, array in images.items():
+            self.writer.add_image(f"images/{name}", array, step, dataformats="HW" if array.ndim == 2 else "CHW")
+            pixels = np.round(array * 255).astype(np.uint8)
+            with atomic_write(self.directory / "images" / str(step) / f"{name}.png") as staged:
+                Image.fromarray(pixels if pixels.ndim == 2 else pixels.transpose(1, 2, 0)).save(staged, format="PNG")
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
