@@ -1,6 +1,6 @@
 """Tests of DeepUSE offline inference, ``deepultrasound strain``, ``import-deepuse`` and ``bench strain``.
 
-Truth: the original code's reference displacements (/work/shared/data/deepuse_reference), the
+Truth: the original code's reference displacements (``deepuse_reference`` in the shared data), the
 network run by hand on the same pairs and states, image geometry round trips, and a synthetic
 uniform compression of known strain for the block-matching path.
 """
@@ -17,38 +17,36 @@ import pytest
 import torch
 
 from deepultrasound.cli import main
-from deepultrasound.elastography import inference
+from deepultrasound.elastography import estimators, model_resolution
+from deepultrasound.elastography.baselines import BlockMatchingEstimator, UniformStrainEstimator
 from deepultrasound.elastography.block_matching import BlockMatchingParams
 from deepultrasound.elastography.bundles import save_deepuse_bundle
-from deepultrasound.elastography.import_command import import_deepuse_bundle
-from deepultrasound.elastography.inference import (
-    DEEPUSE_NORMALISATION,
+from deepultrasound.elastography.estimators import StrainEstimator
+from deepultrasound.elastography.frames import (
     FRAME_TO_FRAME,
-    BlockMatchingEstimator,
-    StrainEstimator,
-    UniformStrainEstimator,
     crop_rows,
     normalise_frame,
     parse_crop,
     prepare_rf,
 )
-from deepultrasound.elastography.metrics import warp_image
+from deepultrasound.elastography.import_command import import_deepuse_bundle
 from deepultrasound.elastography.networks import ReUSENet, USENet
 from deepultrasound.elastography.options import add_inference_options, inference_options, live_inference_options
 from deepultrasound.elastography.prealign import (
     PREALIGN_UNIFORM_STRAIN,
     REFINEMENT_WEIGHT,
-    compose_displacements,
     linear_prealignment,
     mirror_averaged,
 )
 from deepultrasound.elastography.strain import axial_strain_np
 from deepultrasound.errors import BundleError, InputError
 from deepultrasound.io import Image, read_image, write_image
+from deepultrasound.io.shared_data import shared_data_dir
 from deepultrasound.runtime import RecurrentPredictor, create_predictor, load_bundle
 from deepultrasound.runtime.graphs import GraphedStep, restore, snapshot
+from deepultrasound.spatial import compose_displacements, warp_image
 
-REFERENCE = Path("/work/shared/data/deepuse_reference")
+REFERENCE = shared_data_dir() / "deepuse_reference"
 SPACING = (0.2, 0.02, 0.05)  # lateral mm, axial mm, frame interval s
 WINDOW_MM = 0.3  # 15 samples: fits the tiny frames
 
@@ -92,7 +90,9 @@ def _speckle(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarra
 # ---------------------------------------------------------------- import-deepuse
 
 
-@pytest.mark.parametrize(("backend", "tolerance"), [("torch", 1e-5), ("onnxruntime", 1e-4)])
+@pytest.mark.shared_data("deepuse_reference")
+# tolerances as fractions of the largest |displacement| of the reference: float32 rounding varies by CPU
+@pytest.mark.parametrize(("backend", "tolerance"), [("torch", 1e-4), ("onnxruntime", 2e-4)])
 def test_imported_reusenet_reproduces_reference_sequence(
     imported_reusenet: Path, reference_frames: np.ndarray, backend: str, tolerance: float
 ) -> None:
@@ -100,12 +100,13 @@ def test_imported_reusenet_reproduces_reference_sequence(
     recurrent = RecurrentPredictor(create_predictor(imported_reusenet, backend, "cpu"))
     for t in (1, 2, 3):
         (ddf,) = recurrent.step(_pair(reference_frames, t))
-        assert np.abs(ddf - expected[t - 1]).max() <= tolerance
+        assert np.abs(ddf - expected[t - 1]).max() <= tolerance * np.abs(expected).max()
     manifest = load_bundle(imported_reusenet).manifest
     assert manifest.architecture == "reusenet" and len(manifest.states) == 10
     assert manifest.normalisation["kind"] == "frame_max"
 
 
+@pytest.mark.shared_data("deepuse_reference")
 def test_import_command_usenet_reproduces_reference(tmp_path: Path, reference_frames: np.ndarray) -> None:
     folder = tmp_path / "usenet"
     code = main(
@@ -126,7 +127,8 @@ def test_import_command_usenet_reproduces_reference(tmp_path: Path, reference_fr
     predictor = create_predictor(folder, "torch", "cpu")
     assert predictor.bundle.manifest.name == "usenet-ref" and not predictor.bundle.manifest.states
     (ddf,) = predictor.predict(_pair(reference_frames, 1))
-    assert np.abs(ddf - np.load(REFERENCE / "usenet_ddf_0to1.npy")).max() <= 1e-5
+    expected = np.load(REFERENCE / "usenet_ddf_0to1.npy")
+    assert np.abs(ddf - expected).max() <= 1e-4 * np.abs(expected).max()  # float32 rounding varies by CPU
 
 
 def test_import_command_missing_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -237,9 +239,14 @@ def _compressed_sequence(strains_percent: list[float], height: int = 400, width:
 def prealigned_bundle(small_model: ReUSENet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The untrained small ReUSENet, its manifest asking for frame-to-frame pairs with uniform-strain pre-alignment."""
     folder = tmp_path_factory.mktemp("prealigned") / "tiny-prealigned"
-    normalisation = {**DEEPUSE_NORMALISATION, "pairs": FRAME_TO_FRAME, "prealign": PREALIGN_UNIFORM_STRAIN}
     return save_deepuse_bundle(
-        small_model, folder, name="tiny-prealigned", example_size=(32, 16), formats=(), normalisation=normalisation
+        small_model,
+        folder,
+        name="tiny-prealigned",
+        example_size=(32, 16),
+        formats=(),
+        pairs=FRAME_TO_FRAME,
+        prealign=PREALIGN_UNIFORM_STRAIN,
     )
 
 
@@ -366,7 +373,7 @@ def test_pairs_replayed_on_static_buffers_equal_the_eager_ones(
     rf = _compressed_sequence([-0.5, -1.0, -1.5, -2.0], height=128)
     expected = StrainEstimator(prealigned_bundle, "torch", "cpu").estimate(rf, SPACING[1], window_mm=WINDOW_MM)
     captures: list[_ReplayOnCpu] = []
-    monkeypatch.setattr(inference, "GraphedStep", lambda *args: captures.append(_ReplayOnCpu(*args)) or captures[-1])
+    monkeypatch.setattr(estimators, "GraphedStep", lambda *args: captures.append(_ReplayOnCpu(*args)) or captures[-1])
     replayed = StrainEstimator(prealigned_bundle, "torch", "cpu")
     replayed.cuda_graphs = True  # CPU tensors: the stand-in replays them
     for _ in range(2):  # two references of one size
@@ -388,7 +395,7 @@ def test_a_failed_or_wrong_capture_falls_back_to_eager_pairs(
 
     rf = _compressed_sequence([-0.5, -1.0, -1.5], height=128)
     expected = StrainEstimator(prealigned_bundle, "torch", "cpu").estimate(rf, SPACING[1], window_mm=WINDOW_MM)
-    monkeypatch.setattr(inference, "GraphedStep", broken)
+    monkeypatch.setattr(estimators, "GraphedStep", broken)
     estimator = StrainEstimator(prealigned_bundle, "torch", "cpu")
     estimator.cuda_graphs = True
     result = estimator.estimate(rf, SPACING[1], window_mm=WINDOW_MM)
@@ -453,20 +460,28 @@ def test_folded_bundle_pads_frames_to_its_row_multiple(backend: str, tmp_path: P
 
 
 def test_prealignment_without_frame_to_frame_pairs_is_refused(small_model: ReUSENet, tmp_path: Path) -> None:
-    normalisation = {**DEEPUSE_NORMALISATION, "prealign": PREALIGN_UNIFORM_STRAIN}
-    folder = save_deepuse_bundle(
-        small_model, tmp_path / "b", name="b", example_size=(32, 16), formats=(), normalisation=normalisation
-    )
-    with pytest.raises(BundleError, match="'first' pairs with pre-alignment 'uniform_strain'"):
+    with pytest.raises(InputError, match="prealign 'uniform_strain' needs pairs 'previous'"):
+        save_deepuse_bundle(
+            small_model, tmp_path / "b", name="b", example_size=(32, 16), formats=(), prealign=PREALIGN_UNIFORM_STRAIN
+        )
+    assert not (tmp_path / "b").exists()
+
+
+def test_unknown_prealignment_is_refused(prealigned_bundle: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(prealigned_bundle, tmp_path / "b"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["inference"]["prealign"] = "affine"  # what a newer engine might write
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="inference.elastography.prealign"):
         StrainEstimator(folder)
 
 
-def test_unknown_prealignment_is_refused(small_model: ReUSENet, tmp_path: Path) -> None:
-    normalisation = {**DEEPUSE_NORMALISATION, "prealign": "affine"}
-    folder = save_deepuse_bundle(
-        small_model, tmp_path / "b", name="b", example_size=(32, 16), formats=(), normalisation=normalisation
-    )
-    with pytest.raises(BundleError, match="pre-alignment 'affine'"):
+def test_a_bundle_without_an_elastography_inference_section_is_refused(small_model, tmp_path: Path) -> None:
+    folder = save_deepuse_bundle(small_model, tmp_path / "b", name="b", example_size=(32, 16), formats=())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["inference"] = {"kind": "superres", "factor": 4}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="has a 'superres' inference section"):
         StrainEstimator(folder)
 
 
@@ -609,7 +624,7 @@ def test_strain_command_bad_input_is_one_clean_line(
 def test_strain_command_without_model_says_how_to_get_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inference, "model_directories", lambda: [tmp_path / "no-models"])
+    monkeypatch.setattr(model_resolution, "model_directories", lambda: [tmp_path / "no-models"])
     _write_rf(tmp_path / "rf.mha", _speckle(np.random.default_rng(6), (2, 16, 16)))
     assert main(["strain", str(tmp_path / "rf.mha"), "-o", str(tmp_path / "s.mha")]) == 2
     err = capsys.readouterr().err

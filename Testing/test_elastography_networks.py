@@ -1,7 +1,7 @@
 """Tests of the DeepUSE networks (USENet, ReUSENet) and the importer of original checkpoints.
 
 Parity is checked against reference displacements computed by the original DeepUSE code on
-the same weights and frames (/work/shared/data/deepuse_reference).
+the same weights and frames (``deepuse_reference`` in the shared data).
 """
 
 from __future__ import annotations
@@ -13,14 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from deepultrasound.elastography import (
-    NETWORK_STRIDE,
-    ReUSENet,
-    USENet,
-    crop_to_size,
-    input_multiple,
-    pad_to_multiple,
-)
+from deepultrasound.elastography import NETWORK_STRIDE, ReUSENet, USENet, input_multiple
 from deepultrasound.elastography.import_deepuse import (
     import_deepuse_checkpoint,
     infer_original_config,
@@ -28,11 +21,16 @@ from deepultrasound.elastography.import_deepuse import (
     original_key,
 )
 from deepultrasound.errors import ConfigError, FileFormatError, InputError
+from deepultrasound.io.shared_data import shared_data_dir
 from deepultrasound.runtime.architectures import build_architecture
+from deepultrasound.spatial import crop_to_size, pad_to_multiple
 
-REFERENCE = Path("/work/shared/data/deepuse_reference")
+REFERENCE = shared_data_dir() / "deepuse_reference"
 NORMS = ("batch", "instance")
-PARITY = 1e-5
+PARITY = 1e-4
+"""Largest difference to the original code, as a fraction of the largest |displacement| it gave: float32
+rounding differs with the CPU's vector width (1.3e-5 px of 4 px seen with AVX-512); a 10 % change of a
+single conv weight or two swapped layers of one shape move the output by far more."""
 
 
 def _original_state_dict(name: str) -> dict[str, torch.Tensor]:
@@ -64,15 +62,17 @@ def _pair(frames: torch.Tensor, t: int) -> torch.Tensor:
 # ---------------------------------------------------------------- parity with the original code
 
 
+@pytest.mark.shared_data("deepuse_reference")
 @pytest.mark.parametrize("norm", NORMS)
 @torch.no_grad()
 def test_usenet_matches_original(frames: torch.Tensor, norm: str) -> None:
     expected = np.load(REFERENCE / "usenet_ddf_0to1.npy")
     ddf = _reference_model(USENet, norm)(_pair(frames, 1))
     assert ddf.shape == (1, 2, 256, 64)
-    assert np.abs(ddf.numpy() - expected).max() <= PARITY
+    assert np.abs(ddf.numpy() - expected).max() <= PARITY * np.abs(expected).max()
 
 
+@pytest.mark.shared_data("deepuse_reference")
 @pytest.mark.parametrize("norm", NORMS)
 @torch.no_grad()
 def test_reusenet_matches_original_over_three_steps(frames: torch.Tensor, norm: str) -> None:
@@ -81,7 +81,7 @@ def test_reusenet_matches_original_over_three_steps(frames: torch.Tensor, norm: 
     states = model.initial_state(_pair(frames, 1))
     for t in (1, 2, 3):
         ddf, *states = model(_pair(frames, t), *states)
-        assert np.abs(ddf.numpy() - expected[t - 1]).max() <= PARITY
+        assert np.abs(ddf.numpy() - expected[t - 1]).max() <= PARITY * np.abs(expected).max()
     # the carried state matters: starting step 3 from zeros gives another displacement
     fresh = model(_pair(frames, 3))[0]
     assert np.abs(fresh.numpy() - expected[2]).max() > 1e-3
@@ -113,7 +113,7 @@ def test_padding_lets_any_size_through() -> None:
     ddf = crop_to_size(USENet().eval()(padded), size)
     assert ddf.shape == (1, 2, 50, 21)
     aligned = torch.randn(1, 2, 32, 16)
-    assert pad_to_multiple(aligned)[0] is aligned
+    assert pad_to_multiple(aligned, NETWORK_STRIDE)[0] is aligned
 
 
 @pytest.mark.parametrize(
@@ -199,6 +199,7 @@ def test_reusenet_rejects_bad_states() -> None:
 # ---------------------------------------------------------------- importer and registry
 
 
+@pytest.mark.shared_data("deepuse_reference")
 def test_infer_original_config() -> None:
     expected = {"architecture": "usenet", "in_channels": 2, "initial_channels": 8}
     assert infer_original_config(_original_state_dict("usenet")) == expected
@@ -208,6 +209,7 @@ def test_infer_original_config() -> None:
         infer_original_config({"conv.weight": torch.zeros(8, 2, 3, 3)})
 
 
+@pytest.mark.shared_data("deepuse_reference")
 def test_load_is_strict_and_names_the_keys() -> None:
     original = _original_state_dict("reusenet")
     missing = dict(original)
@@ -222,6 +224,7 @@ def test_load_is_strict_and_names_the_keys() -> None:
         load_original_state_dict(USENet(), original)
 
 
+@pytest.mark.shared_data("deepuse_reference")
 def test_import_checkpoint_with_data_parallel_prefix(tmp_path: Path) -> None:
     original = _original_state_dict("reusenet")
     path = tmp_path / "300_net_ReUSENet.pth"

@@ -16,7 +16,6 @@ from deepultrasound.elastography.metrics import (
     snr_e,
     strain_nrmse,
     strain_nrmse_contrast,
-    warp_image,
     warped_ncc,
 )
 from deepultrasound.elastography.strain import (
@@ -26,7 +25,6 @@ from deepultrasound.elastography.strain import (
     axial_strain_np,
     window_samples,
 )
-from deepultrasound.elastography.visualise import bmode_db, envelope
 from deepultrasound.errors import InputError
 
 # ---------------------------------------------------------------- strain
@@ -97,20 +95,6 @@ def test_running_sums_match_the_convolution_on_a_large_float32_field():
     by_sums, by_convolution = _slopes_by_running_sums(field, 287), _slopes_by_convolution(field, 287)
     assert by_sums.dtype == torch.float32 and by_sums.shape == (1, 1, 2000 - 286, 16)
     torch.testing.assert_close(by_sums, by_convolution, rtol=0, atol=1e-6)
-
-
-def test_envelope_equals_the_analytic_signal_magnitude():
-    from scipy.signal import hilbert
-
-    rng = np.random.default_rng(4)
-    for height in (64, 65):  # even and odd: the Nyquist bin is kept once, or absent
-        rf = rng.standard_normal((2, height, 3)).astype(np.float32)
-        np.testing.assert_allclose(envelope(rf), np.abs(hilbert(rf.astype(np.float64), axis=-2)), atol=1e-5)
-    depth = np.arange(400)
-    modulation = np.exp(-(((depth - 200) / 40.0) ** 2))
-    pulse = (modulation * np.cos(0.9 * depth))[:, None]
-    np.testing.assert_allclose(envelope(pulse)[100:300, 0], modulation[100:300], atol=1e-3)
-    assert bmode_db(pulse).max() == 0.0 and bmode_db(pulse).dtype == np.float32
 
 
 def test_axial_channel_is_used_and_numpy_wrapper_matches():
@@ -202,33 +186,8 @@ def test_metric_masks_are_validated():
         snr_e(torch.tensor([1.0, math.nan]))
 
 
-def test_warp_convention_is_lateral_then_axial_and_samples_at_x_plus_d():
-    moving = torch.arange(12 * 10, dtype=torch.float32).reshape(1, 1, 12, 10)
-    displacement = torch.zeros(1, 2, 12, 10)
-    displacement[:, 0] = 1.0  # lateral: one column
-    displacement[:, 1] = 2.0  # axial: two rows
-    warped = warp_image(moving, displacement)
-    torch.testing.assert_close(warped[..., :-2, :-1], moving[..., 2:, 1:])
-
-
 def _smooth_image(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.sin(0.4 * y + 0.3 * x) + torch.cos(0.25 * x - 0.2 * y)
-
-
-def test_warp_equals_monai_warp_with_its_channel_order():
-    import warnings
-
-    from monai.networks.blocks import Warp
-
-    generator = torch.Generator().manual_seed(0)
-    image = torch.randn(2, 3, 50, 20, generator=generator)
-    displacement = 4 * torch.randn(2, 2, 50, 20, generator=generator)  # many samples fall outside: border padding
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # MONAI's note on its grid_sample fallback
-        expected = Warp(mode="bilinear", padding_mode="border")(image, displacement.flip(1))
-    torch.testing.assert_close(warp_image(image, displacement), expected, rtol=0, atol=1e-4)
-    shifted = warp_image(image, torch.full((2, 2, 50, 20), 0.5).double())  # a float64 field warps float32 frames
-    assert shifted.dtype == torch.float32
 
 
 def test_ncc_after_warping_with_true_displacement():

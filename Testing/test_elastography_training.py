@@ -26,7 +26,7 @@ from deepultrasound.elastography.data import (
     refinement_pair,
     smooth_random_field,
 )
-from deepultrasound.elastography.inference import FRAME_TO_FRAME
+from deepultrasound.elastography.frames import FRAME_TO_FRAME
 from deepultrasound.elastography.losses import (
     compensated_strain,
     consistency_loss,
@@ -35,13 +35,11 @@ from deepultrasound.elastography.losses import (
     smoothness_loss,
     supervised_loss,
 )
-from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.networks import ReUSENet
 from deepultrasound.elastography.prealign import (
     PREALIGN_UNIFORM_STRAIN,
     DisplacementChain,
     _weighted_line,
-    compose_displacements,
     compose_with_uniform_strain,
     linear_prealignment,
     prealigned_previous,
@@ -53,6 +51,7 @@ from deepultrasound.elastography.training_task import NETWORK, DeepUSETask
 from deepultrasound.errors import ConfigError, InputError
 from deepultrasound.runtime import RecurrentPredictor, create_predictor
 from deepultrasound.simulation import SimulationConfig
+from deepultrasound.spatial import compose_displacements, warp_image
 from deepultrasound.training import Trainer, load_config, parse_config
 from deepultrasound.training.checkpoint import load_checkpoint
 from deepultrasound.training.task import StepContext, get_task
@@ -397,9 +396,10 @@ def test_supervised_term_runs_the_refinement_pairs_from_zero_states_and_joins_th
 @pytest.mark.parametrize("prealign", [False, True])
 def test_export_spec_records_the_prealignment_for_inference(tmp_path, prealign):
     args = {**tiny_config(tmp_path)["task_args"], "pairs": "previous", "prealign": prealign}
-    normalisation = DeepUSETask(DeepUSETask.parse_args(args), seed=0).export_spec().normalisation
-    assert normalisation["kind"] == "frame_max" and normalisation["pairs"] == FRAME_TO_FRAME
-    assert normalisation.get("prealign") == (PREALIGN_UNIFORM_STRAIN if prealign else None)
+    spec = DeepUSETask(DeepUSETask.parse_args(args), seed=0).export_spec()
+    assert spec.normalisation["kind"] == "frame_max" and spec.inference.pairs == FRAME_TO_FRAME
+    assert spec.inference.prealign == (PREALIGN_UNIFORM_STRAIN if prealign else None)
+    assert spec.inference.input_multiple == (16, 16)
 
 
 @pytest.mark.parametrize("pairs", ["first", "previous"])

@@ -59,30 +59,25 @@ import numpy as np
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from deepultrasound.elastography.inference import (
-    PAPER_CROP,
-    BlockMatchingEstimator,
-    SequenceStrainEstimator,
-    StrainEstimator,
-    UniformStrainEstimator,
-    crop_rows,
-    parse_crop,
-    resolve_model,
-)
+from deepultrasound.elastography.baselines import BlockMatchingEstimator, UniformStrainEstimator
+from deepultrasound.elastography.estimators import SequenceStrainEstimator, StrainEstimator
+from deepultrasound.elastography.frames import PAPER_CROP, crop_rows, parse_crop
 from deepultrasound.elastography.metrics import cnr_e, snr_e, strain_nrmse, strain_nrmse_contrast
+from deepultrasound.elastography.model_resolution import resolve_model
 from deepultrasound.elastography.options import add_inference_options, inference_options
 from deepultrasound.elastography.splits import BENCH_SEEDS, bench_seeds
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, axial_strain_np, window_samples
 from deepultrasound.errors import BundleError, ConfigError, InputError
 from deepultrasound.io import Image, read_sequence
+from deepultrasound.io.shared_data import shared_data_dir
 from deepultrasound.runtime import record_metrics
 
 HELP = "DeepUSE strain: networks vs block matching on held-out simulated sequences and in vivo data"
 
 DEFAULT_SEQUENCES = 20
 INVIVO_SEQUENCES = ("rf0299.mhd", "rf0300.mhd")
-DEFAULT_INVIVO_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "deepuse_invivo"
-"""``../shared/data/deepuse_invivo`` beside the repository."""
+DEFAULT_INVIVO_DIR = shared_data_dir() / "deepuse_invivo"
+"""``deepuse_invivo`` in the shared data (``$DEEPULTRASOUND_DATA``, else ``../shared/data`` beside the checkout)."""
 MIN_INCLUSION_PIXELS = 50
 ORACLE = "oracle"
 MANIFEST_KEY = "bench_strain"
@@ -136,7 +131,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--invivo",
         type=Path,
         default=DEFAULT_INVIVO_DIR,
-        help="folder with rf0299.mhd and rf0300.mhd (default: ../shared/data/deepuse_invivo beside the repository)",
+        help=f"folder with rf0299.mhd and rf0300.mhd (default: {DEFAULT_INVIVO_DIR})",
     )
     parser.add_argument(
         "--record",

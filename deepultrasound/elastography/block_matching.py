@@ -6,7 +6,7 @@ the post-compression frame at every integer offset within the search range. The 
 refined to sub-sample precision by a 3-point fit around the NCC peak: a cosine fit axially (the
 RF correlation oscillates at the carrier; a parabola is biased there) and a parabola laterally.
 The result is a dense displacement in pixels, ``post(x + d(x)) ~ pre(x)``, in the networks'
-convention (channel 0 lateral, channel 1 axial), so ``metrics.warp_image(post, d) ~ pre``.
+convention (channel 0 lateral, channel 1 axial), so ``spatial.warp_image(post, d) ~ pre``.
 
 The search is vectorised: the local sums that NCC needs are box filters computed with cumulative
 sums (cost independent of the block size), and only the offsets are looped over, many at once.
@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from monai.networks.layers import median_filter
 
-from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.strain import DEFAULT_AXIAL_SPACING_MM, DEFAULT_WINDOW_MM, axial_strain
 from deepultrasound.errors import InputError
+from deepultrasound.spatial import warp_image
 
 _CHUNK_ELEMENTS = 1 << 21
 """Products (offsets x pixels) formed at once in the correlation loop, bounding its buffer."""

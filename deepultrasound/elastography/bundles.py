@@ -2,8 +2,11 @@
 
 A DeepUSE bundle (``task="elastography"``) takes ``pair`` ``(B, 2, H, W)`` = cat[fixed, moving]
 RF (then, for ReUSENet, its ten states) and returns ``displacement`` ``(B, 2, H, W)`` in pixels
-(then the next states). Imported checkpoints, trained models and tests all save through
-:func:`save_deepuse_bundle` or, inside the trainer, use :func:`deepuse_state_specs` and these names.
+(then the next states). Its manifest's ``inference`` section (:func:`deepuse_inference`) says
+which frame pairs the network was trained on, whether they are pre-aligned and the multiple
+frames are padded to. Imported checkpoints, trained models and tests all save through
+:func:`save_deepuse_bundle` or, inside the trainer, use :func:`deepuse_state_specs`,
+:func:`deepuse_inference` and these names.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import ValidationError
 
-from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION
+from deepultrasound.elastography.frames import DEEPUSE_NORMALISATION
 from deepultrasound.elastography.networks import ReUSENet, USENet, input_multiple
 from deepultrasound.errors import InputError
 from deepultrasound.runtime import StateSpec, save_bundle
 from deepultrasound.runtime.bundle import EXPORT_FORMATS
+from deepultrasound.runtime.inference_specs import ElastographyInference
 
 TASK = "elastography"
 """``task`` of DeepUSE bundles."""
@@ -40,6 +45,21 @@ def deepuse_state_specs(model: USENet | ReUSENet) -> list[StateSpec]:
     ]
 
 
+def deepuse_inference(
+    model: USENet | ReUSENet, pairs: Literal["first", "previous"] = "first", prealign: str | None = None
+) -> ElastographyInference:
+    """The manifest's ``inference`` section of ``model``: its training pairs, pre-alignment and input multiple.
+
+    Raises:
+        InputError: an unknown pairing or pre-alignment, or pre-alignment without frame-to-frame pairs.
+    """
+    try:
+        return ElastographyInference(pairs=pairs, prealign=prealign, input_multiple=input_multiple(model.axial_fold))
+    except ValidationError as error:
+        problems = "; ".join(item["msg"] for item in error.errors())
+        raise InputError(f"cannot describe the DeepUSE inference of this model: {problems}") from error
+
+
 def save_deepuse_bundle(
     model: USENet | ReUSENet,
     directory: str | os.PathLike[str],
@@ -50,6 +70,9 @@ def save_deepuse_bundle(
     example_size: tuple[int, int] = EXAMPLE_SIZE,
     formats: Sequence[str] = EXPORT_FORMATS,
     normalisation: Mapping[str, Any] = DEEPUSE_NORMALISATION,
+    pairs: Literal["first", "previous"] = "first",
+    prealign: str | None = None,
+    weights_dtype: str = "float32",
     training_config: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -66,11 +89,14 @@ def save_deepuse_bundle(
         name, version, description: manifest fields.
         example_size: (H, W) of the example input used for tracing and for parity checks.
         formats: exported graphs besides the weights ("torchscript", "onnx").
-        normalisation: the manifest's input normalisation (see ``inference.NORMALISATIONS``).
+        normalisation: the manifest's input normalisation (see :data:`~.frames.NORMALISATIONS`).
+        pairs, prealign: what the network was trained on (see :func:`deepuse_inference`).
+        weights_dtype: "float32", or "float16" for weights half the size (see :func:`save_bundle`).
         training_config, metrics: recorded in the manifest.
 
     Raises:
-        InputError: an example size that is not a positive multiple of the network's input multiple.
+        InputError: an example size that is not a positive multiple of the network's input multiple,
+            or inconsistent ``pairs`` and ``prealign``.
         BundleError: the export failed (nothing is written).
     """
     height, width = example_size
@@ -78,6 +104,7 @@ def save_deepuse_bundle(
     if height < rows or width < lines or height % rows or width % lines:
         raise InputError(f"example size must be positive multiples of ({rows}, {lines}), got {example_size}")
     architecture = "reusenet" if isinstance(model, ReUSENet) else "usenet"
+    inference = deepuse_inference(model, pairs, prealign)
     return save_bundle(
         directory,
         model,
@@ -92,6 +119,8 @@ def save_deepuse_bundle(
         output_names=[OUTPUT_NAME],
         states=deepuse_state_specs(model),
         normalisation=normalisation,
+        inference=inference,
+        weights_dtype=weights_dtype,
         training_config=training_config,
         metrics=metrics,
         description=description,

@@ -10,7 +10,7 @@ Real sequences (e.g. the in vivo forearm data) are read with :func:`deepultrasou
 their truth is unknown, so they only serve unsupervised training.
 
 Every frame is normalised on its whole extent with the bundle's normalisation
-(:func:`~deepultrasound.elastography.inference.normalise_frame`) before any crop, exactly as
+(:func:`~deepultrasound.elastography.frames.normalise_frame`) before any crop, exactly as
 inference does on full frames.
 
 With pre-alignment (:mod:`deepultrasound.elastography.prealign`), each sequence also holds its
@@ -37,12 +37,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from deepultrasound.elastography.inference import normalise_frame
-from deepultrasound.elastography.metrics import warp_image
+from deepultrasound.elastography.frames import normalise_frame
 from deepultrasound.elastography.strain import window_samples
 from deepultrasound.errors import ConfigError, FileFormatError
 from deepultrasound.io.atomic import atomic_write
 from deepultrasound.simulation import SimulationConfig, simulate_sequence
+from deepultrasound.spatial import warp_image
 
 CACHE_VERSION = 2
 """Bumped when the cached content changes; part of every cache file name."""
@@ -110,7 +110,7 @@ def load_simulated(path: Path, normalisation: str) -> RFSequence:
 
 def load_real(path: str | os.PathLike[str], normalisation: str) -> RFSequence:
     """Read a real RF sequence file ``(frames, rows, cols)``; frames normalised with ``normalisation``."""
-    from deepultrasound.elastography.inference import prepare_rf
+    from deepultrasound.elastography.frames import prepare_rf
     from deepultrasound.io import read_sequence
 
     rf = prepare_rf(read_sequence(path, min_frames=2, require_finite=True).array)

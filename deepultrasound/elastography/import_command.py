@@ -3,8 +3,9 @@
 The checkpoint (``<epoch>_net_ReUSENet.pth`` or ``<epoch>_net_USENet.pth`` of the original code)
 is read as a plain tensor state dict (nothing is unpickled), loaded into :class:`USENet` /
 :class:`ReUSENet` and saved with :func:`save_deepuse_bundle`: weights, TorchScript and ONNX
-graphs, ReUSENet's ten recurrent states declared explicitly, and the original input
-normalisation (:data:`~deepultrasound.elastography.inference.DEEPUSE_NORMALISATION`).
+graphs, ReUSENet's ten recurrent states declared explicitly, the original input
+normalisation (:data:`~deepultrasound.elastography.frames.DEEPUSE_NORMALISATION`) and an
+``inference`` section of (reference, k) pairs without pre-alignment, as the original code ran them.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def import_deepuse_bundle(
         f"imported from the original DeepUSE checkpoint {Path(checkpoint).name}",
         example_size=example_size,
         formats=formats,
+        pairs="first",  # the original networks take (reference, k) pairs directly, without pre-alignment
         training_config={"source": "original DeepUSE checkpoint", "checkpoint": Path(checkpoint).name},
     )
 

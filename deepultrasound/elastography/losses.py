@@ -12,6 +12,9 @@ implementation LNCC is the mean zero-normalised cross-correlation over non-overl
 (8 x 8 samples in its in vivo configuration), ``smooth`` the mean absolute second difference of
 both displacement components along each axis, and the consistency compares the strain rows
 where its least-squares window is complete. The original weights are alpha = 5, beta = 0.1.
+:func:`local_ncc` and :func:`smoothness_loss` keep the original's arithmetic (the published
+networks' reference tests depend on it) and differ from MONAI's LNCC and bending energy (see
+each); the image capabilities use those, from :mod:`deepultrasound.losses`.
 
 Simulated sequences also know their displacement, so :func:`supervised_loss` compares an
 estimate with the truth directly (used on refinement pairs, see
@@ -26,9 +29,9 @@ from typing import Literal
 
 import torch
 
-from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.elastography.strain import axial_strain, window_samples
 from deepultrasound.errors import InputError
+from deepultrasound.spatial import warp_image
 
 Reduction = Literal["mean", "none"]
 

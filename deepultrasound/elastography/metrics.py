@@ -3,10 +3,7 @@
 Regions are boolean masks of the same shape as the map they select from. Every metric reduces
 over all elements the mask selects (pass one frame for per-frame values) and returns a float.
 MONAI has no elastographic SNR/CNR, normalised RMSE or global NCC metric, so these are plain
-functions. Warping is ``torch.nn.functional.grid_sample`` with the convention of MONAI's ``Warp``
-(pixel displacements, ``align_corners=True``), called directly: ``Warp`` builds and normalises
-its sampling grid with strided copies on every call, 7.2 ms against 4.4 ms for a 1600 x 128
-two-channel field on two CPU cores, and the live pipeline warps on every frame.
+functions. Warping is :func:`deepultrasound.spatial.warp_image`.
 
 References:
     Varghese T, Ophir J. A theoretical framework for performance characterization of
@@ -17,14 +14,13 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from deepultrasound.errors import InputError
+from deepultrasound.spatial import warp_image
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -161,54 +157,6 @@ def strain_nrmse_contrast(estimate: ArrayLike, truth: ArrayLike, mask: ArrayLike
     return float(_rms(est - est.mean() - contrast) / scale)
 
 
-def warp_image(moving: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
-    """Sample ``moving`` at ``x + displacement(x)``: bilinear, border values repeated outside.
-
-    With the displacement that maps the pre-compression frame onto the post-compression one,
-    ``warp_image(post, displacement) ~ pre``. Same result as MONAI's ``Warp`` (bilinear, border
-    padding, ``align_corners=True``: pixel centres at integer positions) given the displacement
-    in its (rows, cols) channel order; see the module docstring for why it is not called.
-
-    Args:
-        moving: ``(B, C, H, W)`` image.
-        displacement: ``(B, 2, H, W)`` displacement in pixels, channel 0 lateral (W), channel 1
-            axial (H).
-
-    Returns:
-        ``(B, C, H, W)`` warped image.
-    """
-    if moving.ndim != 4:
-        raise InputError(f"moving image must be (B, C, H, W), got shape {tuple(moving.shape)}")
-    expected = (moving.shape[0], 2, *moving.shape[2:])
-    if tuple(displacement.shape) != expected:
-        raise InputError(
-            f"displacement must be (B, 2, H, W) = {expected} for a moving image of shape "
-            f"{tuple(moving.shape)}, got {tuple(displacement.shape)}"
-        )
-    height, width = moving.shape[-2:]
-    # grid_sample wants (B, H, W, 2) positions in [-1, 1], x (lateral) first: the project's order.
-    grid, scale = _pixel_grid(height, width, moving.device, moving.dtype)
-    positions = grid + displacement.to(moving).permute(0, 2, 3, 1)
-    return F.grid_sample(moving, positions * scale - 1, mode="bilinear", padding_mode="border", align_corners=True)
-
-
-@functools.lru_cache(maxsize=8)
-def _pixel_grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(1, H, W, 2)`` pixel positions (column, row) and the ``(2,)`` scale of pixels to ``grid_sample``'s [-1, 1].
-
-    Cached, as a stream warps frames of one size (and a GPU then gets no host copy per frame);
-    made outside inference mode, so that training may differentiate through them later.
-    """
-    with torch.inference_mode(False):
-        rows, cols = torch.meshgrid(
-            torch.arange(height, device=device, dtype=dtype),
-            torch.arange(width, device=device, dtype=dtype),
-            indexing="ij",
-        )
-        scale = torch.tensor([2 / max(width - 1, 1), 2 / max(height - 1, 1)], device=device, dtype=dtype)
-        return torch.stack([cols, rows], dim=-1)[None], scale
-
-
 def ncc(fixed: ArrayLike, moving: ArrayLike, mask: ArrayLike | None = None) -> float:
     """Zero-normalised cross-correlation of two images over a region, in [-1, 1].
 
@@ -234,7 +182,7 @@ def ncc(fixed: ArrayLike, moving: ArrayLike, mask: ArrayLike | None = None) -> f
 def warped_ncc(
     fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.Tensor, mask: ArrayLike | None = None
 ) -> float:
-    """NCC between ``fixed`` and ``moving`` warped by ``displacement`` (:func:`warp_image`).
+    """NCC between ``fixed`` and ``moving`` warped by ``displacement`` (:func:`~deepultrasound.spatial.warp_image`).
 
     Args:
         fixed: ``(B, C, H, W)`` image, e.g. the pre-compression frame.

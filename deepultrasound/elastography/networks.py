@@ -11,7 +11,8 @@ channel 0 lateral (along W), channel 1 axial (along H). The displacement u maps 
 into the moving one: ``moving(p + u(p)) ~ fixed(p)`` (the original trains by resampling the
 moving frame at ``p + u(p)``). H and W must be multiples of :data:`NETWORK_STRIDE` (H of
 ``NETWORK_STRIDE * axial_fold`` for a folded USENet, see :func:`input_multiple`); use
-:func:`pad_to_multiple` and :func:`crop_to_size` for other sizes.
+:func:`deepultrasound.spatial.pad_to_multiple` and :func:`~deepultrasound.spatial.crop_to_size`
+for other sizes.
 
 Folded USENet (``axial_fold=f > 1``, ours, not in the paper): the pair's rows are folded into
 channels (``(B, 2, H, W)`` -> ``(B, 2f, H/f, W)``, every sample kept, its phase within the group
@@ -49,41 +50,6 @@ _LEVELS = 4  # encoder levels (each halves H and W) below the full-resolution on
 def input_multiple(axial_fold: int = 1) -> tuple[int, int]:
     """``(rows, lines)`` that H and W of a network's input must be multiples of, for its ``axial_fold``."""
     return NETWORK_STRIDE * axial_fold, NETWORK_STRIDE
-
-
-def pad_to_multiple(
-    x: torch.Tensor, multiple: int | tuple[int, int] = NETWORK_STRIDE
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Zero-pad the last two axes at their end (bottom rows, right columns) to multiples of ``multiple``.
-
-    Zeros (no echo) add no speckle that could be read as motion, and padding only at the end
-    keeps pixel (0, 0) in place, so the network output cropped with :func:`crop_to_size` is
-    aligned with the input.
-
-    Args:
-        x: ``(..., H, W)`` tensor, any H, W >= 1.
-        multiple: the size multiple of both axes, e.g. :data:`NETWORK_STRIDE`, or ``(rows, lines)``
-            (:func:`input_multiple`).
-
-    Returns:
-        ``(padded, (H, W))``: ``padded`` is ``(..., H', W')`` with H' and W' the next multiples
-        (unchanged when already multiples); ``(H, W)`` is the size to crop back to.
-    """
-    row_multiple, line_multiple = (multiple, multiple) if isinstance(multiple, int) else multiple
-    if min(row_multiple, line_multiple) < 1:
-        raise InputError(f"pad_to_multiple: multiple must be >= 1, got {multiple}")
-    if x.ndim < 2:
-        raise InputError(f"pad_to_multiple: expected a tensor (..., H, W), got shape {tuple(x.shape)}")
-    height, width = x.shape[-2], x.shape[-1]
-    pad_rows, pad_cols = -height % row_multiple, -width % line_multiple
-    if pad_rows == 0 and pad_cols == 0:
-        return x, (height, width)
-    return F.pad(x, (0, pad_cols, 0, pad_rows)), (height, width)
-
-
-def crop_to_size(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Undo :func:`pad_to_multiple`: ``(..., H', W')`` -> ``(..., H, W)`` for ``size = (H, W)``."""
-    return x[..., : size[0], : size[1]]
 
 
 class _DeepUSEEncoderNet(nn.Module):
@@ -143,8 +109,8 @@ class _DeepUSEEncoderNet(nn.Module):
         if x.shape[-2] % rows or x.shape[-1] % lines:
             raise InputError(
                 f"{type(self).__name__}: H must be a multiple of {rows} and W of {lines}, got "
-                f"{tuple(x.shape[-2:])}; pad with deepultrasound.elastography.pad_to_multiple and crop back "
-                "with crop_to_size"
+                f"{tuple(x.shape[-2:])}; pad with deepultrasound.spatial.pad_to_multiple and crop back with "
+                "crop_to_size"
             )
 
     def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -6,8 +6,8 @@ axial displacement between frames reaches 20 samples per 1 % compression at 4 cm
 cross-correlation lags (no truth used; :func:`linear_prealignment` is that field); a network then
 estimates the residual between the fixed frame and the moving frame warped by it
 (:func:`warp_by_uniform_strain`), and :func:`compose_with_uniform_strain` gives the total. Both
-are closed forms of :func:`~deepultrasound.elastography.metrics.warp_image` and
-:func:`compose_displacements` for this field, a few times cheaper on every live frame.
+are closed forms of :func:`~deepultrasound.spatial.warp_image` and
+:func:`~deepultrasound.spatial.compose_displacements` for this field, a few times cheaper on every live frame.
 For pairs (0, k), :class:`DisplacementChain` composes frame-to-frame estimates (fits, or a
 network's), which stay robust where a direct estimate at several % compression does not;
 :func:`refined_against_reference` corrects such a chained estimate with one more estimate
@@ -15,7 +15,7 @@ made against the reference itself; :func:`prealigned_previous` gives the pre-ali
 frame-to-frame training pairs.
 
 Bundles trained on pre-aligned pairs record ``"prealign": PREALIGN_UNIFORM_STRAIN`` in their
-manifest's ``normalisation`` entry; :class:`~deepultrasound.elastography.inference.StrainEstimator`
+manifest's ``inference`` section; :class:`~deepultrasound.elastography.estimators.StrainEstimator`
 then runs them the same way.
 
 All displacements are ``(B, 2, H, W)`` in pixels, channel 0 lateral, channel 1 axial, with
@@ -29,8 +29,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from deepultrasound.elastography.metrics import warp_image
 from deepultrasound.errors import InputError
+from deepultrasound.spatial import compose_displacements, warp_image
 
 PREALIGN_BLOCK_ROWS = 128
 """Rows of the cross-correlation blocks of :func:`linear_prealignment` (2.56 mm at 0.02 mm)."""
@@ -38,9 +38,7 @@ PREALIGN_LINES = 16
 """Lines (evenly spaced) whose correlations :func:`uniform_strain_fit` sums: 16 x 128 rows is
 plenty for a correlation peak, and 8x cheaper than all 128 lines (fits differ by < 0.1 sample)."""
 PREALIGN_UNIFORM_STRAIN = "uniform_strain"
-"""Manifest value (``normalisation["prealign"]``) of models trained on residuals after this pre-alignment."""
-PREALIGNMENTS: tuple[str, ...] = (PREALIGN_UNIFORM_STRAIN,)
-"""Pre-alignments a bundle may ask for."""
+"""Manifest value (``inference.prealign``) of models trained on residuals after this pre-alignment."""
 
 
 def _block_lags(fixed: torch.Tensor, moving: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,16 +169,6 @@ def compose_with_uniform_strain(inner: torch.Tensor, fit: torch.Tensor) -> torch
     return inner + torch.cat([torch.zeros_like(outer_axial), outer_axial], 1)
 
 
-def compose_displacements(inner: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
-    """``w(p) = inner(p) + outer(p + inner(p))``, all ``(B, 2, H, W)`` in pixels.
-
-    With ``outer`` mapping frame a to b and ``inner`` mapping a to ``b`` warped back by ``outer``
-    (the residual after pre-alignment), ``w`` maps a to b: ``b(p + w(p)) ~ a(p)``; with ``inner``
-    from a to b and ``outer`` from b to c (on b's grid), ``w`` maps a to c.
-    """
-    return inner + warp_image(outer, inner)
-
-
 PairDisplacement = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
 """``(fixed (B, 1, H, W), moving (B, 1, H, W), starts) -> (B, 2, H, W)`` displacement of one pair;
 ``starts`` is True for the first pair of a chain (a recurrent network starts from zero states)."""
@@ -196,7 +184,7 @@ chain; decorrelation between the reference and a frame several steps away). On 5
 sequences (seeds 1000000..1000004) the ReUSENet then shipped (its first 32 epochs) had strain NRMSE 0.087 chained, and
 0.066, 0.061 and 0.059 refined with weights 1, 0.75 and 0.5 (the USENet's 0.074, then 0.064,
 0.063 and 0.064), in a trial whose refining pass also pre-aligned the warped frame; as
-:class:`~deepultrasound.elastography.inference.StrainEstimator` refines now (no pre-alignment),
+:class:`~deepultrasound.elastography.estimators.StrainEstimator` refines now (no pre-alignment),
 weight 0.5 gave 0.059 and 0.065. After 6 epochs of training on supervised refinement pairs
 (``supervised_weight``), weight 0.5 still beat 1: 0.051 against 0.054."""
 

@@ -15,20 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from deepultrasound.elastography.inference import (
-    REFERENCES,
-    BlockMatchingEstimator,
-    SequenceStrainEstimator,
-    StrainEstimator,
-    StrainResult,
-    crop_rows,
-    parse_crop,
-)
+from deepultrasound.elastography.baselines import BlockMatchingEstimator
+from deepultrasound.elastography.estimators import SequenceStrainEstimator, StrainEstimator, StrainResult
+from deepultrasound.elastography.frames import REFERENCES, crop_rows, parse_crop
 from deepultrasound.elastography.options import add_inference_options, inference_options
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, window_samples
-from deepultrasound.elastography.visualise import DEFAULT_DYNAMIC_RANGE_DB, bmode_db, save_strain_figure
+from deepultrasound.elastography.visualise import save_strain_figure
 from deepultrasound.io import Image, read_sequence, write_image
 from deepultrasound.io.images import WRITE_SUFFIXES, image_suffix
+from deepultrasound.spatial import DEFAULT_DYNAMIC_RANGE_DB, bmode_db
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -6,8 +6,8 @@ runs at inference; with ``pairs: previous`` frame ``t`` is paired with frame ``t
 displacements). With ``prealign`` the moving frame is first warped by the uniform-strain field of
 :func:`~deepultrasound.elastography.prealign.linear_prealignment` (on the whole frame, before the
 crop) and the network learns the residual. A bundle trained on frame-to-frame pairs records
-``normalisation["pairs"] = "previous"`` (and ``"prealign": "uniform_strain"`` when pre-aligned),
-so that inference (:class:`~deepultrasound.elastography.inference.StrainEstimator`) chains its
+``inference.pairs = "previous"`` (and ``inference.prealign = "uniform_strain"`` when pre-aligned),
+so that inference (:class:`~deepultrasound.elastography.estimators.StrainEstimator`) chains its
 frame-to-frame estimates to the reference as validation does. The
 loss (:mod:`deepultrasound.elastography.losses`) needs no truth, so simulated and real RF train
 alike. Simulated sequences know their displacement, and with ``supervised_weight`` a supervised
@@ -49,6 +49,7 @@ from deepultrasound.elastography.bundles import (
     INPUT_NAME,
     OUTPUT_NAME,
     TASK,
+    deepuse_inference,
     deepuse_state_specs,
 )
 from deepultrasound.elastography.data import (
@@ -59,7 +60,7 @@ from deepultrasound.elastography.data import (
     load_simulated,
     prepare_simulated,
 )
-from deepultrasound.elastography.inference import DEEPUSE_NORMALISATION, FRAME_TO_FRAME, NORMALISATIONS
+from deepultrasound.elastography.frames import DEEPUSE_NORMALISATION, NORMALISATIONS
 from deepultrasound.elastography.layers import NormKind
 from deepultrasound.elastography.losses import (
     compensated_strain,
@@ -68,15 +69,8 @@ from deepultrasound.elastography.losses import (
     smoothness_loss,
     supervised_loss,
 )
-from deepultrasound.elastography.metrics import ncc, strain_nrmse, strain_nrmse_contrast, warp_image
-from deepultrasound.elastography.networks import (
-    NETWORK_STRIDE,
-    ReUSENet,
-    USENet,
-    crop_to_size,
-    input_multiple,
-    pad_to_multiple,
-)
+from deepultrasound.elastography.metrics import ncc, strain_nrmse, strain_nrmse_contrast
+from deepultrasound.elastography.networks import NETWORK_STRIDE, ReUSENet, USENet, input_multiple
 from deepultrasound.elastography.prealign import (
     PREALIGN_UNIFORM_STRAIN,
     DisplacementChain,
@@ -93,6 +87,7 @@ from deepultrasound.elastography.strain import (
 )
 from deepultrasound.errors import InputError
 from deepultrasound.simulation import SimulationConfig
+from deepultrasound.spatial import crop_to_size, pad_to_multiple, warp_image
 from deepultrasound.training.task import (
     ExportSpec,
     StepContext,
@@ -415,10 +410,6 @@ class DeepUSETask(Task):
             normalisation = dict(DEEPUSE_NORMALISATION)
         else:
             normalisation = {"kind": args.normalisation, "description": "per-frame normalisation used in training"}
-        if args.pairs == "previous":
-            normalisation["pairs"] = FRAME_TO_FRAME
-        if args.prealign:
-            normalisation["prealign"] = PREALIGN_UNIFORM_STRAIN
         example = torch.randn(1, 2, *args.patch_size, generator=torch.Generator().manual_seed(0))
         return ExportSpec(
             network=NETWORK,
@@ -431,6 +422,7 @@ class DeepUSETask(Task):
             output_names=[OUTPUT_NAME],
             states=deepuse_state_specs(network),
             normalisation=normalisation,
+            inference=deepuse_inference(network, args.pairs, PREALIGN_UNIFORM_STRAIN if args.prealign else None),
             description=(
                 f"{args.architecture} (initial channels {args.initial_channels}, {args.norm} norm"
                 + (f", {args.axial_fold} rows folded into channels" if args.axial_fold > 1 else "")
@@ -439,7 +431,7 @@ class DeepUSETask(Task):
                 "output displacement (B, 2, H, W) in pixels, channel 0 lateral, 1 axial"
                 + (
                     "; the moving frame is pre-aligned by a uniform-strain fit and the output is the residual "
-                    "(normalisation.prealign)"
+                    "(inference.prealign)"
                     if args.prealign
                     else ""
                 )

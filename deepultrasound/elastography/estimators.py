@@ -20,7 +20,7 @@ Input handling (the RF sequence, ``(N, H, W)``: frames, axial samples, lines):
 - each frame is normalised as the bundle manifest's ``normalisation`` says (see
   :data:`NORMALISATIONS`); the original DeepUSE code feeds frames stored with their maximum at
   1.0 (``"frame_max"``, what :func:`save_deepuse_bundle` records for imported models);
-- a bundle whose manifest ``normalisation`` holds ``"pairs": "previous"`` (:data:`FRAME_TO_FRAME`)
+- a bundle whose manifest ``inference`` section holds ``"pairs": "previous"`` (:data:`FRAME_TO_FRAME`)
   was trained on frame-to-frame pairs: the displacement of (reference, k) is that of
   (reference, k - 1) composed with the network's (k - 1, k) (:class:`DisplacementChain`), each
   estimate as small as one frame step, as in training; a recurrent state runs on from pair to
@@ -35,8 +35,9 @@ Input handling (the RF sequence, ``(N, H, W)``: frames, axial samples, lines):
   network, from zero recurrent states and with no pre-alignment, estimates what is left between
   the reference and frame k warped by the chained estimate, and the two estimates are averaged. This costs a second
   network pass per pair; the live processor leaves it off unless told;
-- frames whose size is not a multiple of the network stride (16) are zero-padded at the bottom
-  and right and the output cropped back;
+- frames whose size is not a multiple of the manifest's ``inference.input_multiple`` (the
+  network stride, 16, times any rows folded into channels) are zero-padded at the bottom and
+  right and the output cropped back;
 - a constant frame (no echo, e.g. a dropped frame) has no speckle to track: every pair that
   uses it gets zero displacement and zero strain, is marked in ``StrainResult.valid`` and a
   warning is logged; it does not advance a recurrent state;
@@ -46,30 +47,29 @@ Input handling (the RF sequence, ``(N, H, W)``: frames, axial samples, lines):
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deepultrasound.elastography.block_matching import BlockMatch, BlockMatchingParams, match_blocks
-from deepultrasound.elastography.networks import crop_to_size, input_multiple, pad_to_multiple
+from deepultrasound.elastography.frames import (
+    FRAME_TO_FRAME,
+    NORMALISATIONS,
+    Reference,
+    normalise_frame,
+    pair_indices,
+    prepare_rf,
+)
+from deepultrasound.elastography.model_resolution import resolve_model
 from deepultrasound.elastography.prealign import (
-    PREALIGNMENTS,
     DisplacementChain,
-    linear_prealignment,
     mirror_averaged,
     prealigned_estimate,
     refined_against_reference,
-    uniform_strain_pair,
 )
 from deepultrasound.elastography.strain import (
     DEFAULT_AXIAL_SPACING_MM,
@@ -78,68 +78,12 @@ from deepultrasound.elastography.strain import (
     window_samples,
 )
 from deepultrasound.errors import BundleError, InputError
-from deepultrasound.io import Image
-from deepultrasound.runtime import (
-    Predictor,
-    choose_device,
-    create_predictor,
-    find_bundles,
-    model_directories,
-)
+from deepultrasound.runtime import Predictor, create_predictor
 from deepultrasound.runtime.graphs import GraphedStep, restore, snapshot
+from deepultrasound.runtime.inference_specs import ElastographyInference
+from deepultrasound.spatial import crop_to_size, pad_to_multiple
 
 logger = logging.getLogger(__name__)
-
-Reference = Literal["first", "previous"]
-REFERENCES: tuple[str, ...] = ("first", "previous")
-
-FRAME_TO_FRAME = "previous"
-"""Manifest value (``normalisation["pairs"]``) of models trained on frame-to-frame pairs (k-1, k):
-their (reference, k) displacement is composed from frame-to-frame ones (:class:`DisplacementChain`)."""
-
-DEEPUSE_ARCHITECTURES = ("reusenet", "usenet")
-"""Registered architectures of the DeepUSE networks, in order of preference for the default model:
-refined against the reference (the offline default), the shipped ReUSENet scored better than the
-shipped USENet on every simulated figure of ``deepultrasound bench strain`` (strain NRMSE 0.057
-against 0.072, CNRe 21.3 against 18.5; in vivo SNRe 1.55 against 1.64; the manifests hold the
-figures)."""
-
-PAPER_CROP = slice(100, -300)
-"""Rows the DeepUSE paper keeps of its 2000-sample in vivo frames (1600 x 128 network input)."""
-
-HOW_TO_GET_A_MODEL = (
-    "import the original DeepUSE weights with 'deepultrasound import-deepuse <epoch>_net_ReUSENet.pth "
-    "-o BUNDLE' or train one with 'deepultrasound train CONFIG', then pass --model BUNDLE "
-    "(or use --baseline for block matching without a network)"
-)
-
-
-def _frame_max(frame: np.ndarray) -> float:
-    """Largest value; frames with no positive sample fall back to the largest magnitude."""
-    peak = float(frame.max())
-    return peak if peak > 0 else float(np.abs(frame).max())
-
-
-#: normalisation kind (manifest ``normalisation["kind"]``) -> the per-frame divisor
-NORMALISATIONS: dict[str, Callable[[np.ndarray], float]] = {
-    "frame_max": _frame_max,  # the DeepUSE in vivo database: each frame stored with max = 1.0
-    "frame_max_abs": lambda frame: float(np.abs(frame).max()),  # deepultrasound.simulation: max |rf| = 1
-    "none": lambda frame: 1.0,
-}
-
-DEEPUSE_NORMALISATION = {
-    "kind": "frame_max",
-    "description": "each RF frame divided by its maximum, as the DeepUSE in vivo frames are stored (max 1.0)",
-}
-"""The ``normalisation`` manifest entry of models trained like the original DeepUSE."""
-
-
-def normalise_frame(frame: np.ndarray, kind: str) -> np.ndarray:
-    """``frame`` (H, W) scaled per :data:`NORMALISATIONS` ``[kind]``; a zero frame is returned unchanged."""
-    if kind not in NORMALISATIONS:
-        raise InputError(f"unknown normalisation {kind!r}; known: {', '.join(NORMALISATIONS)}")
-    scale = NORMALISATIONS[kind](frame)
-    return frame / np.float32(scale) if scale > 0 else frame
 
 
 @dataclass(frozen=True)
@@ -158,80 +102,6 @@ class StrainResult:
     strain: np.ndarray
     pairs: np.ndarray
     valid: np.ndarray
-
-
-def prepare_rf(rf: np.ndarray) -> np.ndarray:
-    """Check an RF sequence and return it as contiguous float32 ``(N, H, W)``.
-
-    Raises:
-        InputError: not 3-D, fewer than 2 frames, empty frames, complex or non-numeric data, or
-            NaN/Inf (the message names the first bad frame).
-    """
-    array = np.asarray(rf)
-    if array.ndim != 3:
-        raise InputError(
-            f"an RF sequence must be (frames, axial samples, lines), got shape {array.shape}; "
-            "a single 2D frame has nothing to compare with"
-        )
-    if array.shape[0] < 2:
-        raise InputError(f"strain needs at least 2 frames, got {array.shape[0]}")
-    if array.shape[1] < 1 or array.shape[2] < 1:
-        raise InputError(f"RF frames are empty: shape {array.shape}")
-    if np.iscomplexobj(array) or not np.issubdtype(array.dtype, np.number):
-        raise InputError(f"RF data must be real numbers, got dtype {array.dtype}")
-    frames = np.ascontiguousarray(array, dtype=np.float32)
-    finite = np.isfinite(frames).reshape(len(frames), -1).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        count = int((~np.isfinite(frames[bad[0]])).sum())
-        raise InputError(
-            f"RF frame {bad[0]} holds {count} NaN or infinite value(s)"
-            + (f" (frames with such values: {bad.tolist()})" if len(bad) > 1 else "")
-            + "; remove or repair the frame"
-        )
-    return frames
-
-
-def pair_indices(frames: int, reference: Reference) -> np.ndarray:
-    """``(frames - 1, 2)`` (fixed, moving) indices: (0, k) for ``"first"``, (k-1, k) for ``"previous"``."""
-    if reference not in REFERENCES:
-        raise InputError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
-    moving = np.arange(1, frames)
-    fixed = np.zeros_like(moving) if reference == "first" else moving - 1
-    return np.stack([fixed, moving], axis=1)
-
-
-def parse_crop(text: str) -> slice:
-    """``"START:STOP"`` (Python slice syntax, either end optional, e.g. ``"100:-300"``) -> a row slice."""
-    parts = text.split(":")
-    try:
-        if len(parts) != 2:
-            raise ValueError(text)
-        return slice(*(int(part) if part.strip() else None for part in parts))
-    except ValueError as error:
-        raise InputError(f"--crop must be START:STOP rows, e.g. 100:-300, got {text!r}") from error
-
-
-def crop_rows(image: Image, rows: slice) -> Image:
-    """Keep the axial rows ``rows`` of a ``(frames, rows, cols)`` sequence; the origin moves to the first kept row.
-
-    Raises:
-        InputError: the slice keeps no row or has a step.
-    """
-    if rows.step not in (None, 1):
-        raise InputError(f"a row crop cannot have a step, got {rows}")
-    height = image.array.shape[-2]
-    start, stop, _ = rows.indices(height)
-    if stop - start < 1:
-        raise InputError(
-            f"crop {rows.start}:{rows.stop} keeps no row of frames with {height} rows; "
-            "choose START:STOP inside the frame"
-        )
-    direction = np.asarray(image.direction).reshape(image.ndim, image.ndim)
-    step = np.zeros(image.ndim)
-    step[1] = start * image.axial_spacing_mm  # axis 1 of the geometry (y) is the axial, row axis
-    origin = tuple(float(v) for v in np.asarray(image.origin) + direction @ step)
-    return dataclasses.replace(image, array=image.array[..., start:stop, :], origin=origin)
 
 
 class SequenceStrainEstimator(ABC):
@@ -364,15 +234,16 @@ class StrainEstimator(SequenceStrainEstimator):
 
     Attributes:
         prealignment: the pre-alignment the bundle was trained with (manifest
-            ``normalisation["prealign"]``, e.g. ``"uniform_strain"``), or None.
+            ``inference.prealign``, e.g. ``"uniform_strain"``), or None.
         frame_to_frame: the bundle was trained on frame-to-frame pairs (manifest
-            ``normalisation["pairs"] == "previous"``); displacements to the reference are chained.
+            ``inference.pairs == "previous"``); displacements to the reference are chained.
         cuda_graphs: whether pairs are (still) replayed as CUDA graphs.
         refine: whether pairs are refined against the reference.
 
     Raises:
-        BundleError: no such model (the message says how to get one), an invalid bundle, a
-            bundle that is not a frame-pair displacement model, or an unknown pre-alignment.
+        BundleError: no such model (the message says how to get one), an invalid bundle (an
+            unknown pre-alignment among its faults), or a bundle that is not a frame-pair
+            displacement model.
         InputError: ``cuda_graphs=True`` without a CUDA device and a torch backend.
     """
 
@@ -411,23 +282,18 @@ class StrainEstimator(SequenceStrainEstimator):
                 f"model {manifest.name!r} asks for normalisation {self.normalisation!r}, unknown here "
                 f"(known: {', '.join(NORMALISATIONS)}); update deepultrasound"
             )
-        prealignment = manifest.normalisation.get("prealign")
-        if prealignment is not None and prealignment not in PREALIGNMENTS:
+        inference = manifest.inference
+        if not isinstance(inference, ElastographyInference):
             raise BundleError(
-                f"model {manifest.name!r} asks for pre-alignment {prealignment!r}, unknown here "
-                f"(known: {', '.join(PREALIGNMENTS)}); update deepultrasound"
+                f"model {manifest.name!r} ({self.predictor.bundle.path}) has "
+                + (f"a {inference.kind!r} inference section" if inference else "no inference section")
+                + "; a strain model's manifest says how its frame pairs are prepared (kind 'elastography'): "
+                "export it with save_deepuse_bundle, 'deepultrasound train' or 'deepultrasound import-deepuse'"
             )
-        pairs = manifest.normalisation.get("pairs", "first")
-        if pairs not in REFERENCES or (prealignment is not None and pairs != FRAME_TO_FRAME):
-            raise BundleError(
-                f"model {manifest.name!r} asks for {pairs!r} pairs"
-                + (f" with pre-alignment {prealignment!r}" if prealignment is not None else "")
-                + f"; supported: {', '.join(REFERENCES)} pairs, pre-aligned ones frame to frame"
-            )
-        self.prealignment: str | None = prealignment
-        self.frame_to_frame = pairs == FRAME_TO_FRAME
+        self.prealignment: str | None = inference.prealign
+        self.frame_to_frame = inference.pairs == FRAME_TO_FRAME
         self.name = manifest.name
-        self._input_multiple = input_multiple(int(manifest.architecture_args.get("axial_fold", 1)))
+        self._input_multiple = inference.input_multiple
         self.refine = self.frame_to_frame if refine is None else refine
         self._states: list[torch.Tensor] = []  # recurrent states, updated in place
         self._rest_states: list[torch.Tensor] = []  # zero states of the refining pass, never written
@@ -540,137 +406,3 @@ class StrainEstimator(SequenceStrainEstimator):
         ):
             return states
         return [torch.zeros(shape, device=padded.device) for shape in shapes]
-
-
-class BlockMatchingEstimator(SequenceStrainEstimator):
-    """The classical baseline: NCC block matching (:func:`match_blocks`) per frame pair.
-
-    By default (``chained``) the displacement of (reference, k) is chained from frame-to-frame
-    matches (k - 1, k) (:class:`DisplacementChain`), as frame-to-frame networks run: each match
-    sees one frame step of motion and decorrelation. On the bench's simulated sequences this
-    kept the contrast NRMSE at ~0.43 for pairs (0, 1) to (0, 5) where matching (0, k) directly
-    went from 0.44 to 1.6 (``chained=False``, kept for comparison).
-
-    Each match is guided by the pair's own uniform-strain fit (:func:`linear_prealignment`, no
-    history), so a jump in compression between pairs (frames at rest, then pressed; dropped
-    frames) is found and no error carries over to later pairs. The search range then covers the
-    non-uniform part of the motion. Where that guided match is poor (correlation below
-    :attr:`POOR_CORRELATION` at more than :attr:`POOR_FRACTION` of the pixels: strain far from
-    uniform), the search is repeated around the previous match's displacement, which follows
-    non-uniform strain, and each pixel keeps the better-correlated of the two matches.
-
-    Args:
-        params: block and search sizes (default: 51 x 3 blocks, +-32 axial, +-1 lateral).
-        device: torch device of the search (see :func:`choose_device`).
-        chained: chain frame-to-frame matches (True) or match (reference, k) directly.
-    """
-
-    name = "block matching"
-    POOR_CORRELATION = 0.6
-    """NCC below which a pixel's match counts as poor."""
-    POOR_FRACTION = 0.01
-    """Fraction of poor pixels above which the previous match's displacement is tried as a guide too."""
-
-    def __init__(
-        self,
-        params: BlockMatchingParams | None = None,
-        device: str | torch.device | None = None,
-        chained: bool = True,
-    ) -> None:
-        self.params = params or BlockMatchingParams(axial_search=32)
-        self.device = choose_device(device)
-        self.chained = chained
-        if not chained:
-            self.name = "block matching (direct)"
-        self._chain = DisplacementChain(self._match) if chained else None
-        self._previous: torch.Tensor | None = None
-
-    def _begin_sequence(self) -> None:
-        self._previous = None
-        if self._chain is not None:
-            self._chain.reset()
-
-    def step_tensor(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
-        fixed, moving = pair[:, :1], pair[:, 1:]
-        if self._chain is None:
-            return self._match(fixed, moving)
-        return self._chain.step(fixed, moving, new_reference)
-
-    def _match(self, fixed: torch.Tensor, moving: torch.Tensor, starts: bool = True) -> torch.Tensor:
-        """``(1, 2, H, W)`` displacement of one pair of ``(1, 1, H, W)`` frames (``starts`` unused)."""
-        match = match_blocks(fixed, moving, self.params, linear_prealignment(fixed, moving))
-        poor = (match.correlation < self.POOR_CORRELATION).float().mean()
-        if self._previous is not None and poor > self.POOR_FRACTION:
-            match = _better_match(match, match_blocks(fixed, moving, self.params, self._previous))
-        self._previous = match.displacement
-        return match.displacement
-
-
-def _better_match(first: BlockMatch, second: BlockMatch) -> BlockMatch:
-    """Per pixel, the displacement and correlation of whichever match correlates better."""
-    second_wins = second.correlation > first.correlation
-    return BlockMatch(
-        torch.where(second_wins, second.displacement, first.displacement),
-        torch.maximum(first.correlation, second.correlation),
-    )
-
-
-class UniformStrainEstimator(SequenceStrainEstimator):
-    """The uniform-strain pre-alignment alone (:func:`uniform_strain_pair`, chained) as a strain estimator.
-
-    What a pre-aligned network starts from: a displacement ``a + b z`` per pair, so its strain
-    is uniform. Pairs of one reference chain frame-to-frame fits.
-    """
-
-    name = "uniform"
-
-    def __init__(self) -> None:
-        self._chain = DisplacementChain(uniform_strain_pair)
-
-    def _begin_sequence(self) -> None:
-        self._chain.reset()
-
-    def step_tensor(self, pair: torch.Tensor, new_reference: bool) -> torch.Tensor:
-        return self._chain.step(pair[:, :1], pair[:, 1:], new_reference)
-
-
-def _bundled_deepuse_models() -> list[tuple[Path, dict[str, object]]]:
-    """(folder, manifest) of the bundled DeepUSE models, preferred first (:data:`DEEPUSE_ARCHITECTURES`, then by name).
-
-    Manifests are only peeked at here; the chosen bundle is verified when it is loaded.
-    """
-    found = []
-    for folder in find_bundles(model_directories()):
-        try:
-            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(manifest, dict) and manifest.get("architecture") in DEEPUSE_ARCHITECTURES:
-            found.append((folder, manifest))
-    return sorted(found, key=lambda item: (DEEPUSE_ARCHITECTURES.index(item[1]["architecture"]), item[0].name))
-
-
-def resolve_model(model: str | os.PathLike[str] | None = None) -> Path:
-    """The bundle folder of ``model``: an existing path, else a bundled model of that (folder or
-    manifest) name; None gives the preferred bundled DeepUSE model.
-
-    Raises:
-        BundleError: nothing matches; the message lists the bundled models and how to get one.
-    """
-    bundled = _bundled_deepuse_models()
-    if model is not None:
-        path = Path(model)
-        if path.exists():
-            return path
-        for folder, manifest in bundled:
-            if str(model) in (folder.name, manifest.get("name")):
-                return folder
-        names = ", ".join(folder.name for folder, _ in bundled) or "none"
-        raise BundleError(
-            f"model {str(model)!r} is neither a bundle folder nor a bundled model (bundled: {names}); "
-            + HOW_TO_GET_A_MODEL
-        )
-    if not bundled:
-        looked = ", ".join(str(folder) for folder in model_directories())
-        raise BundleError(f"no DeepUSE model is installed (looked in {looked}); " + HOW_TO_GET_A_MODEL)
-    return bundled[0][0]
