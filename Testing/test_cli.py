@@ -7,7 +7,10 @@ import sys
 
 import pytest
 
-from deepultrasound.cli import COMMANDS, main
+from deepultrasound.capabilities import capabilities
+from deepultrasound.cli import main
+
+COMMANDS = capabilities().commands
 
 
 def test_help_lists_every_subcommand(capsys):

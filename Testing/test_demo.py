@@ -1,14 +1,18 @@
 """``deepultrasound demo`` end to end at a small size: scanner -> OpenIGTLink -> live strain -> output
-folder; the folder holds what it promises and the strain agrees with the FEM truth of the phantom."""
+folder; the folder holds what it promises and the strain agrees with the FEM truth of the phantom.
+The scanner simulates the same phantom, over the depth its help states."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
 
 from deepultrasound.cli import main
+from deepultrasound.errors import InputError
 from deepultrasound.io import read_sequence
+from deepultrasound.streaming.scanner import demo_phantom_source
 
 
 def test_demo_streams_strain_figures_and_a_truthful_summary(tmp_path):
@@ -52,3 +56,21 @@ def test_demo_streams_strain_figures_and_a_truthful_summary(tmp_path):
     scored = [r for r in summary["results"] if r["nrmse"] is not None]
     assert scored and all(r["nrmse"] < 0.5 for r in scored), summary["results"]
     assert all(r["cnr_e_stiff"] > 1.0 for r in scored), summary["results"]
+
+
+def test_scanner_images_the_demo_phantom_over_the_depth_its_help_states(capsys):
+    """``--height`` is the number of samples over the phantom's 40 mm depth and ``--width`` the lines
+    over its 25.6 mm, in the help and in what is streamed."""
+    with pytest.raises(SystemExit):
+        main(["scanner", "--help"])
+    assert "samples over its 40 mm depth" in capsys.readouterr().out
+    source, sequence = demo_phantom_source(ramp_frames=2, height=500, width=64, step_percent=0.5, seed=0)
+    assert source.frames.shape[1:] == (500, 64)
+    lateral_mm, axial_mm = source.geometry.spacing
+    assert (500 * axial_mm, 64 * lateral_mm) == pytest.approx((40.0, 25.6))
+    assert sequence.stiffness.max() == pytest.approx(3.0) and sequence.stiffness.min() == pytest.approx(0.4)
+
+
+def test_scanner_refuses_a_size_too_coarse_for_the_simulation():
+    with pytest.raises(InputError, match=r"40 x 25.6 mm demo phantom .* 100 samples x 64 lines: axial_spacing_mm"):
+        demo_phantom_source(ramp_frames=2, height=100, width=64, step_percent=0.5, seed=0)

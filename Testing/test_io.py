@@ -25,8 +25,9 @@ from deepultrasound.io import (
     read_video,
     write_image,
 )
+from deepultrasound.io.shared_data import shared_data_dir
 
-DATA = Path("/work/shared/data")
+DATA = shared_data_dir()
 RF_SEQUENCE = DATA / "deepuse_invivo" / "rf0299.mhd"
 CAMUS_FLAT = DATA / "camus_train"
 SUFFIXES = (".mha", ".mhd", ".nrrd", ".nii", ".nii.gz")
@@ -296,7 +297,7 @@ def test_wrong_dimensionality(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not RF_SEQUENCE.exists(), reason="in vivo RF data not present")
+@pytest.mark.shared_data("deepuse_invivo")
 def test_reads_in_vivo_rf_sequence() -> None:
     image = read_sequence(RF_SEQUENCE, min_frames=2, require_finite=True)
     assert image.array.shape == (6, 2000, 128) and image.array.dtype == np.float32
@@ -433,7 +434,7 @@ def test_camus_info_parsing(tmp_path: Path) -> None:
         read_camus_info(cfg)
 
 
-@pytest.mark.skipif(not CAMUS_FLAT.is_dir(), reason="CAMUS sample not present")
+@pytest.mark.shared_data("camus_train")
 def test_camus_real_flat_folder() -> None:
     dataset = CamusDataset(CAMUS_FLAT)
     assert len(dataset.patients) == 100 and dataset.patients[0] == "patient0001"

@@ -1,10 +1,11 @@
 """``deepultrasound bench <suite> [suite options]``: measured figures, the last stdout line one JSON object.
 
-A suite is a module registered in :data:`SUITES` that provides ``HELP`` (one line),
-``configure(parser)`` (its options) and ``run(args) -> dict`` (prints a readable report and
-returns its figures, JSON-serialisable, None where a figure is not available; ``args.command``
-holds the command line, for suites that record it). This dispatcher prints the figures as one
-JSON line after everything else, so scripts read the last line.
+Suites come from the capability registry (``BENCH_SUITES``, see :mod:`deepultrasound.capabilities`).
+A suite module provides ``HELP`` (one line), ``configure(parser)`` (its options) and
+``run(args) -> dict`` (prints a readable report and returns its figures, JSON-serialisable, None
+where a figure is not available; ``args.command`` holds the command line, for suites that record
+it). This dispatcher prints the figures as one JSON line after everything else, so scripts read
+the last line.
 """
 
 from __future__ import annotations
@@ -14,24 +15,18 @@ import importlib
 import json
 import shlex
 
-#: suite name -> module that implements it
-SUITES: dict[str, str] = {
-    "strain": "deepultrasound.elastography.bench",
-    "stream": "deepultrasound.streaming.bench",
-    "soak": "deepultrasound.streaming.soak",
-    "throughput": "deepultrasound.streaming.throughput",
-}
+from deepultrasound.capabilities import capabilities
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the suite name; the suite's own options follow it (``deepultrasound bench SUITE --help``)."""
-    parser.add_argument("suite", choices=sorted(SUITES), help="benchmark suite")
+    parser.add_argument("suite", choices=sorted(capabilities().bench_suites), help="benchmark suite")
     parser.add_argument("options", nargs=argparse.REMAINDER, help="options of the suite")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the suite and print its figures as the last stdout line."""
-    module = importlib.import_module(SUITES[args.suite])
+    module = importlib.import_module(capabilities().bench_suites[args.suite].module)
     parser = argparse.ArgumentParser(prog=f"deepultrasound bench {args.suite}", description=module.HELP)
     module.configure(parser)
     options = parser.parse_args(args.options)

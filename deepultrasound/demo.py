@@ -31,21 +31,6 @@ logger = logging.getLogger(__name__)
 
 #: a seed of the reserved bench range: never used for training
 DEMO_SEED = 9_099_999
-DEPTH_MM, WIDTH_MM = 40.0, 25.6
-
-
-def demo_phantom():
-    """Background plus a stiff (3x) and a soft (0.4x) circular inclusion, both isoechoic, 40 x 25.6 mm."""
-    from deepultrasound.simulation import Inclusion, Phantom
-
-    return Phantom(
-        depth_mm=DEPTH_MM,
-        width_mm=WIDTH_MM,
-        inclusions=(
-            Inclusion(center_mm=(7.5, 17.0), semi_axes_mm=(4.0, 4.0), stiffness=3.0),
-            Inclusion(center_mm=(18.0, 26.0), semi_axes_mm=(3.5, 3.5), stiffness=0.4),
-        ),
-    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -112,27 +97,24 @@ def run(args: argparse.Namespace) -> int:
     from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, window_samples
     from deepultrasound.elastography.visualise import save_strain_figure
     from deepultrasound.io import Image, write_image
-    from deepultrasound.simulation import SimulationConfig
     from deepultrasound.streaming.igtl import IgtlClient
     from deepultrasound.streaming.pipeline import StrainStream, StreamConfig, status_line
-    from deepultrasound.streaming.scanner import Scanner, phantom_source
+    from deepultrasound.streaming.scanner import Scanner, demo_phantom_source
 
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
-    config = SimulationConfig(
-        n_frames=args.ramp_frames,
-        height=args.height,
-        width=args.width,
-        compression_step_percent=args.step_percent,
-        axial_spacing_mm=DEPTH_MM / args.height,
-        lateral_pitch_mm=WIDTH_MM / args.width,
-    )
     print(
-        f"[1/3] simulating a {config.n_frames}-frame compression ramp of {config.height} x {config.width} ...",
-        flush=True,
+        f"[1/3] simulating a {args.ramp_frames}-frame compression ramp of {args.height} x {args.width} ...", flush=True
     )
     started = time.perf_counter()
-    source, sequence = phantom_source(config, seed=args.seed, phantom=demo_phantom())
+    source, sequence = demo_phantom_source(
+        ramp_frames=args.ramp_frames,
+        height=args.height,
+        width=args.width,
+        step_percent=args.step_percent,
+        seed=args.seed,
+    )
+    config = sequence.config
     simulate_seconds = time.perf_counter() - started
     crop = slice(args.height // 20, -(3 * args.height) // 20)  # rows 100:-300 of 2000, as the DeepUSE paper crops
     kept = slice(*crop.indices(args.height)[:2])

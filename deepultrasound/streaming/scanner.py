@@ -97,6 +97,19 @@ def phantom_source(config=None, seed: int = 0, phantom=None):
     return LoopedFrames(sequence.rf, geometry, cyclic_order(len(sequence.rf))), sequence
 
 
+def demo_phantom_source(*, ramp_frames: int, height: int, width: int, step_percent: float, seed: int):
+    """The demo phantom (:mod:`deepultrasound.simulation.presets`) under cyclic compression, imaged over
+    its whole 40 mm depth and 25.6 mm width at ``height`` samples x ``width`` lines.
+
+    Returns:
+        ``(LoopedFrames, SimulatedSequence)``, as :func:`phantom_source`.
+    """
+    from deepultrasound.simulation.presets import demo_config, demo_phantom
+
+    config = demo_config(n_frames=ramp_frames, height=height, width=width, compression_step_percent=step_percent)
+    return phantom_source(config, seed=seed, phantom=demo_phantom())
+
+
 class Scanner:
     """Streams a :class:`LoopedFrames` source over OpenIGTLink at ``rate_hz`` in a background thread.
 
@@ -173,7 +186,9 @@ class Scanner:
 
 
 def add_phantom_arguments(parser: argparse.ArgumentParser, *, ramp_frames: int, step_percent: float, seed: int) -> None:
-    """Options of the simulated phantom under cyclic compression (shared by ``scanner`` and ``demo``)."""
+    """Options of the simulated demo phantom under cyclic compression (shared by ``scanner`` and ``demo``)."""
+    from deepultrasound.simulation.presets import DEMO_DEPTH_MM, DEMO_WIDTH_MM
+
     parser.add_argument(
         "--ramp-frames",
         type=int,
@@ -187,9 +202,17 @@ def add_phantom_arguments(parser: argparse.ArgumentParser, *, ramp_frames: int, 
         help=f"simulated phantom: applied strain added per ramp frame in %% (default: {step_percent})",
     )
     parser.add_argument(
-        "--height", type=int, default=2000, help="simulated phantom: axial samples over 40 mm (default: 2000)"
+        "--height",
+        type=int,
+        default=2000,
+        help=f"simulated phantom: axial samples over its {DEMO_DEPTH_MM:g} mm depth (default: 2000)",
     )
-    parser.add_argument("--width", type=int, default=128, help="simulated phantom: lines over 25.6 mm (default: 128)")
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=128,
+        help=f"simulated phantom: lines over its {DEMO_WIDTH_MM:g} mm width (default: 128)",
+    )
     parser.add_argument("--seed", type=int, default=seed, help=f"simulated phantom: seed (default: {seed})")
 
 
@@ -217,14 +240,14 @@ def run(args: argparse.Namespace) -> int:
         source = replay_source(args.input)
         what = f"{args.input} ({len(source.order)} frames, looped)"
     else:
-        from deepultrasound.demo import demo_phantom
-        from deepultrasound.simulation import SimulationConfig
-
-        config = SimulationConfig(
-            n_frames=args.ramp_frames, height=args.height, width=args.width, compression_step_percent=args.step_percent
-        )
         print(f"simulating a {args.ramp_frames}-frame compression ramp of {args.height} x {args.width} ...", flush=True)
-        source, _ = phantom_source(config, seed=args.seed, phantom=demo_phantom())
+        source, _ = demo_phantom_source(
+            ramp_frames=args.ramp_frames,
+            height=args.height,
+            width=args.width,
+            step_percent=args.step_percent,
+            seed=args.seed,
+        )
         what = f"simulated phantom, cycle of {len(source.order)} frames"
     scanner = Scanner(source.as_dtype(args.dtype), args.port, args.host, args.device_name, args.rate, args.count)
     print(
