@@ -2,14 +2,21 @@
 
 Truth: known rigid motion of speckle (displacement = shift, strain = 0), parity of the live
 processor with offline :class:`StrainEstimator` on the same frames, geometry round trips through
-IMAGE messages, and counted frames through a scanner -> stream -> viewer chain on 127.0.0.1
-(free ports, pyigtl on both ends, bounded waits on arriving messages, no sleeps).
+IMAGE messages, counted frames through a scanner -> stream -> viewer chain on 127.0.0.1 (free
+ports, pyigtl on both ends, bounded waits on arriving messages, no sleeps), and hostile sources
+that write raw bytes (a 2^62-byte header, garbage, a wrong CRC, a reset) which the stream must
+report in one line each, count, and survive.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import socket
+import struct
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import crcmod
@@ -20,21 +27,23 @@ import torch
 
 from deepultrasound.cli import main
 from deepultrasound.elastography.bundles import save_deepuse_bundle
-from deepultrasound.elastography.inference import (
-    DEEPUSE_NORMALISATION,
-    FRAME_TO_FRAME,
-    StrainEstimator,
-    normalise_frame,
-)
+from deepultrasound.elastography.estimators import StrainEstimator
+from deepultrasound.elastography.frames import FRAME_TO_FRAME, normalise_frame
 from deepultrasound.elastography.networks import ReUSENet
 from deepultrasound.elastography.prealign import PREALIGN_UNIFORM_STRAIN
 from deepultrasound.errors import InputError
 from deepultrasound.streaming import LiveStrainProcessor
 from deepultrasound.streaming.igtl import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    FRAME_INDEX_KEY,
+    STATUS_CONNECTION_LOST,
     STATUS_OK,
+    STATUS_OVERFLOW,
     FrameGeometry,
     IgtlClient,
     IgtlServer,
+    LinkEvent,
+    LinkProblem,
     StatusMessage,
     frame_from_message,
     frame_index,
@@ -95,7 +104,8 @@ def prealigned_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         name="tiny-prealigned",
         example_size=(32, 16),
         formats=(),
-        normalisation={**DEEPUSE_NORMALISATION, "pairs": FRAME_TO_FRAME, "prealign": PREALIGN_UNIFORM_STRAIN},
+        pairs=FRAME_TO_FRAME,
+        prealign=PREALIGN_UNIFORM_STRAIN,
     )
 
 
@@ -247,6 +257,33 @@ def test_image_and_status_messages_round_trip_with_geometry(dtype: type) -> None
     np.testing.assert_allclose(geometry.origin, GEOMETRY.origin, atol=1e-6)
     status = next(m for m in messages if m.device_name == "Strain")
     assert (status.code, status.error_name, status.status_string) == (2, "InputError", "frame 3: NaN")
+
+
+def test_client_keeps_every_status_and_the_newest_image_of_a_device_in_arrival_order() -> None:
+    frame = np.zeros((6, 4), np.float32)
+    sent = [
+        StatusMessage(2, "frame 3: NaN", "InputError", device_name="Strain"),
+        image_message(frame, GEOMETRY, "Strain"),
+        StatusMessage(1, "source back", "Reconnected", device_name="Strain"),
+        image_message(frame + 1, GEOMETRY, "Strain"),
+    ]
+    with IgtlServer() as server:
+        client = IgtlClient(port=server.port)
+        try:
+            _collect(client, lambda got: server.is_connected(), timeout=10)
+            assert server.publish(*sent)
+            deadline = time.monotonic() + 10
+            while client.arrived("Strain") < len(sent) and time.monotonic() < deadline:
+                time.sleep(0.01)  # all four arrive before any is taken (a bounded poll)
+            taken = client.take(1.0)
+        finally:
+            client.stop()
+    assert [(m.message_type, getattr(m, "error_name", "")) for m in taken] == [
+        ("STATUS", "InputError"),
+        ("STATUS", "Reconnected"),
+        ("IMAGE", ""),
+    ]
+    assert frame_from_message(taken[2])[0].max() == 1 and client.overwritten("Strain") == 1
 
 
 def test_cyclic_order_plays_the_ramp_up_and_down() -> None:
@@ -444,4 +481,250 @@ def test_bench_throughput_reports_frames_per_second_and_the_ratio(
     size = figures["sizes"]["320x32"]
     assert figures["suite"] == "throughput" and figures["device"] == "cpu" and figures["half"] is False
     assert size["fps"] > 0 and size["processor_fps"] > 0 and 0 < size["frame_p50_ms"] <= size["frame_p95_ms"]
-    assert size["ratio"] == pytest.approx(size["fps"] / size["original_reusenet_fps"], rel=0.01)
+    # the ratio is rounded to 2 decimals: on a slow machine that is more than 1 % of it
+    assert size["ratio"] == pytest.approx(size["fps"] / size["original_reusenet_fps"], rel=0.01, abs=0.005)
+
+
+# ---------------------------------------------------------------- hostile sources
+
+
+class _RawSource:
+    """An OpenIGTLink source on a free port of 127.0.0.1 that plays ``script(connection, number,
+    stopped)`` on each connection it accepts (number 0, 1, ...): raw bytes no library would send.
+
+    The port listens from construction on; connections are served (one at a time) from
+    :meth:`start` on, so a test can first let its viewer connect.
+    """
+
+    def __init__(self, script: Callable[[socket.socket, int, threading.Event], None]) -> None:
+        self._script = script
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port = self._listener.getsockname()[1]
+        self.stopped = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._listener.close()
+
+    def _serve(self) -> None:
+        number = 0
+        while not self.stopped.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                try:
+                    self._script(connection, number, self.stopped)
+                except OSError:  # the stream hung up on the bytes it was sent
+                    pass
+            number += 1
+
+
+def _rf_message(index: int) -> bytes:
+    frames = _shifted_speckle([0, 1, 2, 3])
+    return image_message(frames[index % 4], GEOMETRY, "RF", metadata={FRAME_INDEX_KEY: str(index)}).pack()
+
+
+def _play_frames(connection: socket.socket, stopped: threading.Event, count: int | None = None) -> None:
+    """Good RF frames at 50 Hz, ``count`` of them or until the source stops."""
+    index = 0
+    while (count is None or index < count) and not stopped.wait(0.02):
+        connection.sendall(_rf_message(index))
+        index += 1
+
+
+def _hold_open(connection: socket.socket, stopped: threading.Event) -> None:
+    """Keep the connection until the other end closes it or the source stops."""
+    connection.settimeout(0.05)
+    while not stopped.is_set():
+        try:
+            if not connection.recv(4096):
+                return
+        except TimeoutError:
+            continue
+
+
+def _igtl_header(message_type: str, body_size: int, crc: int = 0, version: int = 1) -> bytes:
+    return struct.pack("> H 12s 20s II Q Q", version, message_type.encode(), b"RF", 0, 0, body_size, crc)
+
+
+def _wrong_checksum(message: bytes) -> bytes:
+    """``message`` with the last byte of its CRC-64 field changed."""
+    return message[:57] + bytes([message[57] ^ 0xFF]) + message[58:]
+
+
+def _on_first_connection(defect):
+    """A script: ``defect(connection, stopped)`` on the first connection, good frames on every later one."""
+
+    def script(connection: socket.socket, number: int, stopped: threading.Event) -> None:
+        if number == 0:
+            defect(connection, stopped)
+        else:
+            _play_frames(connection, stopped)
+
+    return script
+
+
+def _survive(script, error_name: str) -> tuple[dict[str, object], list[StatusMessage], list[logging.LogRecord]]:
+    """Run a stream against a :class:`_RawSource` playing ``script`` until the viewer saw the STATUS
+    ``error_name`` and then two strain frames; returns the figures, the STATUS messages, the log."""
+
+    def recovered(got: list[pyigtl.MessageBase]) -> bool:
+        reported = [k for k, m in enumerate(got) if getattr(m, "error_name", "") == error_name]
+        return bool(reported) and len(_strain(got[reported[0] :])) >= 2
+
+    processor = LiveStrainProcessor(baseline=True, device="cpu", window_mm=WINDOW_MM, reference_every=None)
+    source = _RawSource(script)
+    handler = _Records()
+    logging.getLogger("deepultrasound").addHandler(handler)
+    try:
+        with _stream(processor, source.port) as stream:
+            viewer = IgtlClient(port=stream.output.port)
+            try:
+                _collect(viewer, lambda got: stream.output.is_connected())
+                source.start()
+                messages = _collect(viewer, recovered)
+                figures, records = stream.figures(), list(handler.records)  # before the source goes away
+            finally:
+                viewer.stop()
+                source.stop()
+    finally:
+        logging.getLogger("deepultrasound").removeHandler(handler)
+    return figures, _statuses(messages), records
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _one_line_reports(records: list[logging.LogRecord], error_name: str) -> list[str]:
+    """The log lines naming ``error_name``; each must be one line without a traceback."""
+    lines = [record.getMessage() for record in records if error_name in record.getMessage()]
+    assert all("\n" not in line for line in lines) and not any(record.exc_info for record in records)
+    return lines
+
+
+def test_oversized_message_is_reported_and_the_stream_recovers_with_back_off(capfd: pytest.CaptureFixture) -> None:
+    """An IMAGE header declaring 2^62 body bytes, twice: no allocation, reported, frames flow after."""
+
+    def script(connection: socket.socket, number: int, stopped: threading.Event) -> None:
+        if number < 2:
+            connection.sendall(_igtl_header("IMAGE", 2**62))
+            _hold_open(connection, stopped)
+        else:
+            _play_frames(connection, stopped)
+
+    figures, statuses, records = _survive(script, "MessageTooLarge")
+    too_large = [m for m in statuses if m.error_name == "MessageTooLarge"]
+    assert len(too_large) == 2 and too_large[0].code == STATUS_OVERFLOW
+    assert str(2**62) in too_large[0].status_string
+    assert figures["bad_messages"] == 2 and figures["disconnects"] >= 2 and figures["reconnects"] >= 1
+    assert len(_one_line_reports(records, "MessageTooLarge")) == 2
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_connection_reset_by_the_source_is_one_log_line_without_a_traceback(capfd: pytest.CaptureFixture) -> None:
+    def reset(connection: socket.socket, stopped: threading.Event) -> None:
+        _play_frames(connection, stopped, count=3)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+
+    figures, statuses, records = _survive(_on_first_connection(reset), "ConnectionLost")
+    assert next(m for m in statuses if m.error_name == "ConnectionLost").code == STATUS_CONNECTION_LOST
+    assert figures["disconnects"] >= 1 and figures["reconnects"] == 1
+    assert _one_line_reports(records, "ConnectionLost")
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def _truncated_then_close(connection: socket.socket, stopped: threading.Event) -> None:
+    message = _rf_message(0)
+    connection.sendall(message[: len(message) // 2])
+
+
+def _garbage(connection: socket.socket, stopped: threading.Event) -> None:
+    connection.sendall(b"\xde\xad\xbe\xef" * 50)
+    _hold_open(connection, stopped)
+
+
+def _wrong_crc_then_frames(connection: socket.socket, stopped: threading.Event) -> None:
+    connection.sendall(_wrong_checksum(_rf_message(0)))
+    _play_frames(connection, stopped)
+
+
+def _short_image_then_frames(connection: socket.socket, stopped: threading.Event) -> None:
+    connection.sendall(_TruncatedImage(_shifted_speckle([0])[0][None], device_name="RF").pack())
+    _play_frames(connection, stopped)
+
+
+def _frames_then_close(connection: socket.socket, stopped: threading.Event) -> None:
+    _play_frames(connection, stopped, count=4)
+
+
+@pytest.mark.parametrize(
+    ("defect", "error_name", "counted", "reconnects"),
+    [
+        (_truncated_then_close, "TruncatedMessage", {"bad_messages": 1, "disconnects": 1}, 1),
+        (_garbage, "MalformedHeader", {"bad_messages": 1, "disconnects": 1}, 1),
+        (_wrong_crc_then_frames, "ChecksumError", {"bad_messages": 1, "disconnects": 0}, 0),
+        (_short_image_then_frames, "MalformedMessage", {"rejected": 1, "bad_messages": 0, "disconnects": 0}, 0),
+        (_frames_then_close, "ConnectionLost", {"bad_messages": 0, "disconnects": 1}, 1),
+    ],
+    ids=["truncated-then-close", "garbage-bytes", "wrong-crc", "image-smaller-than-its-size", "disconnect-reconnect"],
+)
+def test_broken_source_is_reported_in_one_line_counted_and_the_stream_goes_on(
+    defect, error_name: str, counted: dict[str, int], reconnects: int, capfd: pytest.CaptureFixture
+) -> None:
+    figures, statuses, records = _survive(_on_first_connection(defect), error_name)
+    assert sum(m.error_name == error_name for m in statuses) == 1
+    assert {name: figures[name] for name in counted} == counted
+    assert figures["reconnects"] == reconnects
+    assert len(_one_line_reports(records, error_name)) == 1
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def _serve_one_frame(frame: np.ndarray, max_message_bytes: int) -> tuple[list[pyigtl.MessageBase], list[LinkEvent]]:
+    """What a client with ``max_message_bytes`` makes of one IMAGE of ``frame``: messages, events."""
+    with IgtlServer() as server:
+        client = IgtlClient(port=server.port, max_message_bytes=max_message_bytes)
+        try:
+            _collect(client, lambda got: server.is_connected(), timeout=10)
+            assert server.publish(image_message(frame, GEOMETRY, "RF"))
+            messages: list[pyigtl.MessageBase] = []
+            events: list[LinkEvent] = []
+            deadline = time.monotonic() + 10
+            while not (messages or events) and time.monotonic() < deadline:
+                messages += client.take(0.1)
+                events += client.take_events()
+            return messages, events
+        finally:
+            client.stop()
+
+
+def test_message_size_bound_is_configurable_and_checked() -> None:
+    """A client refuses a frame over its ``max_message_bytes``; the default takes a 4096 x 1024 float32 frame."""
+    assert DEFAULT_MAX_MESSAGE_BYTES >= 4096 * 1024 * 4 + 1024
+    frame = np.arange(96 * 16, dtype=np.float32).reshape(96, 16)  # 6 KiB of pixels
+    messages, events = _serve_one_frame(frame, 4096)
+    assert not messages and [event.problem for event in events] == [LinkProblem.MESSAGE_TOO_LARGE]
+    assert "4096 accepted" in events[0].text
+    messages, events = _serve_one_frame(frame, DEFAULT_MAX_MESSAGE_BYTES)
+    assert not events and np.array_equal(frame_from_message(messages[0])[0], frame)
+    with pytest.raises(InputError, match="at least 1 byte"):
+        StreamConfig(max_message_bytes=0)
+
+
+def test_stream_command_refuses_a_message_bound_under_one_byte(capsys: pytest.CaptureFixture) -> None:
+    assert main(["stream", "--max-message-mb", "0", "--baseline", "--duration", "0"]) == 2
+    assert "at least 1 byte" in capsys.readouterr().err

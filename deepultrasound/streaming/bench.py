@@ -93,7 +93,7 @@ def _model_fps(bundle: Path, options: dict[str, Any], frames: np.ndarray, steps:
 
     ``options``: :func:`~deepultrasound.elastography.options.live_inference_options`.
     """
-    from deepultrasound.elastography.inference import StrainEstimator
+    from deepultrasound.elastography.estimators import StrainEstimator
 
     estimator = StrainEstimator(bundle, **options)
     pair = np.stack([frames[0], frames[1]]) / np.abs(frames[:2]).max()

@@ -15,10 +15,10 @@ import argparse
 import json
 import logging
 
-from deepultrasound.elastography.inference import parse_crop
+from deepultrasound.elastography.frames import parse_crop
 from deepultrasound.elastography.options import add_inference_options, live_inference_options
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM
-from deepultrasound.streaming.igtl import DEFAULT_OUTPUT_PORT, DEFAULT_SOURCE_PORT
+from deepultrasound.streaming.igtl import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_OUTPUT_PORT, DEFAULT_SOURCE_PORT
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source-timeout", type=float, default=2.0, help="seconds without a frame before reconnecting (default: 2)"
     )
+    parser.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=DEFAULT_MAX_MESSAGE_BYTES / 2**20,
+        help="largest OpenIGTLink message accepted from the source, in MiB; a larger one is reported and its "
+        f"connection dropped (default: {DEFAULT_MAX_MESSAGE_BYTES // 2**20}, a 4096 x 1024 float32 frame 4 times over)",
+    )
     parser.add_argument("--status-every", type=float, default=2.0, help="seconds between status lines (default: 2)")
     parser.add_argument(
         "--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)"
@@ -94,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
 
     from deepultrasound.streaming.pipeline import StrainStream, StreamConfig, status_line
 
-    processor = build_processor(args)
     config = StreamConfig(
         source_host=args.host,
         source_port=args.port,
@@ -102,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
         serve_host=args.serve_host,
         serve_port=args.serve_port,
         source_timeout_s=args.source_timeout,
+        max_message_bytes=int(args.max_message_mb * 2**20),
     )
+    processor = build_processor(args)
     stream = StrainStream(processor, config).start()
     print(
         f"{processor.name}: reading '{args.device_name}' from {args.host}:{args.port}, serving "

@@ -5,7 +5,7 @@
     source (IMAGE "RF") --> receive --slot--> network --slot--> strain --slot--> send --> "Strain", "BMode"
 
 Each hand-over is a :class:`LatestSlot`: a slow stage never builds a backlog, the newest frame wins
-and every frame replaced unread is counted as dropped (pyigtl's own inbox, one message per device,
+and every frame replaced unread is counted as dropped (the client's inbox, one message per device,
 is the first such slot). The network stage runs :meth:`LiveStrainProcessor.displacement`, the
 strain stage :meth:`LiveStrainProcessor.finish`, so strain and B-mode of one frame overlap with the
 network of the next.
@@ -15,6 +15,11 @@ Reliability:
 - a frame that cannot be used (wrong dimensions, dtype, NaN, a message that cannot be decoded, a
   device other than the RF one) is skipped and reported as a STATUS message on the output port,
   in the log and in :class:`StreamStats`; the stream goes on;
+- a message that cannot be read (a header that is not OpenIGTLink or declares more than
+  ``max_message_bytes``, a wrong CRC-64, a connection closed mid-message) and every lost
+  connection are reported the same way, in one line each (:class:`IgtlClient` events); the
+  client reconnects with back-off for as long as the stream runs, and the first frame after a
+  lost connection starts from a new reference;
 - when no frame arrives for ``source_timeout_s`` the source counts as lost: STATUS "SourceLost",
   a new connection after a back-off that doubles up to ``backoff_max_s``; when frames come back
   the outage is reported (duration, frames missed by ``FrameIndex`` when the source numbers
@@ -39,9 +44,9 @@ import numpy as np
 
 from deepultrasound.errors import InputError
 from deepultrasound.streaming.igtl import (
+    DEFAULT_MAX_MESSAGE_BYTES,
     FRAME_INDEX_KEY,
     REFERENCE_INDEX_KEY,
-    STATUS_CHECKSUM_ERROR,
     STATUS_DEVICE_NOT_READY,
     STATUS_NOT_FOUND,
     STATUS_OK,
@@ -49,6 +54,8 @@ from deepultrasound.streaming.igtl import (
     FrameGeometry,
     IgtlClient,
     IgtlServer,
+    LinkEvent,
+    LinkProblem,
     StatusMessage,
     frame_from_message,
     frame_index,
@@ -73,6 +80,8 @@ class StreamConfig:
         strain_device, bmode_device: device names of the outputs (STATUS goes out as the strain device).
         source_timeout_s: no frame for this long means the source is lost.
         backoff_initial_s, backoff_max_s: wait before reconnecting, doubled after each failure.
+        max_message_bytes: largest message body read from the source; a larger one is reported
+            and its connection dropped.
     """
 
     source_host: str = "127.0.0.1"
@@ -85,6 +94,11 @@ class StreamConfig:
     source_timeout_s: float = 2.0
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 2.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_message_bytes < 1:
+            raise InputError(f"the largest message must be at least 1 byte, got {self.max_message_bytes}")
 
 
 @dataclass
@@ -98,6 +112,19 @@ class _Frame:
     taken: float  # perf_counter when the receive stage took it
     new_session: bool  # first frame after (re)connecting: start from a new reference
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _SourceTrack:
+    """What the receive stage remembers across connections: when the source was lost (perf_counter,
+    None while frames flow) and the last frame number it sent."""
+
+    lost_at: float | None = None
+    last_index: int | None = None
+
+    def lose(self) -> None:
+        if self.lost_at is None:
+            self.lost_at = time.perf_counter()
 
 
 @dataclass
@@ -121,13 +148,27 @@ class StreamStats:
     frame at any stage; ``rejected`` skipped as unusable (STATUS sent); ``references`` frames
     that became a reference (no output); ``sent`` results handed to the output server; ``unsent``
     of those, dropped because no viewer was connected or it was slow; ``errors`` STATUS errors
-    sent; ``reconnects``; ``missed`` frames numbered by the source that never arrived.
+    sent; ``bad_messages`` source messages that could not be read (too large, not OpenIGTLink,
+    wrong CRC, cut off); ``disconnects`` source connections lost; ``reconnects`` times frames
+    came back after the source was lost; ``missed`` frames numbered by the source that never arrived.
     """
 
     def __init__(self, window: int = 2000) -> None:
         self._lock = threading.Lock()
         self.counts: dict[str, int] = dict.fromkeys(
-            ("received", "dropped", "rejected", "references", "sent", "errors", "reconnects", "missed"), 0
+            (
+                "received",
+                "dropped",
+                "rejected",
+                "references",
+                "sent",
+                "errors",
+                "bad_messages",
+                "disconnects",
+                "reconnects",
+                "missed",
+            ),
+            0,
         )
         self.outages: list[dict[str, float | int | None]] = []
         self.last_error = ""
@@ -198,7 +239,8 @@ def status_line(figures: dict[str, object]) -> str:
     return (
         f"{figures['fps']:.1f} fps | latency p50 {figures['latency_p50_ms']} ms p95 {figures['latency_p95_ms']} ms | "
         f"sent {figures['sent']} dropped {figures['dropped']} rejected {figures['rejected']} "
-        f"errors {figures['errors']} reconnects {figures['reconnects']}"
+        f"errors {figures['errors']} reconnects {figures['reconnects']} "
+        f"bad messages {figures['bad_messages']} disconnects {figures['disconnects']}"
     )
 
 
@@ -273,7 +315,7 @@ class StrainStream:
         else:
             self.stats.error(text)
             logger.warning("%s: %s", error_name, text)
-        self.output.publish(StatusMessage(code, text, error_name, device_name=self.config.strain_device))
+        self.output.report(StatusMessage(code, text, error_name, device_name=self.config.strain_device))
 
     def _guarded(self, stage) -> None:
         """Run a stage; an unexpected exception is reported and the stage restarted, never fatal."""
@@ -291,20 +333,24 @@ class StrainStream:
         """Connect, take frames, reconnect with back-off. Owns the client."""
         config = self.config
         backoff = config.backoff_initial_s
-        lost_at: float | None = None  # perf_counter when the source was lost
-        last_index: int | None = None
+        track = _SourceTrack()
         while not self._stop.is_set():
-            client = IgtlClient(config.source_host, config.source_port)
+            client = IgtlClient(
+                config.source_host,
+                config.source_port,
+                max_message_bytes=config.max_message_bytes,
+                reconnect_initial_s=config.backoff_initial_s,
+                reconnect_max_s=config.backoff_max_s,
+            )
             try:
-                session = self._receive_session(client, lost_at, last_index)
+                got_any = self._receive_session(client, track)
             finally:
                 client.stop()
-            if session is None:  # stopped
+            if got_any is None:  # stopped
                 return
-            got_any, last_index = session
             if got_any:
                 backoff = config.backoff_initial_s
-                lost_at = time.perf_counter()
+                track.lose()
                 self._report(
                     STATUS_DEVICE_NOT_READY,
                     "SourceLost",
@@ -315,28 +361,20 @@ class StrainStream:
                 self._stop.wait(backoff)
                 backoff = min(2 * backoff, config.backoff_max_s)
 
-    def _receive_session(
-        self, client: IgtlClient, lost_at: float | None, last_index: int | None
-    ) -> tuple[bool, int | None] | None:
-        """Take frames from one connection until it goes quiet. Returns (frames came, last
-        source index), or None when stopped."""
+    def _receive_session(self, client: IgtlClient, track: _SourceTrack) -> bool | None:
+        """Take frames from one client until the source goes quiet. Returns whether frames came,
+        or None when stopped."""
         config = self.config
-        decode_errors = overwritten = 0
+        overwritten = 0
         got_any = False
         quiet_since = time.perf_counter()
         while not self._stop.is_set():
             messages = client.take(_WAKE_S)
-            if client.decode_errors > decode_errors:
-                self.stats.add("rejected", client.decode_errors - decode_errors)
-                decode_errors = client.decode_errors
-                self._report(
-                    STATUS_CHECKSUM_ERROR,
-                    "MalformedMessage",
-                    f"undecodable message skipped: {client.last_decode_error}",
-                )
+            for event in client.take_events():
+                self._link_problem(event, track)
             if not messages:
                 if time.perf_counter() - quiet_since > config.source_timeout_s:
-                    return got_any, last_index
+                    return got_any
                 continue
             quiet_since = time.perf_counter()
             for message in messages:
@@ -349,30 +387,44 @@ class StrainStream:
                     )
                     continue
                 index = frame_index(message)
-                new_session = not got_any
-                if new_session and lost_at is not None:
-                    missed = (
-                        index - last_index - 1
-                        if index is not None and last_index is not None and index > last_index
-                        else None
-                    )
-                    outage = time.perf_counter() - lost_at
-                    self.stats.outage(outage, missed)
-                    self._report(
-                        STATUS_OK,
-                        "Reconnected",
-                        f"source back after {outage:.2f} s; frames missed: {'unknown' if missed is None else missed}; "
-                        "new reference frame",
-                    )
+                new_session = not got_any or track.lost_at is not None
+                if track.lost_at is not None:
+                    self._source_back(index, track)
                 got_any = True
-                last_index = index if index is not None else last_index
+                track.last_index = index if index is not None else track.last_index
                 self._accept(message, index, new_session)
-            if client.overwritten(config.source_device) > overwritten:  # replaced in pyigtl's inbox unread
+            if client.overwritten(config.source_device) > overwritten:  # replaced in the client's inbox unread
                 newly = client.overwritten(config.source_device) - overwritten
                 overwritten += newly
                 self.stats.add("received", newly)
                 self.stats.add("dropped", newly)
         return None
+
+    def _link_problem(self, event: LinkEvent, track: _SourceTrack) -> None:
+        """Count and report a problem of the source connection; a lost connection loses the source."""
+        problem = event.problem
+        if problem is LinkProblem.MALFORMED_MESSAGE:  # a frame that arrived but cannot be used
+            self.stats.add("rejected")
+        elif problem is not LinkProblem.CONNECTION_LOST:
+            self.stats.add("bad_messages")
+        if problem.drops_connection:
+            self.stats.add("disconnects")
+            track.lose()
+        self._report(problem.code, problem.error_name, event.text)
+
+    def _source_back(self, index: int | None, track: _SourceTrack) -> None:
+        """Report the outage that ends with frame ``index``."""
+        last = track.last_index
+        missed = index - last - 1 if index is not None and last is not None and index > last else None
+        outage = time.perf_counter() - track.lost_at
+        track.lost_at = None
+        self.stats.outage(outage, missed)
+        self._report(
+            STATUS_OK,
+            "Reconnected",
+            f"source back after {outage:.2f} s; frames missed: {'unknown' if missed is None else missed}; "
+            "new reference frame",
+        )
 
     def _accept(self, message, index: int | None, new_session: bool) -> None:
         self.stats.add("received")

@@ -45,17 +45,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepultrasound.elastography.inference import (
-    BlockMatchingEstimator,
-    SequenceStrainEstimator,
-    StrainEstimator,
-    normalise_frame,
-    resolve_model,
-)
+from deepultrasound.elastography.baselines import BlockMatchingEstimator
+from deepultrasound.elastography.estimators import SequenceStrainEstimator, StrainEstimator
+from deepultrasound.elastography.frames import normalise_frame
 from deepultrasound.elastography.metrics import ncc
+from deepultrasound.elastography.model_resolution import resolve_model
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, axial_strain, window_samples
-from deepultrasound.elastography.visualise import bmode_db
 from deepultrasound.errors import BundleError, InputError
+from deepultrasound.spatial import bmode_db
 
 logger = logging.getLogger(__name__)
 

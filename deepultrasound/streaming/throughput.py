@@ -42,7 +42,7 @@ from deepultrasound.elastography.strain import DEFAULT_AXIAL_SPACING_MM, DEFAULT
 from deepultrasound.errors import InputError
 
 if TYPE_CHECKING:
-    from deepultrasound.elastography.inference import SequenceStrainEstimator
+    from deepultrasound.elastography.estimators import SequenceStrainEstimator
 
 HELP = "model + strain per frame on one device (batch 1, frames in order): frames/s, p50/p95, ratio to the original"
 
@@ -119,7 +119,8 @@ def _summary(runs: list[list[float]]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from deepultrasound.elastography.inference import StrainEstimator, normalise_frame
+    from deepultrasound.elastography.estimators import StrainEstimator
+    from deepultrasound.elastography.frames import normalise_frame
     from deepultrasound.streaming import LiveStrainProcessor
     from deepultrasound.streaming.bench import original_reusenet_bundle, parse_sizes, speckle_frames
     from deepultrasound.streaming.processor import resolve_live_model
