@@ -1,17 +1,22 @@
 """DeepUSE: quasi-static strain elastography from ultrasound RF frames, live over OpenIGTLink or offline.
 
-Live: the scanner streams RF frames (OpenIGTLink IMAGE messages of device ``RF``) into a volume
-node; each frame's axial strain is shown as a coloured layer over its B-mode and follows the
-probe. Offline: a loaded RF recording (frames along K, or an RF sequence) becomes a strain
-volume or sequence on the same grid.
+Live: a ``deepultrasound stream`` process, started with Slicer's Python, reads the scanner's RF
+frames (OpenIGTLink IMAGE messages of device ``RF``) and serves each frame's axial strain and
+B-mode; OpenIGTLinkIF's connector receives them into the volumes ``Strain`` and ``BMode``, shown as
+a coloured layer over the B-mode that follows the probe. Offline: a loaded RF recording (frames
+along K) becomes a strain volume on the same grid in a background process with progress and
+Cancel; an RF sequence becomes a strain sequence.
 
 Batch use without the GUI goes through :class:`DeepUSELogic` (see
 ``Testing/Python/batch_example.py``)::
 
     Slicer --no-main-window --python-script DeepUSE/Testing/Python/batch_example.py rf.mha strain.nrrd --baseline
+
+Needs Slicer 5.10 or later; on an older Slicer the panel says so (this file loads on Python 3.9).
 """
 
-from pathlib import Path
+from __future__ import annotations
+
 from typing import Annotated
 
 import ctk
@@ -19,11 +24,23 @@ import numpy as np
 import qt
 import slicer
 import vtk
-from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
+from DeepUltrasoundCommonLib import (
+    MINIMUM_SLICER_VERSION,
+    VolumeGeometry,
+    arrayToVolume,
+    unsupportedPythonMessage,
+    volumeToArray,
+)
 from DeepUltrasoundCommonLib.moduleWidget import DeepUltrasoundWidget
 from DeepUSELib import (
+    BMODE_DEVICE_NAME,
+    DEFAULT_SERVE_PORT,
     DEFAULT_WINDOW_MM,
+    STRAIN_CONNECTOR_NAME,
+    STRAIN_DEVICE_NAME,
     LiveStrainLogic,
+    LiveStream,
+    OfflineStrainJob,
     StrainMethod,
     StrainRecorder,
     connectionState,
@@ -32,12 +49,12 @@ from DeepUSELib import (
     createLiveProcessor,
     defaultStrainColorNode,
     disconnectFromScanner,
-    incomingRfVolume,
+    incomingVolume,
     sequenceOfProxy,
     showBMode,
     showStrain,
     strainOfSequence,
-    strainOfVolume,
+    streamArguments,
 )
 from slicer import vtkMRMLColorNode, vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
@@ -47,6 +64,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
 )
+from slicer.util import VTKObservationMixin
 
 #
 # DeepUSE
@@ -62,11 +80,15 @@ class DeepUSE(ScriptedLoadableModule):
         self.parent.contributors = ["DeepUltrasound contributors"]
         self.parent.helpText = _(
             "Axial strain (%) from ultrasound RF frames with the recurrent ReUSENet or the USENet displacement "
-            "networks, or NCC block matching. Live: connect to the scanner's OpenIGTLink server, choose the "
-            "incoming RF volume and start; the strain is shown over the B-mode and can be recorded. Offline: "
+            "networks, or NCC block matching. Live: enter the scanner's OpenIGTLink server and start; a background "
+            "process computes the strain, which is shown over the B-mode and can be recorded. Offline: "
             "choose a loaded RF recording (one frame per slice, or an RF sequence) and press Apply. "
+            "Needs 3D Slicer {version} or later. "
             '<a href="https://github.com/deepultrasound/SlicerDeepUltrasound#deepuse">Documentation</a>.'
-        )
+        ).format(version=MINIMUM_SLICER_VERSION)
+        unsupported = unsupportedPythonMessage()
+        if unsupported:
+            self.parent.helpText = unsupported
         self.parent.acknowledgementText = _(
             "Based on DeepUSE: R. Delaunay, Y. Hu, T. Vercauteren, 'An unsupervised learning approach to "
             "ultrasound strain elastography with spatio-temporal consistency', Phys. Med. Biol. 2021."
@@ -85,7 +107,8 @@ class DeepUSEParameterNode:
     rfVolume - RF frames: the incoming stream (one slice per update) or a recording (one frame per
         slice, or the proxy volume of an RF sequence). Axial samples along J, beam lines along I.
     strainVolume - output: axial strain in %, on the RF grid.
-    modelName - model bundle chosen in the model list; modelPath - a bundle folder, used instead when set.
+    modelName - model bundle chosen in the model list ("": the engine's default); modelPath - a bundle
+        folder, used instead when set (a str, so that an unset folder shows empty rather than ".").
     useBaseline - NCC block matching instead of a network.
     strainWindowMm - axial least-squares strain window.
     referenceEvery - live: a new reference frame every N frames (0: never by count).
@@ -100,7 +123,7 @@ class DeepUSEParameterNode:
     rfVolume: vtkMRMLScalarVolumeNode
     strainVolume: vtkMRMLScalarVolumeNode
     modelName: str = ""
-    modelPath: Path = Path()
+    modelPath: str = ""
     useBaseline: bool = False
     strainWindowMm: Annotated[float, WithinRange(0.5, 20.0)] = DEFAULT_WINDOW_MM
     referenceEvery: Annotated[int, WithinRange(0, 1000)] = 10
@@ -121,14 +144,16 @@ class DeepUSEParameterNode:
 
 class DeepUSEWidget(DeepUltrasoundWidget):
     bundleTask = "elastography"
-    #: how often finished live frames are shown, ms
-    pollIntervalMs = 20
+    #: how often the live and offline processes are polled, ms
+    pollIntervalMs = 100
 
     def setup(self) -> None:
         super().setup()
+        if self.logic is None:  # an unsupported Slicer: the panel shows why
+            return
         self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs  # a bundle is a folder
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self._layersShown = False
-        self._ticks = 0
         self.ui.connectButton.connect("clicked(bool)", self.onConnectButton)
         self.ui.startLiveButton.connect("clicked(bool)", self.onStartLiveButton)
         self.timer = qt.QTimer()  # runs while connected or live; see onTimer
@@ -136,10 +161,18 @@ class DeepUSEWidget(DeepUltrasoundWidget):
         self.timer.connect("timeout()", self.onTimer)
 
     def cleanup(self) -> None:
-        self.timer.stop()
-        self.logic.stopLive()
-        disconnectFromScanner(self.logic.connector)
+        """Application exit or module reload: nothing may outlive the panel (no orphan process)."""
+        if self.logic is not None:
+            self.timer.stop()
+            self.logic.stopEverything()
         super().cleanup()
+
+    def exit(self) -> None:
+        """Leaving the module stops live strain (its process and connection); offline strain goes on."""
+        if self.logic is not None and self.logic.liveStream.running:
+            self.logic.stopLiveStream()
+            self.ui.startLiveButton.text = _("Start live strain")
+        super().exit()
 
     def createLogic(self):
         return DeepUSELogic()
@@ -166,12 +199,15 @@ class DeepUSEWidget(DeepUltrasoundWidget):
         return ""
 
     def apply(self, parameterNode: DeepUSEParameterNode) -> str:
-        """Offline strain of the selected RF recording, then shown over its B-mode (or beside the RF sequence)."""
+        """Offline strain of the selected RF recording: a volume in the background (Apply turns into Cancel,
+        :meth:`onTimer` shows the result), a sequence at once, shown beside the RF sequence."""
         self.ensureEngine()
-        summary = self.logic.processParameterNode(parameterNode)
+        summary = self.logic.processParameterNode(parameterNode, waitForCompletion=False)
         sequence = sequenceOfProxy(parameterNode.rfVolume)
         if sequence is None:
-            self.showLayers(fit=True)
+            self.ui.applyButton.text = _("Cancel")
+            self.timer.start()
+            return _("Computing strain...")
         else:
             browser = sequence[0]
             slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
@@ -181,10 +217,40 @@ class DeepUSEWidget(DeepUltrasoundWidget):
             )
         return summary
 
+    def onApplyButton(self) -> None:
+        if self.logic.offlineJob is None:
+            super().onApplyButton()
+            return
+        self.logic.cancelOffline()
+        self.ui.applyButton.text = _("Apply")
+        self.ui.statusLabel.text = _("Strain computation cancelled")
+
+    def showOfflineProgress(self) -> None:
+        """Progress of the offline strain, and its result once the process has ended."""
+        job = self.logic.offlineJob
+        if job.poll():
+            if job.progress is not None:
+                self.ui.statusLabel.text = _("Computing strain: pair {done} of {total}").format(
+                    done=job.progress[0], total=job.progress[1]
+                )
+            return
+        self.ui.applyButton.text = _("Apply")
+        with slicer.util.tryWithErrorDisplay(_("Failed to compute results."), waitCursor=True):
+            self.ui.statusLabel.text = self.logic.finishOffline()
+            if self._parameterNode:
+                self.showLayers(self.logic.bmodeVolume, fit=True)
+
+    def onModelPathChanged(self, path: str) -> None:
+        if self._parameterNode:
+            self._parameterNode.modelPath = path
+
     def onParameterNodeModified(self, caller=None, event=None) -> None:
-        """Keep the buttons, the recording and the strain display in step with the parameter node."""
+        """Keep the model folder, the recording and the strain display in step with the parameter node."""
         parameterNode = self._parameterNode
-        self.ui.startLiveButton.enabled = bool(parameterNode.rfVolume) or self.logic.live.running
+        if parameterNode is None:
+            return
+        if self.ui.modelPathLineEdit.currentPath != parameterNode.modelPath:
+            self.ui.modelPathLineEdit.currentPath = parameterNode.modelPath
         self.logic.setRecording(parameterNode.record)
         if parameterNode.strainVolume and parameterNode.strainVolume.GetImageData():
             try:
@@ -210,46 +276,54 @@ class DeepUSEWidget(DeepUltrasoundWidget):
 
     def onStartLiveButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start live strain."), waitCursor=True):
-            if self.logic.live.running:
-                self.logic.stopLive()
-                self.ui.statusLabel.text = self.logic.live.statusText()
+            if self.logic.liveStream.running:
+                self.logic.stopLiveStream()
             else:
                 self.ensureEngine()
-                self.logic.startLiveFromParameterNode(self._parameterNode)
+                self.logic.startLiveStream(self._parameterNode)
                 self._layersShown = False
                 self.timer.start()
-            self.ui.startLiveButton.text = _("Stop live strain") if self.logic.live.running else _("Start live strain")
+            self.ui.liveStatusLabel.text = self.logic.liveStream.status
+            self.ui.startLiveButton.text = (
+                _("Stop live strain") if self.logic.liveStream.running else _("Start live strain")
+            )
 
     def onTimer(self) -> None:
-        """Show finished live frames and the counters; follow the connection and pick the incoming RF volume."""
+        """Follow the connections and the live strain process: its status line, the served volumes."""
         state = connectionState(self.logic.connector)
         self.ui.connectionStateLabel.text = state
         self.ui.connectButton.text = _("Connect") if state == "off" else _("Disconnect")
-        if self._parameterNode and not self._parameterNode.rfVolume:
-            incoming = incomingRfVolume(self.logic.connector)
+        parameterNode = self._parameterNode  # None while the module is not shown: live goes on, nothing to show
+        if parameterNode and not parameterNode.rfVolume:
+            incoming = incomingVolume(self.logic.connector)
             if incoming is not None:
-                self._parameterNode.rfVolume = incoming
-        live = self.logic.live
-        if not live.running:
-            if state == "off":
+                parameterNode.rfVolume = incoming
+        if self.logic.offlineJob is not None:
+            self.showOfflineProgress()
+        liveStream = self.logic.liveStream
+        if liveStream.process is None:
+            if state == "off" and self.logic.offlineJob is None:
                 self.timer.stop()
             return
-        self._ticks += 1
-        shown = live.poll()
-        if shown and not self._layersShown:
-            self.showLayers(fit=True)
+        if liveStream.poll():
+            self.ui.liveStatusLabel.text = liveStream.status
+        if not liveStream.running:
+            self.logic.stopLiveStream()  # it ended by itself: its last lines say why
+            self.ui.startLiveButton.text = _("Start live strain")
+            return
+        if self.logic.followServedVolumes() and parameterNode and not self._layersShown:
+            parameterNode.strainVolume = liveStream.strainVolume
+            self.showLayers(liveStream.bmodeVolume, fit=True)
             self._layersShown = True
-        if shown or self._ticks % 25 == 0:  # counters and errors twice a second even when nothing is shown
-            self.ui.liveStatusLabel.text = live.statusText()
 
-    def showLayers(self, fit: bool) -> None:
+    def showLayers(self, bmodeVolume: vtkMRMLScalarVolumeNode, fit: bool) -> None:
         """B-mode in the background and strain in the foreground of the slice views; with ``fit`` the
         views turn to the image plane and fit it."""
         parameterNode = self._parameterNode
-        showBMode(self.logic.bmodeVolume)
+        showBMode(bmodeVolume)
         self.onParameterNodeModified()
         slicer.util.setSliceViewerLayers(
-            background=self.logic.bmodeVolume,
+            background=bmodeVolume,
             foreground=parameterNode.strainVolume,
             foregroundOpacity=parameterNode.overlayOpacity,
             fit=fit,
@@ -262,22 +336,43 @@ class DeepUSEWidget(DeepUltrasoundWidget):
 #
 
 
-class DeepUSELogic(ScriptedLoadableModuleLogic):
+class DeepUSELogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
     """Strain elastography on MRML volumes; runs without the widget (scripts, tests).
 
+    Closing the scene stops live strain and forgets every node below (they are gone with the scene).
+
     Attributes:
-        live: the live strain of the incoming RF volume.
+        liveStream: live strain in a ``deepultrasound stream`` process (the module's live path).
+        live: live strain inside this process, of frames written into an RF volume node (scripts).
         connector: the OpenIGTLinkIF connector node to the scanner, once connected.
-        bmodeVolume: B-mode shown under the strain (live and offline), created on first use.
+        strainConnector: the connector node that receives Strain and BMode from :attr:`liveStream`.
+        bmodeVolume: B-mode shown under the offline strain, created on first use.
         strainSequence: the strain of the last RF sequence processed offline.
+        offlineJob: the offline strain computing in the background, or None.
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        VTKObservationMixin.__init__(self)
+        self.liveStream = LiveStream()
         self.live = LiveStrainLogic()
         self.connector = None
+        self.strainConnector = None
         self.bmodeVolume = None
         self.strainSequence = None
+        self.offlineJob = None
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+
+    def onSceneStartClose(self, caller=None, event=None) -> None:
+        self.stopEverything()
+        self.connector = self.strainConnector = self.bmodeVolume = self.strainSequence = None
+
+    def stopEverything(self) -> None:
+        """Stop live strain (process and in-process), offline strain and both connections."""
+        self.cancelOffline()
+        self.stopLiveStream()
+        self.stopLive()
+        disconnectFromScanner(self.connector)
 
     def getParameterNode(self) -> DeepUSEParameterNode:
         return DeepUSEParameterNode(super().getParameterNode())
@@ -285,9 +380,8 @@ class DeepUSELogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def strainMethod(parameterNode: DeepUSEParameterNode) -> StrainMethod:
         """Model (bundle folder when set, else the chosen bundle), baseline and window of the parameter node."""
-        modelPath = str(parameterNode.modelPath)
         return StrainMethod(
-            model=modelPath if modelPath not in ("", ".") else parameterNode.modelName,
+            model=parameterNode.modelPath or parameterNode.modelName,
             baseline=parameterNode.useBaseline,
             windowMm=parameterNode.strainWindowMm,
         )
@@ -304,12 +398,16 @@ class DeepUSELogic(ScriptedLoadableModuleLogic):
         strainVolume: vtkMRMLScalarVolumeNode,
         method: StrainMethod,
         pairWithPrevious: bool = False,
+        waitForCompletion: bool = True,
     ) -> str:
-        """Offline strain of an RF recording; returns a one-line summary.
+        """Offline strain of an RF recording; returns a one-line summary ("" while it runs in the background).
 
         An RF volume (frames along K) gives a strain volume with one frame per pair, written into
-        ``strainVolume``, and its B-mode into :attr:`bmodeVolume`. The proxy volume of an RF sequence
-        gives a strain sequence, browsed with the RF sequence; ``strainVolume`` is then unused.
+        ``strainVolume``, and its B-mode into :attr:`bmodeVolume`, computed in a background process
+        (:attr:`offlineJob`): without ``waitForCompletion`` this returns at once; poll the job and call
+        :meth:`finishOffline` when it has ended, or :meth:`cancelOffline`. The proxy volume of an RF
+        sequence gives a strain sequence, browsed with the RF sequence (computed here, waiting);
+        ``strainVolume`` is then unused.
 
         Raises:
             ValueError: invalid frames, no model, or a strain window longer than the frames.
@@ -320,10 +418,25 @@ class DeepUSELogic(ScriptedLoadableModuleLogic):
         if sequence is not None:
             browser, rfSequence = sequence
             return self.processSequence(browser, rfSequence, method, pairWithPrevious)
+        self.cancelOffline()
         self.bmodeVolume = self.outputVolume(self.bmodeVolume, f"{rfVolume.GetName()} B-mode")
-        estimator = createEstimator(method)
-        result = strainOfVolume(rfVolume, strainVolume, estimator, method.windowMm, pairWithPrevious, self.bmodeVolume)
-        return result.summary()
+        self.offlineJob = OfflineStrainJob(rfVolume, strainVolume, self.bmodeVolume, method, pairWithPrevious).start()
+        return self.finishOffline() if waitForCompletion else ""
+
+    def finishOffline(self) -> str:
+        """Wait for :attr:`offlineJob`, read its results into the volumes; its summary.
+
+        Raises:
+            ValueError: the computation failed; the message holds the process's last output lines.
+        """
+        job, self.offlineJob = self.offlineJob, None
+        return job.finish().summary()
+
+    def cancelOffline(self) -> None:
+        """End the offline computation running in the background, if any (the whole process tree)."""
+        if self.offlineJob is not None:
+            self.offlineJob.cancel()
+            self.offlineJob = None
 
     def processSequence(self, browser, rfSequence, method: StrainMethod, pairWithPrevious: bool) -> str:
         """Strain of an RF sequence into the sequence "<name> strain", added to ``browser``."""
@@ -338,13 +451,15 @@ class DeepUSELogic(ScriptedLoadableModuleLogic):
             browser.AddSynchronizedSequenceNodeID(self.strainSequence.GetID())
         return result.summary()
 
-    def processParameterNode(self, parameterNode: DeepUSEParameterNode) -> str:
+    def processParameterNode(self, parameterNode: DeepUSEParameterNode, waitForCompletion: bool = True) -> str:
         """:meth:`process` on the parameter node's inputs (creates the strain volume when none is selected)."""
         rfVolume = parameterNode.rfVolume
         if rfVolume is not None and sequenceOfProxy(rfVolume) is None:
             parameterNode.strainVolume = self.outputVolume(parameterNode.strainVolume, f"{rfVolume.GetName()} strain")
         method = self.strainMethod(parameterNode)
-        return self.process(rfVolume, parameterNode.strainVolume, method, parameterNode.pairWithPrevious)
+        return self.process(
+            rfVolume, parameterNode.strainVolume, method, parameterNode.pairWithPrevious, waitForCompletion
+        )
 
     # Live.
 
@@ -371,31 +486,58 @@ class DeepUSELogic(ScriptedLoadableModuleLogic):
         recorder = StrainRecorder(slicer.mrmlScene, rfVolume.GetName()) if record else None
         self.live.start(rfVolume, strainVolume, self.bmodeVolume, processor, recorder)
 
-    def startLiveFromParameterNode(self, parameterNode: DeepUSEParameterNode) -> None:
-        """:meth:`startLive` with the parameter node's settings (0 turns a reference rule off)."""
-        rfVolume = parameterNode.rfVolume
-        if rfVolume is not None:
-            parameterNode.strainVolume = self.outputVolume(parameterNode.strainVolume, f"{rfVolume.GetName()} strain")
-        self.startLive(
-            rfVolume,
-            parameterNode.strainVolume,
-            self.strainMethod(parameterNode),
-            parameterNode.referenceEvery or None,
-            parameterNode.referenceMinNcc or None,
-            parameterNode.record,
-        )
-
     def setRecording(self, record: bool) -> None:
         """Start or stop recording while live strain runs (recorded sequences stay in the scene)."""
-        if not self.live.running:
-            return
-        if record and self.live.recorder is None:
-            self.live.recorder = StrainRecorder(slicer.mrmlScene, self.live.rfVolume.GetName())
-        elif not record:
-            self.live.recorder = None
+        if self.liveStream.running:
+            if record and self.liveStream.recorder is None:
+                self.liveStream.recorder = StrainRecorder(slicer.mrmlScene, STRAIN_DEVICE_NAME)
+            elif not record:
+                self.liveStream.recorder = None
+        if self.live.running:
+            if record and self.live.recorder is None:
+                self.live.recorder = StrainRecorder(slicer.mrmlScene, self.live.rfVolume.GetName())
+            elif not record:
+                self.live.recorder = None
 
     def stopLive(self) -> None:
         self.live.stop()
+
+    # Live, in a background process.
+
+    def startLiveStream(self, parameterNode: DeepUSEParameterNode) -> None:
+        """Start ``deepultrasound stream`` on the parameter node's scanner, model and reference policy, and
+        receive its Strain and BMode through :attr:`strainConnector` (see :meth:`followServedVolumes`).
+
+        Raises:
+            ValueError: invalid settings, or the engine is missing.
+        """
+        arguments = streamArguments(
+            parameterNode.host,
+            parameterNode.port,
+            DEFAULT_SERVE_PORT,
+            self.strainMethod(parameterNode),
+            parameterNode.referenceEvery,
+            parameterNode.referenceMinNcc,
+        )
+        self.liveStream.start(slicer.mrmlScene, arguments)
+        self.strainConnector = connectToScanner(
+            slicer.mrmlScene, "127.0.0.1", DEFAULT_SERVE_PORT, self.strainConnector, STRAIN_CONNECTOR_NAME
+        )
+        self.setRecording(parameterNode.record)
+
+    def followServedVolumes(self) -> bool:
+        """Follow the Strain and BMode volumes once the connector has created them; whether it has."""
+        strainVolume = incomingVolume(self.strainConnector, STRAIN_DEVICE_NAME)
+        bmodeVolume = incomingVolume(self.strainConnector, BMODE_DEVICE_NAME)
+        if strainVolume is None or bmodeVolume is None:
+            return False
+        self.liveStream.follow(strainVolume, bmodeVolume)
+        return True
+
+    def stopLiveStream(self) -> None:
+        """Stop the process (and its children) and the connection to it; the received volumes stay."""
+        self.liveStream.stop()
+        disconnectFromScanner(self.strainConnector)
 
 
 #

@@ -36,6 +36,9 @@ class EchoRegistration(ScriptedLoadableModule):
             "Based on Hasan et al., echocardiography motion tracking with anatomical and texture "
             "constraints, arXiv:2309.00831."
         )
+        # Hidden until its engine (deepultrasound.registration) exists: shown, it would offer a multi-GB
+        # install and then only report that the engine is not available.
+        self.parent.hidden = True
 
 
 #

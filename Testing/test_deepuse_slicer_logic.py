@@ -10,6 +10,7 @@ and, for the network path, the engine's offline estimator run by hand on the sam
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -28,6 +29,8 @@ for moduleDir in ("DeepUltrasoundCommon", "DeepUSE"):
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray  # noqa: E402
 from DeepUSELib import (  # noqa: E402
     LiveStrainLogic,
+    LiveStream,
+    OfflineStrainJob,
     StrainMethod,
     StrainRecorder,
     colorLegend,
@@ -39,13 +42,20 @@ from DeepUSELib import (  # noqa: E402
     showStrain,
     strainOfSequence,
     strainOfVolume,
+    streamArguments,
 )
 
 from deepultrasound.elastography.bundles import save_deepuse_bundle  # noqa: E402
-from deepultrasound.elastography.inference import StrainEstimator  # noqa: E402
+from deepultrasound.elastography.estimators import StrainEstimator  # noqa: E402
 from deepultrasound.elastography.networks import ReUSENet  # noqa: E402
 from deepultrasound.simulation import Phantom, SimulationConfig, simulate_sequence  # noqa: E402
-from deepultrasound.streaming.igtl import FrameGeometry, IgtlServer, image_message  # noqa: E402
+from deepultrasound.streaming.igtl import (  # noqa: E402
+    FRAME_INDEX_KEY,
+    REFERENCE_INDEX_KEY,
+    FrameGeometry,
+    IgtlServer,
+    image_message,
+)
 
 HEIGHT, WIDTH, FRAMES = 256, 32, 6
 WINDOW_MM = 1.0  # 51 samples at 0.02 mm: fits the 256-sample frames
@@ -370,6 +380,41 @@ def test_offline_volume_strain_on_the_rf_grid(scene, compression, pairWithPrevio
     assert result.summary().startswith(expected)
 
 
+@pytest.mark.parametrize("pairWithPrevious", [False, True])
+def test_offline_job_in_a_background_process_equals_the_in_process_strain(scene, compression, pairWithPrevious):
+    rf = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "RF recording")
+    arrayToVolume(compression.rf, rf, POSE)
+    outputs = [scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name) for name in ("s", "b", "s2", "b2")]
+    strainOfVolume(rf, outputs[0], createEstimator(BASELINE), WINDOW_MM, pairWithPrevious, outputs[1])
+    job = OfflineStrainJob(rf, outputs[2], outputs[3], BASELINE, pairWithPrevious, python=sys.executable)
+    result = job.run(timeoutS=120.0)
+
+    assert job.progress is not None and job.progress[1] == FRAMES - 1  # progress over the pairs was reported
+    for inProcess, background in ((outputs[0], outputs[2]), (outputs[1], outputs[3])):
+        expected, expectedGeometry = volumeToArray(inProcess)
+        computed, geometry = volumeToArray(background)
+        np.testing.assert_allclose(computed, expected, atol=1e-4)
+        assert geometry.isClose(expectedGeometry)
+    assert result.summary().startswith(f"{FRAMES - 1} strain frame(s) of {HEIGHT} x {WIDTH} (block matching")
+    assert [node.GetName() for node in scene.GetNodesByClass("vtkMRMLStorageNode")] == []  # nothing left behind
+
+
+def test_offline_job_cancel_ends_the_process_and_failures_carry_its_output(scene, compression):
+    rf = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "RF recording")
+    arrayToVolume(compression.rf, rf, POSE)
+    strainVolume, bmodeVolume = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", n) for n in ("s", "b"))
+    job = OfflineStrainJob(rf, strainVolume, bmodeVolume, BASELINE, python=sys.executable).start()
+    job.cancel()
+    assert not job.running and job.process.returncode is not None
+    with pytest.raises(ValueError, match="failed"):
+        job.finish()
+    tooLong = StrainMethod(baseline=True, device="cpu", windowMm=50.0)  # longer than the 5 mm frames
+    with pytest.raises(ValueError, match=r"(?s)failed \(exit status 2\).*pass a shorter window"):
+        OfflineStrainJob(rf, strainVolume, bmodeVolume, tooLong, python=sys.executable).run(timeoutS=120.0)
+    with pytest.raises(ValueError, match="strain and B-mode output"):
+        OfflineStrainJob(rf, None, bmodeVolume, BASELINE)
+
+
 def test_offline_sequence_strain_keeps_index_values_and_frame_geometry(scene, compression):
     frames = compression.rf[:3]
     rfSequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "RF sequence")
@@ -449,3 +494,91 @@ def test_strain_display_colour_range_and_legend(scene):
 def test_no_strain_colour_map_in_a_bare_scene(mrml_scene):
     with pytest.raises(ValueError, match="choose a strain colour map"):
         defaultStrainColorNode(mrml_scene)
+
+
+# Live strain in a background process --------------------------------------------------------------
+
+
+def freePort() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def framePlacement(geometry: VolumeGeometry) -> FrameGeometry:
+    lps = VolumeGeometry(LPS_TO_RAS @ geometry.ijkToRas)
+    return FrameGeometry(
+        spacing=(float(lps.spacing[0]), float(lps.spacing[1])),
+        origin=tuple(float(v) for v in lps.origin),
+        direction=tuple(float(v) for v in lps.directions.ravel()),
+    )
+
+
+def receiveInto(client: pyigtl.OpenIGTLinkClient, deviceName: str, volumeNode):
+    """What OpenIGTLinkIF's connector does with a served IMAGE message; returns the message (None: none came).
+
+    STATUS messages of the same device name (the stream's reports) go to a text node there; skipped here.
+    """
+    message = client.wait_for_message(deviceName, timeout=2.0)
+    while message is not None and not isinstance(message, pyigtl.ImageMessage):
+        message = client.wait_for_message(deviceName, timeout=2.0)
+    if message is not None:
+        feed(volumeNode, message.image, VolumeGeometry(LPS_TO_RAS @ message.ijk_to_world_matrix))
+    return message
+
+
+def test_live_stream_process_serves_strain_and_stops_with_the_scene(scene, compression):
+    """The module's live path: ``deepultrasound stream`` as a process, reading RF from a scanner and serving
+    Strain over a real OpenIGTLink socket, followed into the scene; closing the scene ends the process."""
+    source, servePort = IgtlServer(port=0), freePort()
+    live = LiveStream(python=sys.executable)
+    arguments = streamArguments("127.0.0.1", source.port, servePort, BASELINE, referenceEvery=0)
+    live.start(scene, arguments + ["--source-timeout", "60"])  # frames come slowly: one per received result
+    viewer = None  # stands in for Slicer's OpenIGTLinkIF connector on the serve port
+    try:
+        assert Scanner._waitFor(lambda: source.is_connected() or not live.running, 120.0), live.poll()
+        assert live.running, live.poll()
+        viewer = pyigtl.OpenIGTLinkClient("127.0.0.1", servePort)
+        strainNode, bmodeNode = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", n) for n in ("Strain", "BMode"))
+        live.recorder = StrainRecorder(scene, "Strain")
+        live.follow(strainNode, bmodeNode)
+        received = []
+        for index, frame in enumerate(compression.rf):
+            metadata = {FRAME_INDEX_KEY: str(index)}
+            assert source.publish(image_message(frame, framePlacement(POSE), "RF", metadata=metadata))
+            message = receiveInto(viewer, "Strain", strainNode) if index > 0 else None  # 0: the reference
+            if message is not None:
+                assert receiveInto(viewer, "BMode", bmodeNode) is not None
+                received.append((int(message.metadata[FRAME_INDEX_KEY]), int(message.metadata[REFERENCE_INDEX_KEY])))
+                frameIndex, referenceIndex = received[-1]
+                measured = medianPercent(slicer.util.arrayFromVolume(strainNode)[0])
+                truth = truthPercent(compression, frameIndex, referenceIndex)
+                assert measured == pytest.approx(truth, rel=0.1), (frameIndex, referenceIndex)
+        assert received, "\n".join(live.poll())
+        assert live.framesShown == len(received) == live.recorder.frameCount
+        assert volumeToArray(strainNode)[1].isClose(POSE)
+        process = live.process
+        scene.Clear(0)  # File > Close Scene
+        assert not live.running and live.process is None and live.strainVolume is None
+        assert process.returncode is not None
+        assert "fps" in live.status, live.status  # the process's final status line
+    finally:
+        if viewer is not None:
+            viewer.stop()
+        live.stop()
+        source.stop()
+
+
+def test_stream_arguments_carry_the_settings_and_refuse_bad_ports():
+    arguments = streamArguments(" scanner.local ", 18944, 18950, StrainMethod(model="usenet", windowMm=2.0), 5, 0.8)
+    assert arguments[:5] == ["stream", "--host", "scanner.local", "--port", "18944"]
+    options = dict(zip(arguments[1::2], arguments[2::2]))
+    assert options["--serve-port"] == "18950" and options["--model"] == "usenet"
+    assert (options["--reference-every"], options["--reference-min-ncc"], options["--window-mm"]) == ("5", "0.8", "2")
+    assert "--baseline" in streamArguments("h", 1, 2, BASELINE) and "--reference-min-ncc" not in streamArguments(
+        "h", 1, 2, BASELINE
+    )
+    with pytest.raises(ValueError, match="strain port 0 is outside"):
+        streamArguments("127.0.0.1", 18944, 0, BASELINE)
+    with pytest.raises(ValueError, match="host"):
+        streamArguments(" ", 18944, 18945, BASELINE)

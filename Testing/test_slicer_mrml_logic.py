@@ -22,6 +22,7 @@ from DeepUltrasoundCommonLib import (  # noqa: E402
     listBundledModels,
     loadRequirements,
     missingRequirements,
+    modelChoices,
     volumeToArray,
 )
 from DeepUSELib import framePairs, rfFramesFromVolume, writeStrainFrames  # noqa: E402
@@ -150,10 +151,15 @@ def test_requirements_file_and_missing_packages(tmp_path):
         loadRequirements(path)
 
 
-@pytest.mark.parametrize("module", ["DeepUSE", "EchoRegistration", "USSynth", "USSuperRes"])
-def test_module_requirements_name_the_engine(module):
-    requirements = loadRequirements(ROOT / module / "Resources" / "requirements.txt")
-    assert [r.name for r in requirements] == ["deepultrasound"]
+def test_model_list_starts_with_the_engine_default():
+    """Refreshing the list keeps "" (the engine's default, live and offline alike) instead of the first bundle."""
+    bundles = [
+        BundleInfo("reusenet", "elastography", "2.0", Path("r")),
+        BundleInfo("usenet", "elastography", "1.0", Path("u")),
+    ]
+    choices = modelChoices(bundles)
+    assert choices == [("Default", ""), ("reusenet (2.0)", "reusenet"), ("usenet (1.0)", "usenet")]
+    assert modelChoices([]) == [("Default", "")]
 
 
 def _saveTinyBundle(folder, name, task):

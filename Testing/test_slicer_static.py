@@ -12,6 +12,7 @@ import ast
 import py_compile
 import re
 import struct
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -40,19 +41,7 @@ APP_ONLY_SLICER_API = {
     ),
 }
 #: top-level imports allowed in the MRML-facing Lib code (it must import with slicer-core alone).
-LIB_IMPORTS = {
-    "__future__",
-    "dataclasses",
-    "importlib",
-    "pathlib",
-    "threading",
-    "time",
-    "typing",  # standard library
-    "numpy",
-    "packaging",
-    "slicer",
-    COMMON + "Lib",
-}
+LIB_IMPORTS = set(sys.stdlib_module_names) - {"tkinter"} | {"numpy", "packaging", "slicer", COMMON + "Lib"}
 #: widget classes that slicer.parameterNodeWrapper's GUI connectors bind to each field type (exact class match)
 BINDABLE_WIDGETS = {
     "bool": {"QCheckBox", "QPushButton"},
@@ -61,6 +50,11 @@ BINDABLE_WIDGETS = {
     "str": {"QLineEdit", "QTextEdit"},
     "Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
 }
+#: parameter node fields the shared widget or the module's widget wires to its widget by hand
+HAND_WIRED_FIELDS = {"modelName", "modelPath"}
+#: the engine package behind each module; a module is hidden while its package does not exist
+ENGINE_PACKAGES = {"DeepUSE": "elastography", "EchoRegistration": "registration", "USSynth": "synthesis"}
+ENGINE_PACKAGES["USSuperRes"] = "superres"
 #: imports the engine must never make.
 FRONTEND_IMPORTS = {"qt", "ctk", "slicer", "vtk", "PythonQt", "slicer_core", "MRMLCorePython"}
 
@@ -192,8 +186,10 @@ def test_module_folder_has_the_template_files(module):
         "Testing/Python/CMakeLists.txt",
     ]
     required += [f"Resources/Icons/{module}.png"]
-    if module != COMMON:
-        required += [f"{module}Lib/logic.py", f"Resources/UI/{module}.ui", "Resources/requirements.txt"]
+    if module == COMMON:
+        required += ["Resources/requirements.txt"]  # the engine's third-party packages, one file for every module
+    else:
+        required += [f"{module}Lib/logic.py", f"Resources/UI/{module}.ui"]
     for relative in required:
         assert (folder / relative).is_file(), f"{module}/{relative} is missing"
     assert pngSize(folder / "Resources" / "Icons" / f"{module}.png") == (128, 128, 6)
@@ -333,7 +329,8 @@ def test_bound_widgets_name_parameter_node_fields(module):
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 bound[prop.findtext("string")] = widget.get("class")
-    assert set(bound) == set(fields) - {"modelName"}, "every field but modelName is bound to exactly one widget"
+    # modelName: the model list (items with data); modelPath: a str for a path line edit, wired by hand.
+    assert set(bound) == set(fields) - HAND_WIRED_FIELDS, "every other field is bound to exactly one widget"
     for field, widgetClass in bound.items():
         annotation = fields[field]
         if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated":
@@ -341,6 +338,55 @@ def test_bound_widgets_name_parameter_node_fields(module):
         typeName = ast.unparse(annotation)
         expected = {"qMRMLNodeComboBox"} if typeName.startswith("vtkMRML") else BINDABLE_WIDGETS.get(typeName, set())
         assert widgetClass in expected, f"{field} ({typeName}) is bound to a {widgetClass}, not one of {expected}"
+
+
+def uiProperties(module: str, widgetName: str) -> dict[str, str]:
+    """The designer properties of one widget of the module's ``.ui`` (bool and string values as text)."""
+    root = ET.parse(ROOT / module / "Resources" / "UI" / f"{module}.ui").getroot()
+    widget = next(w for w in root.iter("widget") if w.get("name") == widgetName)
+    return {p.get("name"): "".join(p.itertext()).strip() for p in widget.findall("property")}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_node_selectors_of_abstract_node_classes_list_their_subclasses(module):
+    """A field typed with an abstract class (vtkMRMLColorNode) only ever holds subclasses: its selector
+    must show child node types, or it stays empty."""
+    fields = parameterNodeFields(parse(ROOT / module / f"{module}.py"), module)
+    root = ET.parse(ROOT / module / "Resources" / "UI" / f"{module}.ui").getroot()
+    scene = slicer.vtkMRMLScene()
+    for widget in root.iter("widget"):
+        properties = uiProperties(module, widget.get("name")) if widget.get("class") == "qMRMLNodeComboBox" else {}
+        field = properties.get("SlicerParameterName")
+        if field is None:
+            continue
+        className = ast.unparse(fields[field])
+        if scene.CreateNodeByClass(className) is None:  # abstract: no node is exactly of this class
+            assert properties.get("showChildNodeTypes") != "false", f"{widget.get('name')} ({className}) lists nothing"
+
+
+def test_rf_selector_waits_for_the_incoming_rf_volume():
+    """No automatic choice of the first scalar volume: the incoming 'RF' volume is picked when it arrives."""
+    assert uiProperties("DeepUSE", "rfVolumeSelector")["noneEnabled"] == "true"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_no_parameter_field_shows_a_dot_for_an_unset_path(module):
+    fields = parameterNodeFields(parse(ROOT / module / f"{module}.py"), module)
+    paths = [name for name, annotation in fields.items() if ast.unparse(annotation).endswith("Path")]
+    assert not paths, f"{paths}: Path() reads '.'; use a str field (empty: unset)"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_modules_without_an_engine_are_hidden(module):
+    engineExists = (ROOT / "deepultrasound" / ENGINE_PACKAGES[module] / "__init__.py").is_file()
+    hidden = [
+        node
+        for node in ast.walk(parse(ROOT / module / f"{module}.py"))
+        if isinstance(node, ast.Assign)
+        and ast.unparse(node.targets[0]) == "self.parent.hidden"
+        and ast.unparse(node.value) == "True"
+    ]
+    assert bool(hidden) != engineExists, f"{module}: engine package exists: {engineExists}, hidden: {bool(hidden)}"
 
 
 # Slicer API -----------------------------------------------------------------------------------

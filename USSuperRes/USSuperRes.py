@@ -34,6 +34,9 @@ class USSuperRes(ScriptedLoadableModule):
             '<a href="https://github.com/deepultrasound/SlicerDeepUltrasound#ussuperres">Documentation</a>.'
         )
         self.parent.acknowledgementText = _("Based on Liang et al., single-image super-resolution of medical images.")
+        # Hidden until its engine (deepultrasound.superres) exists: shown, it would offer a multi-GB
+        # install and then only report that the engine is not available.
+        self.parent.hidden = True
 
 
 #

@@ -37,6 +37,9 @@ class USSynth(ScriptedLoadableModule):
             "Based on Stojanovski et al., 'Echo from noise' (2023) and Dominguez et al., 'Diffusion as sound "
             "propagation' (2024)."
         )
+        # Hidden until its engine (deepultrasound.synthesis) exists: shown, it would offer a multi-GB
+        # install and then only report that the engine is not available.
+        self.parent.hidden = True
 
 
 #

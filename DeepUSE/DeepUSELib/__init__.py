@@ -3,7 +3,9 @@
 - :mod:`.logic`       RF frame volumes <-> arrays
 - :mod:`.engine`      a strain method -> the engine's offline estimator or live processor (lazy imports)
 - :mod:`.offline`     strain of a loaded RF volume or sequence
+- :mod:`.offlineJob`  strain of a loaded RF volume in a background process (progress, Cancel)
 - :mod:`.live`        strain of every frame arriving in a volume node (OpenIGTLink), worker thread
+- :mod:`.liveStream`  live strain in a ``deepultrasound stream`` process, served back over OpenIGTLink
 - :mod:`.recording`   live frames -> sequence nodes
 - :mod:`.display`     strain colour map, range and legend; B-mode grey scale
 - :mod:`.connection`  the OpenIGTLinkIF connector (Slicer application only)
@@ -13,10 +15,11 @@ All import with ``slicer-core`` alone; the engine is imported when strain is com
 
 from .connection import (
     RF_DEVICE_NAME,
+    STRAIN_CONNECTOR_NAME,
     connectionState,
     connectToScanner,
     disconnectFromScanner,
-    incomingRfVolume,
+    incomingVolume,
 )
 from .display import (
     BMODE_DYNAMIC_RANGE_DB,
@@ -32,6 +35,7 @@ from .engine import (
     createLiveProcessor,
 )
 from .live import LiveCounters, LiveStrainLogic
+from .liveStream import BMODE_DEVICE_NAME, DEFAULT_SERVE_PORT, STRAIN_DEVICE_NAME, LiveStream, streamArguments
 from .logic import framePairs, rfFramesFromVolume, writeStrainFrames
 from .offline import (
     OfflineStrain,
@@ -40,15 +44,22 @@ from .offline import (
     strainOfSequence,
     strainOfVolume,
 )
+from .offlineJob import OfflineStrainJob, strainArguments
 from .recording import StrainRecorder
 
 __all__ = [
+    "BMODE_DEVICE_NAME",
     "BMODE_DYNAMIC_RANGE_DB",
+    "DEFAULT_SERVE_PORT",
     "DEFAULT_WINDOW_MM",
     "RF_DEVICE_NAME",
+    "STRAIN_CONNECTOR_NAME",
+    "STRAIN_DEVICE_NAME",
     "LiveCounters",
     "LiveStrainLogic",
+    "LiveStream",
     "OfflineStrain",
+    "OfflineStrainJob",
     "StrainMethod",
     "StrainRecorder",
     "colorLegend",
@@ -59,13 +70,15 @@ __all__ = [
     "defaultStrainColorNode",
     "disconnectFromScanner",
     "framePairs",
-    "incomingRfVolume",
+    "incomingVolume",
     "rfFramesFromSequence",
     "rfFramesFromVolume",
     "sequenceOfProxy",
     "showBMode",
     "showStrain",
+    "strainArguments",
     "strainOfSequence",
     "strainOfVolume",
+    "streamArguments",
     "writeStrainFrames",
 ]

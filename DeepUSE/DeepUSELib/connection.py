@@ -13,12 +13,21 @@ import slicer
 #: OpenIGTLink device name of the RF frames sent by ``deepultrasound scanner``
 RF_DEVICE_NAME = "RF"
 CONNECTOR_NAME = "DeepUSE scanner connection"
+#: the connector that receives Strain and BMode from the live strain process
+STRAIN_CONNECTOR_NAME = "DeepUSE live strain connection"
 
 
 def connectToScanner(
-    scene: slicer.vtkMRMLScene, host: str, port: int, connector: slicer.vtkMRMLNode | None = None
+    scene: slicer.vtkMRMLScene,
+    host: str,
+    port: int,
+    connector: slicer.vtkMRMLNode | None = None,
+    name: str = CONNECTOR_NAME,
 ) -> slicer.vtkMRMLNode:
     """Start a client connection to ``host:port``, reusing ``connector`` when given; returns the connector node.
+
+    ``name`` names a new connector node: the scanner's, or :data:`STRAIN_CONNECTOR_NAME` for the
+    live strain process's serve port.
 
     The connector then waits for the server and reconnects on its own; see :func:`connectionState`.
 
@@ -30,7 +39,7 @@ def connectToScanner(
     if not 1 <= port <= 65535:
         raise ValueError(f"Port {port} is outside 1..65535")
     if connector is None:
-        connector = scene.AddNewNodeByClass("vtkMRMLIGTLConnectorNode", CONNECTOR_NAME)
+        connector = scene.AddNewNodeByClass("vtkMRMLIGTLConnectorNode", name)
     connector.Stop()
     connector.SetTypeClient(host.strip(), port)
     if connector.Start() != 1:
@@ -55,7 +64,7 @@ def connectionState(connector: slicer.vtkMRMLNode | None) -> str:
     return states.get(connector.GetState(), "off")
 
 
-def incomingRfVolume(connector: slicer.vtkMRMLNode | None, deviceName: str = RF_DEVICE_NAME):
+def incomingVolume(connector: slicer.vtkMRMLNode | None, deviceName: str = RF_DEVICE_NAME):
     """The scalar volume node the connector fills with the ``deviceName`` images, or None before the first one."""
     if connector is None:
         return None

@@ -49,17 +49,17 @@ class StrainMethod:
 
 
 def createEstimator(method: StrainMethod):
-    """The offline estimator of ``method``: ``deepultrasound.elastography.inference.StrainEstimator``
+    """The offline estimator of ``method``: ``deepultrasound.elastography.StrainEstimator``
     (a network bundle) or ``BlockMatchingEstimator`` (the baseline).
 
     Raises:
         ValueError: no such model, or an invalid bundle or device (the message says how to get a model).
     """
-    inference = importlib.import_module("deepultrasound.elastography.inference")
+    elastography = importlib.import_module("deepultrasound.elastography")
     try:
         if method.baseline:
-            return inference.BlockMatchingEstimator(device=method.device)
-        return inference.StrainEstimator(method.model or None, backend=method.backend, device=method.device)
+            return elastography.BlockMatchingEstimator(device=method.device)
+        return elastography.StrainEstimator(method.model or None, backend=method.backend, device=method.device)
     except OSError as error:
         raise ValueError(str(error)) from error
 

@@ -82,8 +82,8 @@ def strainOfVolume(
     result, reference = _estimate(estimator, frames, float(geometry.spacing[1]), pairWithPrevious, windowMm)
     writeStrainFrames(result.strain, strainVolume, geometry)
     if bmodeVolume is not None:
-        visualise = importlib.import_module("deepultrasound.elastography.visualise")
-        arrayToVolume(visualise.bmode_db(frames[result.pairs[:, 0]]), bmodeVolume, geometry)
+        bmode = importlib.import_module("deepultrasound.spatial.bmode")
+        arrayToVolume(bmode.bmode_db(frames[result.pairs[:, 0]]), bmodeVolume, geometry)
     return OfflineStrain(result.strain, estimator.name, reference)
 
 

@@ -2,18 +2,24 @@
 
 - :mod:`.volumes`       volume nodes <-> numpy arrays with their geometry
 - :mod:`.bundles`       the model bundles the installed engine provides
-- :mod:`.dependencies`  install the engine when the user first needs it
+- :mod:`.dependencies`  install the engine's third-party packages when the user first needs them
+- :mod:`.versions`      the Slicer and Python versions the extension runs on
+- :mod:`.process`       engine commands in a background process (progress, stop, no orphans)
 
 These import ``slicer`` MRML utilities and numpy only (never Qt or the application at
 import time), so they run with ``slicer-core`` outside Slicer.
 """
 
-from .bundles import BundleInfo, listBundledModels
-from .dependencies import ensureRequirements, loadRequirements, missingRequirements
+from .bundles import DEFAULT_MODEL_LABEL, BundleInfo, listBundledModels, modelChoices
+from .dependencies import ENGINE_REQUIREMENTS, ensureRequirements, loadRequirements, missingRequirements
+from .versions import MINIMUM_SLICER_VERSION, unsupportedPythonMessage
 from .volumes import VolumeGeometry, arrayToVolume, labelMapToArray, setVolumeGeometry, volumeGeometry, volumeToArray
 
 __all__ = [
+    "ENGINE_REQUIREMENTS",
+    "MINIMUM_SLICER_VERSION",
     "BundleInfo",
+    "DEFAULT_MODEL_LABEL",
     "VolumeGeometry",
     "arrayToVolume",
     "ensureRequirements",
@@ -21,7 +27,9 @@ __all__ = [
     "listBundledModels",
     "loadRequirements",
     "missingRequirements",
+    "modelChoices",
     "setVolumeGeometry",
+    "unsupportedPythonMessage",
     "volumeGeometry",
     "volumeToArray",
 ]

@@ -33,3 +33,13 @@ def listBundledModels(task: str = "") -> list[BundleInfo]:
 
     bundles = [BundleInfo(b.name, b.task, b.version, b.path, b.description) for b in list_bundles()]
     return sorted((b for b in bundles if not task or b.task == task), key=lambda b: b.name)
+
+
+#: label of the model choice that leaves the choice to the engine (its default bundled model)
+DEFAULT_MODEL_LABEL = "Default"
+
+
+def modelChoices(bundles: list[BundleInfo]) -> list[tuple[str, str]]:
+    """(label, model name) of each entry of a model selector: first the engine's default (name ``""``),
+    then each bundle as "name (version)"."""
+    return [(DEFAULT_MODEL_LABEL, "")] + [(f"{bundle.name} ({bundle.version})", bundle.name) for bundle in bundles]

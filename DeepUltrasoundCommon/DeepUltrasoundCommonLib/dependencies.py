@@ -1,12 +1,11 @@
-"""Install the Python packages a DeepUltrasound module needs, when the user first needs them.
+"""Install the third-party Python packages of the DeepUltrasound engine, when the user first needs them.
 
-Each module lists its packages in ``Resources/requirements.txt`` (the ``deepultrasound``
-engine, which brings torch and the rest). :func:`ensureRequirements` is called right
-before the first engine call; nothing heavy is imported at module load time.
-
-On Slicer >= 5.9 the install goes through ``slicer.packaging.pip_ensure`` (which asks the
-user first); older Slicer versions ask with a confirmation dialog here and install with
-``slicer.util.pip_install``.
+The engine itself (the ``deepultrasound`` package and its bundled models) is installed with the
+extension, beside the modules. Its third-party packages (torch, MONAI, ONNX Runtime, ...) are listed
+once, in :data:`ENGINE_REQUIREMENTS` (``DeepUltrasoundCommon/Resources/requirements.txt``, the
+``[project] dependencies`` of ``pyproject.toml``), and installed from the package index by
+``slicer.packaging.pip_ensure``, which asks the user first. :func:`ensureRequirements` is called
+right before the first engine call; nothing heavy is imported at module load time.
 """
 
 from __future__ import annotations
@@ -15,6 +14,9 @@ import importlib.metadata
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
+
+#: the engine's third-party requirements: Resources/ beside this package, in the source tree and installed alike
+ENGINE_REQUIREMENTS = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
 
 
 def loadRequirements(path: str | Path) -> list[Requirement]:
@@ -54,41 +56,21 @@ def missingRequirements(requirements: list[Requirement]) -> list[Requirement]:
     return [requirement for requirement in requirements if not isSatisfied(requirement)]
 
 
-def ensureRequirements(requirementsPath: str | Path, requester: str) -> None:
+def ensureRequirements(requester: str, requirementsPath: str | Path = ENGINE_REQUIREMENTS) -> None:
     """Make sure the packages in ``requirementsPath`` are installed, installing them after the user agrees.
 
     Call this from the Slicer application (a widget action) before importing the engine.
 
     Args:
-        requirementsPath: the module's ``Resources/requirements.txt``.
         requester: module name shown in the confirmation dialog.
+        requirementsPath: a requirements file (default: the engine's).
 
     Raises:
-        RuntimeError: the user declined the installation.
+        RuntimeError: the user declined the installation (raised by ``pip_ensure``).
         subprocess.CalledProcessError: pip failed.
     """
-    requirements = loadRequirements(requirementsPath)
-    missing = missingRequirements(requirements)
-    if not missing:
-        return
-    import slicer
+    missing = missingRequirements(loadRequirements(requirementsPath))
+    if missing:
+        from slicer import packaging
 
-    try:
-        from slicer import packaging as slicerPackaging
-    except ImportError:
-        slicerPackaging = None
-    if slicerPackaging is not None and hasattr(slicerPackaging, "pip_ensure"):
-        slicerPackaging.pip_ensure(missing, requester=requester)
-        return
-    # Slicer < 5.9: no pip_ensure, so ask here and install with the older helper.
-    names = "\n".join(f"  {requirement}" for requirement in missing)
-    question = (
-        f"{requester} needs these Python packages, which are not installed yet:\n\n{names}\n\n"
-        "Install them now? This downloads them and can take several minutes."
-    )
-    if not slicer.util.confirmOkCancelDisplay(question, windowTitle=f"{requester}: install Python packages"):
-        raise RuntimeError(
-            f"{requester} cannot run without: {', '.join(str(r) for r in missing)} (installation declined)"
-        )
-    # A list keeps direct references such as "name @ git+https://..." in one piece.
-    slicer.util.pip_install([str(requirement) for requirement in missing])
+        packaging.pip_ensure(missing, requester=requester)

@@ -8,17 +8,23 @@ parameter node fields and implements :meth:`DeepUltrasoundWidget.createLogic`,
 :meth:`~DeepUltrasoundWidget.missingInputs` and :meth:`~DeepUltrasoundWidget.apply`.
 
 Every module's ``.ui`` must therefore contain ``applyButton``, ``modelComboBox``,
-``refreshModelsButton`` and ``statusLabel``, and its parameter node a ``modelName: str`` field.
+``refreshModelsButton`` and ``statusLabel``, and its parameter node a ``modelName: str`` field
+(bound here to the model list, whose first item "Default" stands for ``""``: the engine's default).
+
+On a Slicer older than the extension supports, the panel shows only the reason (see
+:mod:`.versions`); :attr:`DeepUltrasoundWidget.logic` then stays None.
 """
 
+import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from .bundles import listBundledModels
+from .bundles import listBundledModels, modelChoices
 from .dependencies import ensureRequirements
+from .versions import unsupportedPythonMessage
 
 
 class DeepUltrasoundWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -58,6 +64,12 @@ class DeepUltrasoundWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        unsupported = unsupportedPythonMessage()
+        if unsupported:
+            message = qt.QLabel(unsupported)
+            message.wordWrap = True
+            self.layout.addWidget(message)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath(f"UI/{self.moduleName}.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -69,22 +81,25 @@ class DeepUltrasoundWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.onRefreshModels)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.fillModelList([])
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.removeObservers()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.logic is not None:
+            self.initializeParameterNode()
 
     def exit(self) -> None:
-        self.setParameterNode(None)
+        if self.logic is not None:
+            self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
+        if self.parent.isEntered and self.logic is not None:
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
@@ -94,14 +109,19 @@ class DeepUltrasoundWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Bind ``parameterNode`` to the widgets (``None`` unbinds)."""
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApplyButton)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
         self._parameterNode = parameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateApplyButton)
-            self.updateApplyButton()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+            self.updateGui()
 
-    def updateApplyButton(self, caller=None, event=None) -> None:
+    def updateGui(self, caller=None, event=None) -> None:
+        """What ``connectGui`` does not bind: Apply's state and the model list."""
+        self.updateApplyButton()
+        self.showModelName()
+
+    def updateApplyButton(self) -> None:
         reason = self.missingInputs(self._parameterNode) if self._parameterNode else _("No parameter node")
         self.ui.applyButton.enabled = not reason
         self.ui.applyButton.toolTip = reason or _("Run the module on the selected inputs")
@@ -110,22 +130,38 @@ class DeepUltrasoundWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and index >= 0:
             self._parameterNode.modelName = self.ui.modelComboBox.itemData(index) or ""
 
+    def showModelName(self) -> None:
+        """Select the parameter node's model in the model list (added when it is not listed yet)."""
+        if not self._parameterNode:
+            return
+        chosen = self._parameterNode.modelName
+        index = self.ui.modelComboBox.findData(chosen)
+        wasBlocked = self.ui.modelComboBox.blockSignals(True)
+        if index < 0:
+            self.ui.modelComboBox.addItem(chosen, chosen)
+            index = self.ui.modelComboBox.count - 1
+        self.ui.modelComboBox.setCurrentIndex(index)
+        self.ui.modelComboBox.blockSignals(wasBlocked)
+
+    def fillModelList(self, bundles) -> None:
+        """ "Default" and ``bundles`` in the model list; the parameter node's choice stays selected."""
+        wasBlocked = self.ui.modelComboBox.blockSignals(True)
+        self.ui.modelComboBox.clear()
+        for label, name in modelChoices(bundles):
+            self.ui.modelComboBox.addItem(label, name)
+        self.ui.modelComboBox.blockSignals(wasBlocked)
+        self.showModelName()
+
     def ensureEngine(self) -> None:
-        """Install the module's ``Resources/requirements.txt`` (the engine) if missing, after the user agrees."""
-        ensureRequirements(self.resourcePath("requirements.txt"), requester=self.moduleName)
+        """Install the engine's third-party packages if missing, after the user agrees."""
+        ensureRequirements(requester=self.moduleName)
 
     def onRefreshModels(self) -> None:
         """List the engine's model bundles for this module's task, keeping the current choice when it is still there."""
         with slicer.util.tryWithErrorDisplay(_("Failed to list the model bundles."), waitCursor=True):
             self.ensureEngine()
             bundles = listBundledModels(self.bundleTask)
-            chosen = self._parameterNode.modelName if self._parameterNode else ""
-            self.ui.modelComboBox.clear()
-            for bundle in bundles:
-                self.ui.modelComboBox.addItem(f"{bundle.name} ({bundle.version})", bundle.name)
-            chosenIndex = self.ui.modelComboBox.findData(chosen)
-            if chosenIndex >= 0:
-                self.ui.modelComboBox.setCurrentIndex(chosenIndex)
+            self.fillModelList(bundles)
             self.ui.statusLabel.text = _("{count} model bundle(s) installed").format(count=len(bundles))
 
     def onApplyButton(self) -> None:

@@ -1,0 +1,166 @@
+"""Offline strain of an RF volume in a background process, with progress and Cancel.
+
+The frames ``(N, H, W)`` of the RF volume (frames along K) go to a temporary NRRD file with their
+geometry; ``deepultrasound strain`` (started with Slicer's Python, see
+:class:`DeepUltrasoundCommonLib.process.EngineProcess`) writes the strain ``(N-1, H, W)`` in % and
+the B-mode of every frame in dB beside it; both are read back into the nodes on the RF grid, the
+B-mode of each pair's fixed frame under its strain. The process reports one progress line per
+pair, read by :meth:`OfflineStrainJob.poll` from a timer; :meth:`OfflineStrainJob.cancel` ends the
+whole process tree. :meth:`OfflineStrainJob.run` waits for the result (scripts and tests).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import slicer
+from DeepUltrasoundCommonLib import arrayToVolume
+from DeepUltrasoundCommonLib.process import EngineProcess, progressOf
+
+from .engine import StrainMethod
+from .logic import rfFramesFromVolume
+from .offline import OfflineStrain
+
+#: output lines of a failed process shown in the error message
+ERROR_LINES = 5
+
+
+def strainArguments(
+    rfPath: Path, strainPath: Path, bmodePath: Path, method: StrainMethod, pairWithPrevious: bool = False
+) -> list[str]:
+    """The ``deepultrasound strain`` command line of ``method`` for these files."""
+    arguments = ["strain", str(rfPath), "-o", str(strainPath), "--bmode", str(bmodePath)]
+    arguments += ["--reference", "previous" if pairWithPrevious else "first", "--window-mm", f"{method.windowMm:g}"]
+    if method.baseline:
+        return arguments + ["--baseline", "--device", method.device]
+    arguments += ["--backend", method.backend, "--device", method.device]
+    return arguments + (["--model", method.model] if method.model else [])
+
+
+def _storageNode(scene: slicer.vtkMRMLScene, path: Path) -> slicer.vtkMRMLVolumeArchetypeStorageNode:
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    scene.AddNode(storage)
+    return storage
+
+
+class OfflineStrainJob:
+    """One offline strain computation of an RF volume.
+
+    Args:
+        rfVolume: RF frames ``(N, H, W)``, N >= 2 (frames along K, axial samples along J).
+        strainVolume: output ``(N-1, H, W)`` float32 strain in %, with the RF volume's geometry.
+        bmodeVolume: output ``(N-1, H, W)`` float32 B-mode in dB of each pair's fixed frame.
+        method: model or baseline, backend, device and strain window.
+        pairWithPrevious: pair each frame with the previous one instead of the first.
+        python: interpreter of the process (default: Slicer's ``PythonSlicer``).
+
+    Attributes:
+        progress: ``(pairs done, pairs)`` as last reported, or None before the first report.
+    """
+
+    def __init__(
+        self,
+        rfVolume: slicer.vtkMRMLScalarVolumeNode,
+        strainVolume: slicer.vtkMRMLScalarVolumeNode,
+        bmodeVolume: slicer.vtkMRMLScalarVolumeNode,
+        method: StrainMethod,
+        pairWithPrevious: bool = False,
+        python: str | None = None,
+    ) -> None:
+        if strainVolume is None or bmodeVolume is None:
+            raise ValueError("Select or create the strain and B-mode output volumes")
+        self.frames, self.geometry = rfFramesFromVolume(rfVolume)  # refuses unusable frames before any work
+        self.rfVolume, self.strainVolume, self.bmodeVolume = rfVolume, strainVolume, bmodeVolume
+        self.method, self.pairWithPrevious, self.python = method, pairWithPrevious, python
+        self.progress: tuple[int, int] | None = None
+        self.process: EngineProcess | None = None
+        self._folder: Path | None = None
+        self._output: list[str] = []
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.running
+
+    def start(self) -> OfflineStrainJob:
+        """Write the frames and start the process.
+
+        Raises:
+            ValueError: the engine is missing.
+            OSError: the frames cannot be written or the interpreter cannot be started.
+        """
+        self._folder = Path(tempfile.mkdtemp(prefix="DeepUSE-"))
+        rfPath = self._folder / "rf.nrrd"
+        scene = self.rfVolume.GetScene()
+        storage = _storageNode(scene, rfPath)
+        try:
+            if not storage.WriteData(self.rfVolume):
+                raise OSError(f"Could not write the RF frames to {rfPath}")
+        finally:
+            scene.RemoveNode(storage)
+        arguments = strainArguments(
+            rfPath, self._folder / "strain.nrrd", self._folder / "bmode.nrrd", self.method, self.pairWithPrevious
+        )
+        self.process = EngineProcess(arguments, self.python).start()
+        return self
+
+    def poll(self) -> bool:
+        """Take the process's new output (progress included); whether it still runs."""
+        for line in self.process.lines():
+            self._output.append(line)
+            self.progress = progressOf(line) or self.progress
+        return self.process.running
+
+    def finish(self) -> OfflineStrain:
+        """Read the results into the output volumes once the process has ended; removes the temporary files.
+
+        Raises:
+            ValueError: the process failed or was cancelled; the message holds its last output lines.
+        """
+        code = self.process.wait()
+        self.poll()
+        try:
+            if code != 0:
+                tail = "\n".join(self._output[-ERROR_LINES:])
+                raise ValueError(f"Strain computation failed (exit status {code}):\n{tail}")
+            return self._readResults()
+        finally:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    def cancel(self) -> None:
+        """End the process and its children; the output volumes keep what they held."""
+        if self.process is not None:
+            self.process.stop()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    def run(self, timeoutS: float | None = None) -> OfflineStrain:
+        """:meth:`start`, wait, :meth:`finish` (cancelled after ``timeoutS`` seconds, then raises ValueError)."""
+        self.start()
+        if self.process.wait(timeoutS) is None:
+            self.cancel()
+        return self.finish()
+
+    def _readResults(self) -> OfflineStrain:
+        scene = self.rfVolume.GetScene()
+        readBack = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "DeepUSE B-mode of every frame")
+        try:
+            for path, volume in (("strain.nrrd", self.strainVolume), ("bmode.nrrd", readBack)):
+                storage = _storageNode(scene, self._folder / path)
+                try:
+                    if not storage.ReadData(volume):
+                        raise ValueError(f"Could not read the computed {path}")
+                finally:
+                    scene.RemoveNode(storage)
+            self.strainVolume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(self.geometry.ijkToRas))
+            bmode = slicer.util.arrayFromVolume(readBack)
+        finally:
+            scene.RemoveNode(readBack)
+        pairs = len(self.frames) - 1
+        fixedFrames = np.arange(pairs) if self.pairWithPrevious else np.zeros(pairs, dtype=int)
+        arrayToVolume(np.ascontiguousarray(bmode[fixedFrames], dtype=np.float32), self.bmodeVolume, self.geometry)
+        strain = slicer.util.arrayFromVolume(self.strainVolume).copy()
+        return OfflineStrain(strain, self.method.describe(), "previous" if self.pairWithPrevious else "first")
