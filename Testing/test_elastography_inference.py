@@ -339,7 +339,7 @@ def test_mirror_averaging_keeps_a_mirror_equivariant_estimate_and_cancels_a_late
 def test_refinement_is_on_offline_and_off_live_unless_asked(
     argv: list[str], offline: bool, live: bool, prealigned_bundle: Path
 ) -> None:
-    from deepultrasound.streaming import LiveStrainProcessor
+    from deepultrasound.elastography.live import LiveStrainProcessor
 
     parser = argparse.ArgumentParser()
     add_inference_options(parser)

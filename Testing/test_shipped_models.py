@@ -15,6 +15,7 @@ from deepultrasound.elastography.bench import MANIFEST_KEY
 from deepultrasound.elastography.bundles import TASK
 from deepultrasound.elastography.estimators import StrainEstimator
 from deepultrasound.elastography.frames import PAPER_CROP, crop_rows
+from deepultrasound.elastography.live.processor import LIVE_MODEL, resolve_live_model
 from deepultrasound.elastography.metrics import strain_nrmse, strain_nrmse_contrast
 from deepultrasound.elastography.model_resolution import resolve_model
 from deepultrasound.io import read_sequence
@@ -23,7 +24,6 @@ from deepultrasound.runtime import bundled_models_dir, check_parity, create_pred
 from deepultrasound.runtime.inference_specs import ElastographyInference
 from deepultrasound.runtime.manifest import Manifest
 from deepultrasound.simulation import SimulationConfig, simulate_sequence
-from deepultrasound.streaming.processor import LIVE_MODEL, resolve_live_model
 
 SHIPPED = [summary.path for summary in list_bundles([bundled_models_dir()]) if summary.task == TASK]
 WINDOW_MM = 5.74  # the paper's (and the bench's) least-squares window

@@ -29,10 +29,12 @@ from deepultrasound.cli import main
 from deepultrasound.elastography.bundles import save_deepuse_bundle
 from deepultrasound.elastography.estimators import StrainEstimator
 from deepultrasound.elastography.frames import FRAME_TO_FRAME, normalise_frame
+from deepultrasound.elastography.live import LiveStrainProcessor
+from deepultrasound.elastography.live.pipeline import StrainStream, StreamConfig
+from deepultrasound.elastography.live.throughput import model_and_strain
 from deepultrasound.elastography.networks import ReUSENet
 from deepultrasound.elastography.prealign import PREALIGN_UNIFORM_STRAIN
 from deepultrasound.errors import InputError
-from deepultrasound.streaming import LiveStrainProcessor
 from deepultrasound.streaming.igtl import (
     DEFAULT_MAX_MESSAGE_BYTES,
     FRAME_INDEX_KEY,
@@ -49,10 +51,8 @@ from deepultrasound.streaming.igtl import (
     frame_index,
     image_message,
 )
-from deepultrasound.streaming.pipeline import StrainStream, StreamConfig
 from deepultrasound.streaming.queues import LatestSlot
 from deepultrasound.streaming.scanner import LoopedFrames, Scanner, cyclic_order
-from deepultrasound.streaming.throughput import model_and_strain
 
 WINDOW_MM = 0.5  # 25 samples at 0.02 mm: fits the small frames
 GEOMETRY = FrameGeometry((0.2, 0.02), (1.5, -2.0, 0.0))

@@ -55,7 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _processor(model: str | None, device: str, crop: slice, reference_every: int):
     """The live processor and a note on the method chosen."""
-    from deepultrasound.streaming import LiveStrainProcessor
+    from deepultrasound.elastography.live import LiveStrainProcessor
 
     options = {"device": device, "crop": crop, "reference_every": reference_every}
     if model == "baseline":
@@ -93,12 +93,12 @@ def _save_latency_plot(path: Path, latency_ms: list[float], network_ms: list[flo
 
 
 def run(args: argparse.Namespace) -> int:
+    from deepultrasound.elastography.live.pipeline import StrainStream, StreamConfig, status_line
     from deepultrasound.elastography.metrics import cnr_e, snr_e, strain_nrmse
     from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, window_samples
     from deepultrasound.elastography.visualise import save_strain_figure
     from deepultrasound.io import Image, write_image
     from deepultrasound.streaming.igtl import IgtlClient
-    from deepultrasound.streaming.pipeline import StrainStream, StreamConfig, status_line
     from deepultrasound.streaming.scanner import Scanner, demo_phantom_source
 
     out: Path = args.output

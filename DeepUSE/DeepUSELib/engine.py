@@ -65,7 +65,7 @@ def createEstimator(method: StrainMethod):
 
 
 def createLiveProcessor(method: StrainMethod, referenceEvery: int | None, referenceMinNcc: float | None):
-    """The frame-by-frame processor of ``method``: ``deepultrasound.streaming.LiveStrainProcessor``.
+    """The frame-by-frame processor of ``method``: ``deepultrasound.elastography.live.LiveStrainProcessor``.
 
     Args:
         method: model or baseline, backend, device and strain window.
@@ -76,7 +76,7 @@ def createLiveProcessor(method: StrainMethod, referenceEvery: int | None, refere
     Raises:
         ValueError: no such model, an invalid bundle or device, or an invalid reference policy.
     """
-    streaming = importlib.import_module("deepultrasound.streaming")
+    streaming = importlib.import_module("deepultrasound.elastography.live")
     try:
         return streaming.LiveStrainProcessor(
             method.model or None,

@@ -85,7 +85,7 @@ class LiveStrainLogic(slicer.util.VTKObservationMixin):
         live.stop()
 
     ``processor`` is anything with ``process(frame (H, W), axial_spacing_mm) -> FrameResult | None``
-    and ``reset()``, as ``deepultrasound.streaming.LiveStrainProcessor``.
+    and ``reset()``, as ``deepultrasound.elastography.live.LiveStrainProcessor``.
 
     Attributes (main thread):
         rfVolume, strainVolume, bmodeVolume: the nodes of the last :meth:`start`.

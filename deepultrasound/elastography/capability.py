@@ -9,6 +9,15 @@ COMMANDS = {
         "deepultrasound.elastography.import_command",
         "convert an original DeepUSE checkpoint to a bundle",
     ),
+    "stream": (
+        "deepultrasound.elastography.live.command",
+        "live strain: RF over OpenIGTLink in, Strain and BMode images served out",
+    ),
 }
-BENCH_SUITES = {"strain": "deepultrasound.elastography.bench"}
+BENCH_SUITES = {
+    "strain": "deepultrasound.elastography.bench",
+    "stream": "deepultrasound.elastography.live.bench",
+    "soak": "deepultrasound.elastography.live.soak",
+    "throughput": "deepultrasound.elastography.live.throughput",
+}
 TASKS = {"deepuse": "deepultrasound.elastography.training_task"}

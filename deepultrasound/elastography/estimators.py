@@ -109,7 +109,7 @@ class SequenceStrainEstimator(ABC):
     displacement of one pair (:meth:`step`). ``name`` labels results (tables, figures).
 
     :meth:`estimate` runs a whole sequence; a live stream feeds pairs one at a time with
-    :meth:`reset` and :meth:`step_tensor` (see :class:`deepultrasound.streaming.LiveStrainProcessor`),
+    :meth:`reset` and :meth:`step_tensor` (see :class:`deepultrasound.elastography.live.LiveStrainProcessor`),
     on tensors that stay on :attr:`device`.
     """
 

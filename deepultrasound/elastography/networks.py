@@ -19,7 +19,7 @@ channels (``(B, 2, H, W)`` -> ``(B, 2f, H/f, W)``, every sample kept, its phase 
 of f rows a channel), the network runs at 1/f of the axial resolution, and the displacement is
 resized back to H rows. RF is sampled far above what a displacement field needs (the 5.74 mm
 strain window spans 287 samples), so this costs little accuracy and divides the work by about f:
-it is the real-time variant of :mod:`deepultrasound.streaming`.
+it is the real-time variant of :mod:`deepultrasound.elastography.live`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``add_inference_options(parser)`` adds ``--backend --device --threads --half --no-cuda-graphs
 --refine/--no-refine``; ``inference_options(args)`` gives them back as the keyword arguments of
 :class:`~deepultrasound.elastography.estimators.StrainEstimator` (and of
-:class:`~deepultrasound.streaming.LiveStrainProcessor`), and ``live_inference_options(args)``
+:class:`~deepultrasound.elastography.live.LiveStrainProcessor`), and ``live_inference_options(args)``
 as live processing runs them: refinement off unless ``--refine`` (one network pass per frame).
 """
 

@@ -49,7 +49,7 @@ def add_processor_options(parser: argparse.ArgumentParser) -> None:
 
 def build_processor(args: argparse.Namespace):
     """A :class:`LiveStrainProcessor` from :func:`add_processor_options` arguments."""
-    from deepultrasound.streaming.processor import LiveStrainProcessor
+    from deepultrasound.elastography.live.processor import LiveStrainProcessor
 
     return LiveStrainProcessor(
         args.model,
@@ -99,7 +99,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import threading
 
-    from deepultrasound.streaming.pipeline import StrainStream, StreamConfig, status_line
+    from deepultrasound.elastography.live.pipeline import StrainStream, StreamConfig, status_line
 
     config = StreamConfig(
         source_host=args.host,

@@ -35,9 +35,9 @@ def resident_bytes() -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from deepultrasound.streaming import LiveStrainProcessor
+    from deepultrasound.elastography.live import LiveStrainProcessor
+    from deepultrasound.elastography.live.pipeline import StrainStream, StreamConfig, status_line
     from deepultrasound.streaming.igtl import FrameGeometry, IgtlClient
-    from deepultrasound.streaming.pipeline import StrainStream, StreamConfig, status_line
     from deepultrasound.streaming.scanner import LoopedFrames, Scanner
 
     height, width = args.size

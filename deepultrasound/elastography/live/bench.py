@@ -3,7 +3,7 @@
 ``stream``: for each frame size (default 1600 x 128 and 2000 x 128) a scanner streams speckle
 frames under a known axial compression at ``--rate`` Hz, the pipeline runs, and a viewer receives
 the strain. The scanner is a ``deepultrasound scanner`` process of its own, as a PLUS server or a
-scanner would be, and so is the viewer (:mod:`~deepultrasound.streaming.viewer`), as 3D Slicer
+scanner would be, and so is the viewer (:mod:`~deepultrasound.elastography.live.viewer`), as 3D Slicer
 would be, connected before the first frame; the pipeline runs in this process. Reported per size: throughput
 (results/s), pipeline latency p50/p95, end-to-end latency (source timestamp to result), dropped
 frames and the per-stage medians; in the same run
@@ -127,9 +127,9 @@ def _scanner_process(frames_file: Path, rate: float) -> Iterator[int]:
 
 @contextlib.contextmanager
 def _viewer_process(port: int) -> Iterator[list[float]]:
-    """A viewer (:mod:`deepultrasound.streaming.viewer`) connected to ``port`` in a process of its own, as
+    """A viewer (:mod:`deepultrasound.elastography.live.viewer`) connected to ``port`` in a process of its own, as
     3D Slicer would be; yields the list that receives its end-to-end latencies (ms) when it is stopped."""
-    command = [sys.executable, "-m", "deepultrasound.streaming.viewer", str(port)]
+    command = [sys.executable, "-m", "deepultrasound.elastography.live.viewer", str(port)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     latencies: list[float] = []
     try:
@@ -143,7 +143,7 @@ def _viewer_process(port: int) -> Iterator[list[float]]:
 
 
 def _stream_run(processor, source_port: int, count: int) -> dict[str, Any]:
-    from deepultrasound.streaming.pipeline import StrainStream, StreamConfig
+    from deepultrasound.elastography.live.pipeline import StrainStream, StreamConfig
 
     processor.reset()
     stream = StrainStream(processor, StreamConfig(source_port=source_port, serve_port=0))
@@ -173,8 +173,8 @@ def _write_cycle(folder: Path, frames: np.ndarray) -> Path:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from deepultrasound.streaming import LiveStrainProcessor
-    from deepultrasound.streaming.processor import resolve_live_model
+    from deepultrasound.elastography.live import LiveStrainProcessor
+    from deepultrasound.elastography.live.processor import resolve_live_model
 
     baseline = args.baseline
     model = None

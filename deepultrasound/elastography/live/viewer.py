@@ -1,6 +1,6 @@
 """A stand-in IGT viewer in a process of its own, as 3D Slicer is, for ``deepultrasound bench stream``.
 
-``python -m deepultrasound.streaming.viewer PORT [HOST]`` connects to a strain stream's output
+``python -m deepultrasound.elastography.live.viewer PORT [HOST]`` connects to a strain stream's output
 port, prints ``connected`` once the connection stands, then one line per strain IMAGE message
 received: its end-to-end latency in ms (the source frame's timestamp to arrival here, both wall
 clock on this machine). It runs until it is terminated; it exits with status 1 when no
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 import time
 
+from deepultrasound.elastography.live.pipeline import StreamConfig
 from deepultrasound.streaming.igtl import IgtlClient
-from deepultrasound.streaming.pipeline import StreamConfig
 
 CONNECT_TIMEOUT_S = 30.0
 

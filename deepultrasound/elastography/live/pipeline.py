@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deepultrasound.elastography.live.processor import FrameResult, LiveStrainProcessor, PendingPair
 from deepultrasound.errors import InputError
 from deepultrasound.streaming.igtl import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -61,7 +62,6 @@ from deepultrasound.streaming.igtl import (
     frame_index,
     image_message,
 )
-from deepultrasound.streaming.processor import FrameResult, LiveStrainProcessor, PendingPair
 from deepultrasound.streaming.queues import LatestSlot
 
 logger = logging.getLogger(__name__)

@@ -121,9 +121,9 @@ def _summary(runs: list[list[float]]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from deepultrasound.elastography.estimators import StrainEstimator
     from deepultrasound.elastography.frames import normalise_frame
-    from deepultrasound.streaming import LiveStrainProcessor
-    from deepultrasound.streaming.bench import original_reusenet_bundle, parse_sizes, speckle_frames
-    from deepultrasound.streaming.processor import resolve_live_model
+    from deepultrasound.elastography.live import LiveStrainProcessor
+    from deepultrasound.elastography.live.bench import original_reusenet_bundle, parse_sizes, speckle_frames
+    from deepultrasound.elastography.live.processor import resolve_live_model
 
     if args.runs < 1 or args.per_reference < 2 or args.seconds < 0:
         raise InputError("--runs must be >= 1, --per-reference >= 2 and --seconds >= 0")
