@@ -25,6 +25,7 @@ from deepultrasound.runtime import load_bundle
 from deepultrasound.runtime.parity import check_parity
 from deepultrasound.training import StepContext, Trainer, parse_config, register_task
 from deepultrasound.training.checkpoint import load_checkpoint
+from deepultrasound.training.export import export_checkpoint
 from deepultrasound.training.tasks.denoising import Blobs, ToyDenoisingTask
 
 
@@ -163,6 +164,9 @@ def test_export_ema_chooses_the_exported_weights(tmp_path, export_ema):
     exported = load_bundle(trainer.result.bundle).build_torch_model().state_dict()
     source = trainer.ema["denoiser"].module if export_ema else trainer.networks["denoiser"]
     assert_same_weights(exported, source.state_dict())
+    # `deepultrasound export` of the last checkpoint makes the same choice
+    again = export_checkpoint(trainer.checkpoint_path, tmp_path / "exported")
+    assert_same_weights(load_bundle(again).build_torch_model().state_dict(), source.state_dict())
 
 
 # -- accumulation, mixed precision ------------------------------------------------------------------------
