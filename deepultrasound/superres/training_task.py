@@ -1,0 +1,185 @@
+"""The ``superres`` training task: an SRResNet generator that restores the lines a sparser acquisition lost.
+
+Each training sample is a full-resolution B-mode patch (simulated beam-space images and real
+BUSI images, :mod:`deepultrasound.superres.data`) and its degradation (every ``factor``-th line
+kept after an optional beam-profile blur, :mod:`deepultrasound.superres.degradation`); the
+generator maps the degraded patch back to the fine grid and is trained with an L1 or MSE loss
+against the truth. An EMA copy of the generator is validated and exported.
+
+Validation crops the centre of held-out simulated images and of the held-out BUSI split and
+reports, per source (``simulated``, ``real``), PSNR and SSIM against the truth (B-mode in [0, 1],
+``data_range`` 1; the network's output clipped to that range) of the linear and cubic
+interpolations and of the network: ``val/<source>_<psnr|ssim>_<linear|cubic|ours>``. Its images
+show, for the first sample of each source, the low-resolution input (each line repeated ``F``
+times) | cubic | ours | truth.
+
+Example config: ``deepultrasound/configs/superres_srresnet_x4.yaml``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from torch.utils.data import ConcatDataset, Dataset
+
+from deepultrasound.errors import ConfigError
+from deepultrasound.io.shared_data import shared_data_dir
+from deepultrasound.losses.metrics import psnr, ssim
+from deepultrasound.runtime.inference_specs import SuperResolutionInference
+from deepultrasound.superres.data import (
+    BUSI_FOLDER,
+    SOURCES,
+    Augmentation,
+    Split,
+    SuperResolutionPatches,
+    real_images,
+    simulated_images,
+)
+from deepultrasound.superres.degradation import PHASE, upsample_lines
+from deepultrasound.superres.networks import GENERATOR, SRResNet
+from deepultrasound.training.task import (
+    ExportSpec,
+    StepContext,
+    Task,
+    TaskArgs,
+    ValidationContext,
+    ValidationOutput,
+    register_task,
+)
+
+NETWORK = "generator"
+"""Name of the trained network (in checkpoints and the export spec)."""
+
+NORMALISATION = {
+    "kind": "bmode_unit",
+    "description": "B-mode in [0, 1]: 8-bit display values / 255, or dB above -dynamic range, over the dynamic range",
+}
+"""The ``normalisation`` manifest entry: what the generator's input and output values mean."""
+
+Size = tuple[int, int]
+DATA_RANGE = 1.0
+"""Span of B-mode values, the PSNR/SSIM ``data_range``."""
+
+
+class SuperResolutionArgs(TaskArgs):
+    """``task_args`` of the ``superres`` task."""
+
+    factor: int = Field(4, ge=2, le=8, description="lateral factor F: one line in F is kept")
+    blur_sigma_lines: float = Field(0.0, ge=0, description="Gaussian beam-profile blur before decimation, fine lines")
+    channels: int = Field(64, ge=1, description="generator feature channels")
+    blocks: int = Field(16, ge=0, description="generator residual blocks")
+    loss: Literal["l1", "mse"] = Field("l1", description="pixel loss against the full-resolution patch")
+    patch_size: Size = Field((64, 64), description="full-resolution training patch (rows, lines)")
+    val_patch_size: Size = Field((128, 128), description="centred full-resolution validation crop (rows, lines)")
+    simulated_shape: Size = Field((256, 128), description="simulated images (rows, lines)")
+    simulated_images: int = Field(64, ge=0, description="simulated training images (patches are cut from them)")
+    real_images: int = Field(400, ge=0, description="BUSI training images (first of the training split); 0: none")
+    val_simulated_images: int = Field(8, ge=0, description="held-out simulated validation images")
+    val_real_images: int = Field(16, ge=0, description="held-out BUSI validation images")
+    data_folder: str | None = Field(None, description="BUSI folder (default: <shared data>/busi_train)")
+    samples_per_epoch: int = Field(1024, ge=1, description="training patches per epoch")
+    gain: float = Field(0.1, ge=0, le=1, description="largest gain change, fraction of the display range")
+    depth_gain: float = Field(0.1, ge=0, le=1, description="largest top-to-bottom gain change of a patch")
+    flip: bool = Field(True, description="mirror half of the training patches left-right")
+
+
+@register_task
+class SuperResolutionTask(Task):
+    """Train :class:`~deepultrasound.superres.networks.SRResNet` on (degraded, full-resolution) B-mode pairs."""
+
+    name = "superres"
+    Args = SuperResolutionArgs
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        return {NETWORK: SRResNet(**self._generator_args())}
+
+    def _generator_args(self) -> dict[str, int]:
+        return {"factor": self.args.factor, "channels": self.args.channels, "blocks": self.args.blocks}
+
+    def ema_networks(self) -> list[str]:
+        return [NETWORK]
+
+    def build_datasets(self, args: SuperResolutionArgs) -> tuple[Dataset, Dataset | None]:
+        folder = Path(args.data_folder) if args.data_folder else shared_data_dir() / BUSI_FOLDER
+        counts = {"simulated": args.simulated_images, "real": args.real_images}
+        total = sum(counts.values())
+        if total == 0:
+            raise ConfigError("the superres task needs training images: set simulated_images or real_images above 0")
+        train = [
+            self._patches(args, folder, "train", source, count, max(1, round(args.samples_per_epoch * count / total)))
+            for source, count in counts.items()
+            if count
+        ]
+        val_counts = {"simulated": args.val_simulated_images, "real": args.val_real_images}
+        val = [self._patches(args, folder, "val", source, count) for source, count in val_counts.items() if count]
+        return ConcatDataset(train), ConcatDataset(val) if val else None
+
+    def _patches(
+        self, args: SuperResolutionArgs, folder: Path, split: Split, source: str, count: int, samples: int | None = None
+    ) -> SuperResolutionPatches:
+        """Patches of ``count`` images of ``source``: ``samples`` augmented training patches, or (None) the
+        centred validation crop of each image."""
+        if source == "simulated":
+            images = simulated_images(self.seed, split, count, args.simulated_shape)
+        else:
+            images = real_images(folder, split, count)
+        augmentation = None if samples is None else Augmentation(args.gain, args.depth_gain, args.flip)
+        size = args.patch_size if split == "train" else args.val_patch_size
+        return SuperResolutionPatches(
+            images, size, args.factor, args.blur_sigma_lines, samples or len(images), augmentation, self.seed, source
+        )
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        predicted = ctx.networks[NETWORK](batch["low"]).float()
+        loss_function = F.l1_loss if self.args.loss == "l1" else F.mse_loss
+        loss = loss_function(predicted, batch["high"])
+        ctx.optimize(loss)
+        return {self.args.loss: loss}
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], ctx: ValidationContext) -> ValidationOutput:
+        low, high, source = batch["low"], batch["high"], batch["source"]
+        factor = self.args.factor
+        width = high.shape[-1]
+        estimates = {
+            "linear": upsample_lines(low, factor, "linear")[..., :width],
+            "cubic": upsample_lines(low, factor, "cubic")[..., :width],
+            "ours": ctx[NETWORK](low).float()[..., :width],
+        }
+        metrics = {}
+        for method, estimate in estimates.items():
+            clipped = estimate.clamp(0.0, DATA_RANGE)
+            for metric, function in (("psnr", psnr), ("ssim", ssim)):
+                values = function(clipped, high, data_range=DATA_RANGE)
+                for index, name in enumerate(SOURCES):
+                    metrics[f"{name}_{metric}_{method}"] = torch.where(source == index, values, torch.nan)
+        images = {}
+        for index, name in enumerate(SOURCES):
+            first = (source == index).nonzero()
+            if len(first):  # the trainer keeps the first panel of each name
+                i = int(first[0])
+                nearest = low[i, 0].repeat_interleave(factor, -1)[:, :width]  # each line repeated F times
+                panels = (nearest, estimates["cubic"][i, 0], estimates["ours"][i, 0], high[i, 0])
+                images[f"{name}_low_cubic_ours_truth"] = torch.cat(panels, dim=-1).clamp(0.0, 1.0)
+        return ValidationOutput(metrics=metrics, images=images)
+
+    def export_spec(self) -> ExportSpec:
+        factor = self.args.factor
+        return ExportSpec(
+            network=NETWORK,
+            architecture=GENERATOR,
+            architecture_module="deepultrasound.superres.networks",
+            architecture_args=self._generator_args(),
+            description=f"B-mode (B, 1, H, W) in [0, 1], lines along W -> (B, 1, H, {factor} W) on the fine grid",
+            example_inputs=(torch.zeros(1, 1, 32, 16),),
+            input_names=["image"],
+            output_names=["fine"],
+            normalisation=dict(NORMALISATION),
+            task="superres",
+            inference=SuperResolutionInference(axis="lateral", factor=factor, phase=PHASE),
+        )
