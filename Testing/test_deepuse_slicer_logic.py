@@ -28,6 +28,8 @@ for moduleDir in ("DeepUltrasoundCommon", "DeepUSE"):
 
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray  # noqa: E402
 from DeepUSELib import (  # noqa: E402
+    FLAGGED_ATTRIBUTE,
+    NCC_AFTER_ATTRIBUTE,
     LiveStrainLogic,
     LiveStream,
     OfflineStrainJob,
@@ -37,6 +39,7 @@ from DeepUSELib import (  # noqa: E402
     createEstimator,
     createLiveProcessor,
     defaultStrainColorNode,
+    flaggedFrames,
     sequenceOfProxy,
     showBMode,
     showStrain,
@@ -397,6 +400,25 @@ def test_offline_job_in_a_background_process_equals_the_in_process_strain(scene,
         assert geometry.isClose(expectedGeometry)
     assert result.summary().startswith(f"{FRAMES - 1} strain frame(s) of {HEIGHT} x {WIDTH} (block matching")
     assert [node.GetName() for node in scene.GetNodesByClass("vtkMRMLStorageNode")] == []  # nothing left behind
+    for attribute in (NCC_AFTER_ATTRIBUTE, FLAGGED_ATTRIBUTE):  # the quality figure came back from the process
+        assert outputs[2].GetAttribute(attribute) == outputs[0].GetAttribute(attribute)
+    assert len(result.flagged) == FRAMES - 1 and not result.flagged.any()
+
+
+def test_offline_strain_flags_the_frames_it_cannot_trust(scene, compression):
+    """A blank frame 2 (no echo): its pair (0, 2) has no quality figure and is flagged, on the node and in
+    the summary; the others are not."""
+    rf = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "RF recording")
+    frames = compression.rf.copy()
+    frames[2] = 0.0
+    arrayToVolume(frames, rf, POSE)
+    strainVolume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "strain")
+    result = strainOfVolume(rf, strainVolume, createEstimator(BASELINE), WINDOW_MM)
+
+    assert flaggedFrames(strainVolume) == [1] and result.flagged.tolist() == [False, True, False, False, False]
+    assert "FLAGGED frame(s) 1:" in result.summary()
+    nccAfter = [float(value) for value in strainVolume.GetAttribute(NCC_AFTER_ATTRIBUTE).split(",")]
+    assert np.isnan(nccAfter[1]) and min(nccAfter[:1] + nccAfter[2:]) > 0.5
 
 
 def test_offline_job_cancel_ends_the_process_and_failures_carry_its_output(scene, compression):

@@ -335,6 +335,9 @@ def test_scanner_to_stream_to_viewer_serves_strain_with_geometry_and_frame_numbe
     if figures["dropped"] == 0:
         assert index % 5 != 0 and reference == index - index % 5
     assert figures["sent"] >= 6 and figures["errors"] == 0 and figures["latency_p50_ms"] > 0
+    # the quality figure travels with every image: a rigid speckle shift, explained by block matching
+    assert float(strain.metadata["NccAfter"]) > 0.9 and strain.metadata["QualityFlagged"] == "0"
+    assert figures["flagged"] == 0 and figures["ncc_p50"] > 0.9
     # every received frame was sent, dropped, rejected, a reference, or is still in flight
     assert figures["received"] >= figures["sent"] + figures["dropped"] + figures["rejected"] + figures["references"]
 

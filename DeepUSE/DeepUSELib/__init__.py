@@ -38,9 +38,13 @@ from .live import LiveCounters, LiveStrainLogic
 from .liveStream import BMODE_DEVICE_NAME, DEFAULT_SERVE_PORT, STRAIN_DEVICE_NAME, LiveStream, streamArguments
 from .logic import framePairs, rfFramesFromVolume, writeStrainFrames
 from .offline import (
+    FLAGGED_ATTRIBUTE,
+    NCC_AFTER_ATTRIBUTE,
     OfflineStrain,
+    flaggedFrames,
     rfFramesFromSequence,
     sequenceOfProxy,
+    setQualityAttributes,
     strainOfSequence,
     strainOfVolume,
 )
@@ -52,6 +56,8 @@ __all__ = [
     "BMODE_DYNAMIC_RANGE_DB",
     "DEFAULT_SERVE_PORT",
     "DEFAULT_WINDOW_MM",
+    "FLAGGED_ATTRIBUTE",
+    "NCC_AFTER_ATTRIBUTE",
     "RF_DEVICE_NAME",
     "STRAIN_CONNECTOR_NAME",
     "STRAIN_DEVICE_NAME",
@@ -69,11 +75,13 @@ __all__ = [
     "createLiveProcessor",
     "defaultStrainColorNode",
     "disconnectFromScanner",
+    "flaggedFrames",
     "framePairs",
     "incomingVolume",
     "rfFramesFromSequence",
     "rfFramesFromVolume",
     "sequenceOfProxy",
+    "setQualityAttributes",
     "showBMode",
     "showStrain",
     "strainArguments",

@@ -31,6 +31,7 @@ import numpy as np
 import slicer
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeGeometry
 
+from .offline import setQualityAttributes
 from .recording import StrainRecorder
 
 
@@ -92,6 +93,8 @@ class LiveStrainLogic(slicer.util.VTKObservationMixin):
         recorder: where shown frames are recorded; may be set or cleared while running.
         lastTimingsMs: stage timings of the last shown frame in ms (the processor's, and
             ``latency`` from the frame's arrival to its display).
+        lastQuality: the quality figure of the last shown frame (``FrameResult.quality``; also
+            the strain node's attributes, see :func:`.offline.setQualityAttributes`), None before one.
     """
 
     def __init__(self) -> None:
@@ -114,6 +117,7 @@ class LiveStrainLogic(slicer.util.VTKObservationMixin):
         self.bmodeVolume: slicer.vtkMRMLScalarVolumeNode | None = None
         self.recorder: StrainRecorder | None = None
         self.lastTimingsMs: dict[str, float] = {}
+        self.lastQuality = None
 
     # Control (main thread).
 
@@ -161,7 +165,7 @@ class LiveStrainLogic(slicer.util.VTKObservationMixin):
         with self._condition:
             self._pending, self._finished, self._busy, self._stopRequested = None, [], False, False
             self._counters, self._lastError = LiveCounters(), ""
-        self.lastTimingsMs = {}
+        self.lastTimingsMs, self.lastQuality = {}, None
         self._lastImageMTime = -1
         self._startedAt = time.perf_counter()
         self._worker = threading.Thread(target=self._work, name="DeepUSE live strain", daemon=True)
@@ -243,6 +247,13 @@ class LiveStrainLogic(slicer.util.VTKObservationMixin):
         )
         if self.lastTimingsMs:
             text += "; " + ", ".join(f"{stage} {ms:.0f} ms" for stage, ms in self.lastTimingsMs.items())
+        if self.lastQuality is not None:
+            quality = self.lastQuality
+            text += (
+                f"; FLAGGED frame (NCC {quality.ncc_after:.2f} after warping): do not trust this strain"
+                if quality.flagged
+                else f"; quality NCC {quality.ncc_after:.2f}"
+            )
         lastError = self.lastError
         return text + (f"; last error: {lastError}" if lastError else "")
 
@@ -323,6 +334,8 @@ class LiveStrainLogic(slicer.util.VTKObservationMixin):
                 arrayToVolume(voxels, volume, item.frame.geometry)
         if self.recorder is not None:
             self.recorder.add(item.frame.index, self.strainVolume, self.bmodeVolume)
+        self.lastQuality = item.result.quality
+        setQualityAttributes(self.strainVolume, [item.result.quality.ncc_after], [item.result.quality.flagged])
         self.lastTimingsMs = {
             **item.result.timings_ms,
             "latency": 1000.0 * (time.perf_counter() - item.frame.arrivedAt),

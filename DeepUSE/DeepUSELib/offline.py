@@ -11,6 +11,12 @@ nodes and the strain back in, on the RF grid:
 
 The reference frame of each pair is the first frame (``pairWithPrevious=False``, how ReUSENet is
 used) or the previous one.
+
+Every strain frame has the engine's quality figure (the NCC of its frames after warping by the
+estimate; flagged when the estimate does not explain them). :class:`OfflineStrain` holds it per
+frame, its summary names the flagged frames, and :func:`setQualityAttributes` stores it on the
+strain node (attributes :data:`NCC_AFTER_ATTRIBUTE`, :data:`FLAGGED_ATTRIBUTE`: one value per
+frame, comma-separated) for views and scripts.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
 
 from .logic import rfFramesFromVolume, writeStrainFrames
 
+NCC_AFTER_ATTRIBUTE = "DeepUSE.NccAfter"
+FLAGGED_ATTRIBUTE = "DeepUSE.QualityFlagged"
+
 
 @dataclass(frozen=True)
 class OfflineStrain:
@@ -33,18 +42,45 @@ class OfflineStrain:
         strain: ``(N-1, H, W)`` float32 axial strain in %.
         method: the estimator's name ("block matching" or the model name).
         reference: ``"first"`` or ``"previous"``.
+        nccAfter: ``(N-1,)`` NCC of each pair after warping by its estimate (the quality figure).
+        flagged: ``(N-1,)`` bool: strain frames not to trust.
     """
 
     strain: np.ndarray
     method: str
     reference: str
+    nccAfter: np.ndarray
+    flagged: np.ndarray
 
     def summary(self) -> str:
         pairs, height, width = self.strain.shape
-        return (
+        text = (
             f"{pairs} strain frame(s) of {height} x {width} ({self.method}, reference: {self.reference} frame), "
             f"strain {self.strain.min():.3g} .. {self.strain.max():.3g} %"
         )
+        flagged = np.flatnonzero(self.flagged)
+        if flagged.size:
+            frames = ", ".join(str(k) for k in flagged)
+            text += f"; FLAGGED frame(s) {frames}: the estimate does not explain the RF pair, do not trust them"
+        return text
+
+
+def setQualityAttributes(strainNode: slicer.vtkMRMLNode, nccAfter: np.ndarray, flagged: np.ndarray) -> None:
+    """Store the per-frame quality figure on ``strainNode`` (see the module docstring)."""
+    strainNode.SetAttribute(NCC_AFTER_ATTRIBUTE, ",".join(f"{value:.4f}" for value in nccAfter))
+    strainNode.SetAttribute(FLAGGED_ATTRIBUTE, ",".join(str(int(value)) for value in flagged))
+
+
+def flaggedFrames(strainNode: slicer.vtkMRMLNode) -> list[int]:
+    """Indices of the strain frames of ``strainNode`` flagged by :func:`setQualityAttributes` (none if unset)."""
+    values = strainNode.GetAttribute(FLAGGED_ATTRIBUTE) or ""
+    return [k for k, value in enumerate(values.split(",")) if value == "1"]
+
+
+def _offlineStrain(result, method: str, reference: str) -> OfflineStrain:
+    """:class:`OfflineStrain` of an engine ``StrainResult``."""
+    nccAfter = np.array([quality.ncc_after for quality in result.quality], dtype=float)
+    return OfflineStrain(result.strain, method, reference, nccAfter, result.flagged)
 
 
 def _estimate(estimator, frames: np.ndarray, axialSpacingMm: float, pairWithPrevious: bool, windowMm: float):
@@ -84,7 +120,9 @@ def strainOfVolume(
     if bmodeVolume is not None:
         bmode = importlib.import_module("deepultrasound.spatial.bmode")
         arrayToVolume(bmode.bmode_db(frames[result.pairs[:, 0]]), bmodeVolume, geometry)
-    return OfflineStrain(result.strain, estimator.name, reference)
+    offline = _offlineStrain(result, estimator.name, reference)
+    setQualityAttributes(strainVolume, offline.nccAfter, offline.flagged)
+    return offline
 
 
 def sequenceOfProxy(
@@ -164,4 +202,6 @@ def strainOfSequence(
     for strain, (fixed, moving) in zip(result.strain, result.pairs, strict=True):
         arrayToVolume(strain, item, geometries[fixed])
         strainSequence.SetDataNodeAtValue(item, values[moving])
-    return OfflineStrain(result.strain, estimator.name, reference)
+    offline = _offlineStrain(result, estimator.name, reference)
+    setQualityAttributes(strainSequence, offline.nccAfter, offline.flagged)
+    return offline

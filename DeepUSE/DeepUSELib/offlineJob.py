@@ -3,14 +3,17 @@
 The frames ``(N, H, W)`` of the RF volume (frames along K) go to a temporary NRRD file with their
 geometry; ``deepultrasound strain`` (started with Slicer's Python, see
 :class:`DeepUltrasoundCommonLib.process.EngineProcess`) writes the strain ``(N-1, H, W)`` in % and
-the B-mode of every frame in dB beside it; both are read back into the nodes on the RF grid, the
-B-mode of each pair's fixed frame under its strain. The process reports one progress line per
-pair, read by :meth:`OfflineStrainJob.poll` from a timer; :meth:`OfflineStrainJob.cancel` ends the
-whole process tree. :meth:`OfflineStrainJob.run` waits for the result (scripts and tests).
+the B-mode of every frame in dB beside it, and the quality figure of every strain frame
+(``strain_quality.csv``); all are read back into the nodes on the RF grid, the B-mode of each
+pair's fixed frame under its strain, the quality as the strain node's attributes. The process
+reports one progress line per pair, read by :meth:`OfflineStrainJob.poll` from a timer;
+:meth:`OfflineStrainJob.cancel` ends the whole process tree. :meth:`OfflineStrainJob.run` waits
+for the result (scripts and tests).
 """
 
 from __future__ import annotations
 
+import csv
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,7 +25,7 @@ from DeepUltrasoundCommonLib.process import EngineProcess, progressOf
 
 from .engine import StrainMethod
 from .logic import rfFramesFromVolume
-from .offline import OfflineStrain
+from .offline import OfflineStrain, setQualityAttributes
 
 #: output lines of a failed process shown in the error message
 ERROR_LINES = 5
@@ -163,4 +166,10 @@ class OfflineStrainJob:
         fixedFrames = np.arange(pairs) if self.pairWithPrevious else np.zeros(pairs, dtype=int)
         arrayToVolume(np.ascontiguousarray(bmode[fixedFrames], dtype=np.float32), self.bmodeVolume, self.geometry)
         strain = slicer.util.arrayFromVolume(self.strainVolume).copy()
-        return OfflineStrain(strain, self.method.describe(), "previous" if self.pairWithPrevious else "first")
+        with (self._folder / "strain_quality.csv").open(newline="") as file:
+            rows = list(csv.DictReader(file))
+        nccAfter = np.array([float(row["ncc_after"]) for row in rows])
+        flagged = np.array([row["flagged"] == "1" for row in rows])
+        setQualityAttributes(self.strainVolume, nccAfter, flagged)
+        reference = "previous" if self.pairWithPrevious else "first"
+        return OfflineStrain(strain, self.method.describe(), reference, nccAfter, flagged)

@@ -7,7 +7,12 @@ import torch
 
 from deepultrasound.elastography.block_matching import BlockMatch, BlockMatchingParams, match_blocks
 from deepultrasound.elastography.estimators import SequenceStrainEstimator
-from deepultrasound.elastography.prealign import DisplacementChain, linear_prealignment, uniform_strain_pair
+from deepultrasound.elastography.prealign import (
+    MAX_PAIR_STRAIN,
+    DisplacementChain,
+    linear_prealignment,
+    uniform_strain_pair,
+)
 from deepultrasound.runtime import choose_device
 
 
@@ -39,6 +44,8 @@ class BlockMatchingEstimator(SequenceStrainEstimator):
     """NCC below which a pixel's match counts as poor."""
     POOR_FRACTION = 0.01
     """Fraction of poor pixels above which the previous match's displacement is tried as a guide too."""
+    DIRECT_MAX_STRAIN = 0.1
+    """Plausible strain bound of the guiding fit when (reference, k) is matched directly: k frame steps."""
 
     def __init__(
         self,
@@ -52,6 +59,7 @@ class BlockMatchingEstimator(SequenceStrainEstimator):
         if not chained:
             self.name = "block matching (direct)"
         self._chain = DisplacementChain(self._match) if chained else None
+        self._max_strain = MAX_PAIR_STRAIN if chained else self.DIRECT_MAX_STRAIN
         self._previous: torch.Tensor | None = None
 
     def _begin_sequence(self) -> None:
@@ -67,7 +75,8 @@ class BlockMatchingEstimator(SequenceStrainEstimator):
 
     def _match(self, fixed: torch.Tensor, moving: torch.Tensor, starts: bool = True) -> torch.Tensor:
         """``(1, 2, H, W)`` displacement of one pair of ``(1, 1, H, W)`` frames (``starts`` unused)."""
-        match = match_blocks(fixed, moving, self.params, linear_prealignment(fixed, moving))
+        guide = linear_prealignment(fixed, moving, max_strain=self._max_strain)
+        match = match_blocks(fixed, moving, self.params, guide)
         poor = (match.correlation < self.POOR_CORRELATION).float().mean()
         if self._previous is not None and poor > self.POOR_FRACTION:
             match = _better_match(match, match_blocks(fixed, moving, self.params, self._previous))

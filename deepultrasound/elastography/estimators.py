@@ -41,6 +41,9 @@ Input handling (the RF sequence, ``(N, H, W)``: frames, axial samples, lines):
 - a constant frame (no echo, e.g. a dropped frame) has no speckle to track: every pair that
   uses it gets zero displacement and zero strain, is marked in ``StrainResult.valid`` and a
   warning is logged; it does not advance a recurrent state;
+- every pair gets a quality figure (``StrainResult.quality``, :func:`strain_quality`): the NCC
+  of its frames before and after warping by the estimate; a pair the estimate does not explain
+  is flagged (``StrainResult.flagged``) and a warning is logged;
 - fewer than 2 frames, a rank other than 3, complex or non-numeric data, and NaN/Inf (the
   message names the frame) raise :class:`InputError`.
 """
@@ -64,6 +67,7 @@ from deepultrasound.elastography.frames import (
     pair_indices,
     prepare_rf,
 )
+from deepultrasound.elastography.metrics import StrainQuality, strain_quality
 from deepultrasound.elastography.model_resolution import resolve_model
 from deepultrasound.elastography.prealign import (
     DisplacementChain,
@@ -96,12 +100,20 @@ class StrainResult:
         strain: ``(N-1, H, W)`` float32 least-squares axial strain in %, negative in compression.
         pairs: ``(N-1, 2)`` int, the (fixed, moving) frame indices of each pair.
         valid: ``(N-1,)`` bool, False where a constant frame made the pair untrackable (zeros).
+        quality: one :class:`StrainQuality` per pair (NCC of the frames before and after warping
+            by the displacement; ``flagged`` strain should not be trusted).
     """
 
     displacement: np.ndarray
     strain: np.ndarray
     pairs: np.ndarray
     valid: np.ndarray
+    quality: tuple[StrainQuality, ...]
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """``(N-1,)`` bool: the pairs whose :class:`StrainQuality` is flagged."""
+        return np.array([quality.flagged for quality in self.quality], dtype=bool)
 
 
 class SequenceStrainEstimator(ABC):
@@ -167,7 +179,19 @@ class SequenceStrainEstimator(ABC):
             displacement[k] = self._displacement(frames[fixed], frames[moving], fixed != current_reference)
             current_reference = fixed
         strain = axial_strain_np(displacement[:, 1], window_mm, axial_spacing_mm)
-        return StrainResult(displacement=displacement, strain=strain, pairs=pairs, valid=valid)
+        quality = tuple(
+            strain_quality(frames[fixed], frames[moving], displacement[k]) for k, (fixed, moving) in enumerate(pairs)
+        )
+        for k in np.flatnonzero([item.flagged for item in quality]):
+            logger.warning(
+                "%s: strain of frames %d vs %d flagged (NCC %.3f before warping, %.3f after): do not trust it",
+                self.name,
+                pairs[k][1],
+                pairs[k][0],
+                quality[k].ncc_before,
+                quality[k].ncc_after,
+            )
+        return StrainResult(displacement=displacement, strain=strain, pairs=pairs, valid=valid, quality=quality)
 
     def reset(self) -> None:
         """Forget everything carried over from previous pairs (recurrent state, search prior)."""

@@ -5,11 +5,17 @@ frame k is the pair (reference, frame k+1), with the reference the first frame (
 previous one. Spacing, direction and origin are the input's; with ``--crop`` the rows outside
 START:STOP are dropped and the origin moves to the first kept row. ``--bmode`` writes the
 B-mode (dB, see :mod:`.visualise`) of the same rows, ``--png`` one figure per pair.
+
+Beside the output, ``<OUT stem>_quality.csv`` holds the quality figure of every strain frame
+(:class:`~deepultrasound.elastography.metrics.StrainQuality`): columns ``frame`` (1-based, as
+the PNG figures), ``fixed``, ``moving`` (input frame indices), ``ncc_before``, ``ncc_after``
+and ``flagged`` (1: the estimate does not explain the frames; do not trust that strain frame).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 from pathlib import Path
 
@@ -21,7 +27,7 @@ from deepultrasound.elastography.frames import REFERENCES, crop_rows, parse_crop
 from deepultrasound.elastography.options import add_inference_options, inference_options
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, window_samples
 from deepultrasound.elastography.visualise import save_strain_figure
-from deepultrasound.io import Image, read_sequence, write_image
+from deepultrasound.io import Image, atomic_write, read_sequence, write_image
 from deepultrasound.io.images import WRITE_SUFFIXES, image_suffix
 from deepultrasound.spatial import DEFAULT_DYNAMIC_RANGE_DB, bmode_db
 
@@ -76,6 +82,8 @@ def _write_figures(
     valid_rows = slice(half, max(half, result.strain.shape[1] - half))
     for k, (fixed, moving) in enumerate(result.pairs):
         note = "" if result.valid[k] else "  (constant frame: not estimated)"
+        if result.valid[k] and result.quality[k].flagged:
+            note = f"  (FLAGGED: NCC {result.quality[k].ncc_after:.2f} after warping)"
         save_strain_figure(
             folder / f"{stem}_strain_{k + 1:04d}.png",
             result.strain[k],
@@ -85,6 +93,21 @@ def _write_figures(
             title=f"{stem}: frame {moving} vs {fixed}, {method}{note}",
             valid_rows=valid_rows,
         )
+
+
+def quality_path(output: Path) -> Path:
+    """The quality table written beside ``output``: ``STRAIN.mha`` -> ``STRAIN_quality.csv``."""
+    return output.with_name(f"{output.name.split('.')[0]}_quality.csv")
+
+
+def write_quality(path: Path, result: StrainResult) -> None:
+    """One row per strain frame: its pair and :class:`StrainQuality` (see the module docstring); atomic."""
+    with atomic_write(path) as staged, staged.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["frame", "fixed", "moving", "ncc_before", "ncc_after", "flagged"])
+        for k, ((fixed, moving), quality) in enumerate(zip(result.pairs, result.quality, strict=True)):
+            row = [k + 1, fixed, moving, f"{quality.ncc_before:.4f}", f"{quality.ncc_after:.4f}", int(quality.flagged)]
+            writer.writerow(row)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         image.array, image.axial_spacing_mm, reference=args.reference, window_mm=args.window_mm, progress=True
     )
     write_image(args.output, dataclasses.replace(image, array=result.strain))
+    write_quality(quality_path(args.output), result)
     bmode = bmode_db(image.array) if args.bmode is not None or args.png is not None else None
     if args.bmode is not None:
         write_image(args.bmode, dataclasses.replace(image, array=bmode))
@@ -112,5 +136,6 @@ def run(args: argparse.Namespace) -> int:
         f"{args.reference}), strain {result.strain.min():.3g} .. {result.strain.max():.3g} %"
         + (f"; B-mode {args.bmode} ({DEFAULT_DYNAMIC_RANGE_DB:g} dB range)" if args.bmode else "")
         + (f"; figures in {args.png}" if args.png else "")
+        + f"; quality {quality_path(args.output)}: {int(result.flagged.sum())} frame(s) flagged"
     )
     return 0

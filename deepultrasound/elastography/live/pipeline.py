@@ -27,6 +27,12 @@ Reliability:
 - the output server drops results while its client is gone or slow (counted as ``unsent``):
   nothing waits for a viewer.
 
+Every Strain and BMode image carries the result's quality figure in its metadata
+(:data:`~deepultrasound.elastography.metrics.QUALITY_KEYS`: ``NccBefore``, ``NccAfter``,
+``QualityFlagged`` 0/1, beside ``FrameIndex`` and ``ReferenceIndex``); when results become
+flagged a STATUS "LowQuality" goes out, and "QualityOK" when they recover; the status line ends
+with the median NCC after warping and the count of flagged results.
+
 Latency is measured from the moment the receive stage takes a frame to the moment its results
 are handed to the output server (``pipeline``), per stage, and - when the source stamps frames
 with this machine's clock, as a loopback scanner does - from the source timestamp (``source``).
@@ -43,6 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deepultrasound.elastography.live.processor import FrameResult, LiveStrainProcessor, PendingPair
+from deepultrasound.elastography.metrics import StrainQuality
 from deepultrasound.errors import InputError
 from deepultrasound.streaming.igtl import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -150,7 +157,9 @@ class StreamStats:
     of those, dropped because no viewer was connected or it was slow; ``errors`` STATUS errors
     sent; ``bad_messages`` source messages that could not be read (too large, not OpenIGTLink,
     wrong CRC, cut off); ``disconnects`` source connections lost; ``reconnects`` times frames
-    came back after the source was lost; ``missed`` frames numbered by the source that never arrived.
+    came back after the source was lost; ``missed`` frames numbered by the source that never arrived;
+    ``flagged`` results whose quality figure is flagged (:class:`StrainQuality`: do not trust them).
+    The recent quality figures give the median NCC after warping (``ncc_p50``).
     """
 
     def __init__(self, window: int = 2000) -> None:
@@ -167,9 +176,11 @@ class StreamStats:
                 "disconnects",
                 "reconnects",
                 "missed",
+                "flagged",
             ),
             0,
         )
+        self._ncc_after: deque[float] = deque(maxlen=window)
         self.outages: list[dict[str, float | int | None]] = []
         self.last_error = ""
         self._latency_ms: deque[float] = deque(maxlen=window)
@@ -202,6 +213,12 @@ class StreamStats:
             for name, value in stages_ms.items():
                 self._stages.setdefault(name, deque(maxlen=self._latency_ms.maxlen)).append(value)
 
+    def quality(self, quality: StrainQuality) -> None:
+        """Count one result's quality figure (send stage)."""
+        with self._lock:
+            self.counts["flagged"] += int(quality.flagged)
+            self._ncc_after.append(quality.ncc_after)
+
     def latencies_ms(self) -> list[float]:
         """Pipeline latency of the recent results, in the order they were sent."""
         with self._lock:
@@ -213,6 +230,7 @@ class StreamStats:
             sent_at = list(self._sent_at)
             latency = np.array(self._latency_ms)
             source = np.array(self._source_latency_ms)
+            ncc_after = np.array(self._ncc_after)
             stages = {name: round(float(np.median(values)), 2) for name, values in self._stages.items() if values}
             counts = dict(self.counts)
             outages = list(self.outages)
@@ -228,6 +246,7 @@ class StreamStats:
             "source_latency_p50_ms": percentile(source, 50),
             "source_latency_p95_ms": percentile(source, 95),
             "stages_ms": stages,
+            "ncc_p50": round(float(np.nanmedian(ncc_after)), 3) if ncc_after.size else None,
             **counts,
             "unsent": unsent,
             "outages": outages,
@@ -240,7 +259,8 @@ def status_line(figures: dict[str, object]) -> str:
         f"{figures['fps']:.1f} fps | latency p50 {figures['latency_p50_ms']} ms p95 {figures['latency_p95_ms']} ms | "
         f"sent {figures['sent']} dropped {figures['dropped']} rejected {figures['rejected']} "
         f"errors {figures['errors']} reconnects {figures['reconnects']} "
-        f"bad messages {figures['bad_messages']} disconnects {figures['disconnects']}"
+        f"bad messages {figures['bad_messages']} disconnects {figures['disconnects']} | "
+        f"quality NCC p50 {figures['ncc_p50']} flagged {figures['flagged']}"
     )
 
 
@@ -262,6 +282,7 @@ class StrainStream:
         self.processor = processor
         self.config = config
         self.on_result = on_result
+        self._flagged = False  # whether the last result sent was flagged (send stage)
         self.stats = StreamStats()
         self.output = IgtlServer(config.serve_port, config.serve_host)
         self._stop = threading.Event()
@@ -316,6 +337,21 @@ class StrainStream:
             self.stats.error(text)
             logger.warning("%s: %s", error_name, text)
         self.output.report(StatusMessage(code, text, error_name, device_name=self.config.strain_device))
+
+    def _report_quality(self, quality: StrainQuality, index: int | None) -> None:
+        """Count a result's quality figure; STATUS "LowQuality" when results become flagged,
+        "QualityOK" when they recover (one message per change, not per frame). Send stage only."""
+        self.stats.quality(quality)
+        if quality.flagged == self._flagged:
+            return
+        self._flagged = quality.flagged
+        state = "flagged: do not trust the strain" if quality.flagged else "trustworthy again"
+        self._report(
+            STATUS_OK,
+            "LowQuality" if quality.flagged else "QualityOK",
+            f"frame {index}: strain {state} (NCC {quality.ncc_before:.3f} before warping, "
+            f"{quality.ncc_after:.3f} after)",
+        )
 
     def _guarded(self, stage) -> None:
         """Run a stage; an unexpected exception is reported and the stage restarted, never fatal."""
@@ -482,7 +518,7 @@ class StrainStream:
             frame, result = item.frame, item.result
             rows = self.processor.kept_rows(frame.frame.shape[0])
             geometry = frame.geometry.shifted_rows(rows.start)
-            metadata = {}
+            metadata = result.quality.as_metadata()
             if frame.source_index is not None:
                 metadata[FRAME_INDEX_KEY] = str(frame.source_index)
             if item.reference_source_index is not None:
@@ -491,6 +527,7 @@ class StrainStream:
                 image_message(result.strain, geometry, config.strain_device, frame.source_timestamp, metadata),
                 image_message(result.bmode_db, geometry, config.bmode_device, frame.source_timestamp, metadata),
             )
+            self._report_quality(result.quality, frame.source_index)
             if self.on_result is not None:
                 self.on_result(result, geometry, frame.source_index, item.reference_source_index)
             frame.timings_ms["send"] = 1000.0 * (time.perf_counter() - started)

@@ -24,7 +24,10 @@ search prior start again) when it is
 - of another size than the reference (the probe or depth setting changed): a size change is a
   reset, not an error.
 
-The first result after a new reference has ``reference_reset=True``.
+The first result after a new reference has ``reference_reset=True``. Every result carries its
+quality figure (:class:`~deepultrasound.elastography.metrics.StrainQuality`: NCC of the
+reference and the frame before and after warping by the estimate; ``flagged`` when the estimate
+does not explain the pair).
 
 Frames that cannot be used raise :class:`InputError` and leave the state untouched, so the
 caller may skip them and go on: not 2-D, empty, complex or non-numeric, NaN/Inf, or constant
@@ -48,7 +51,7 @@ import torch
 from deepultrasound.elastography.baselines import BlockMatchingEstimator
 from deepultrasound.elastography.estimators import SequenceStrainEstimator, StrainEstimator
 from deepultrasound.elastography.frames import normalise_frame
-from deepultrasound.elastography.metrics import ncc
+from deepultrasound.elastography.metrics import StrainQuality, ncc, strain_quality
 from deepultrasound.elastography.model_resolution import resolve_model
 from deepultrasound.elastography.strain import DEFAULT_WINDOW_MM, axial_strain, window_samples
 from deepultrasound.errors import BundleError, InputError
@@ -80,6 +83,7 @@ class FrameResult:
             :meth:`LiveStrainProcessor.reset`; frames that raised are not counted).
         frame_index: index of the current frame, same count.
         reference_reset: True for the first pair of a new reference (state started from zeros).
+        quality: how well the displacement explains the pair; ``quality.flagged``: do not trust the strain.
         timings_ms: wall time of each stage in ms, keys :data:`TIMING_STAGES`.
     """
 
@@ -89,6 +93,7 @@ class FrameResult:
     reference_index: int
     frame_index: int
     reference_reset: bool
+    quality: StrainQuality
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -97,6 +102,7 @@ class PendingPair:
     """A frame whose displacement is known, before strain and B-mode (see :meth:`LiveStrainProcessor.finish`)."""
 
     frame: np.ndarray  # (H, W) float32, cropped
+    reference: np.ndarray  # (H, W) float32, the reference frame, cropped
     displacement: torch.Tensor  # (2, H, W) float32 in pixels, on the estimator's device
     axial_spacing_mm: float
     reference_index: int
@@ -294,7 +300,9 @@ class LiveStrainProcessor:
             displacement = self.estimator.step_tensor(pair, new_reference=fresh)[0]
         _synchronise(displacement.device)  # the stage's time is the device's work, not its launch
         timings["network"] = _ms_since(started)
-        return PendingPair(values, displacement, axial_spacing_mm, self._reference_index, index, fresh, timings)
+        return PendingPair(
+            values, self._reference, displacement, axial_spacing_mm, self._reference_index, index, fresh, timings
+        )
 
     def finish(self, pending: PendingPair) -> FrameResult:
         """Second half of :meth:`process`: strain and B-mode of a :meth:`displacement` result.
@@ -306,7 +314,8 @@ class LiveStrainProcessor:
         with torch.inference_mode():
             strain = axial_strain(pending.displacement[None], self.window_mm, pending.axial_spacing_mm)[0, 0]
             strain, displacement = strain.cpu().numpy(), pending.displacement.cpu().numpy()
-        timings["strain"] = _ms_since(started)
+        quality = strain_quality(pending.reference, pending.frame, displacement)
+        timings["strain"] = _ms_since(started)  # with the quality figure
         started = time.perf_counter()
         bmode = bmode_db(pending.frame)
         timings["bmode"] = _ms_since(started)
@@ -317,6 +326,7 @@ class LiveStrainProcessor:
             reference_index=pending.reference_index,
             frame_index=pending.frame_index,
             reference_reset=pending.reference_reset,
+            quality=quality,
             timings_ms=timings,
         )
 
