@@ -53,8 +53,8 @@ BINDABLE_WIDGETS = {
 #: parameter node fields the shared widget or the module's widget wires to its widget by hand
 HAND_WIRED_FIELDS = {"modelName", "modelPath"}
 #: the engine package behind each module; a module is hidden while its package does not exist
-ENGINE_PACKAGES = {"DeepUSE": "elastography", "EchoRegistration": "registration", "USSynth": "synthesis"}
-ENGINE_PACKAGES["USSuperRes"] = "superres"
+#: module -> the engine command it runs (the CLI contract); a module is shown once the engine offers it
+ENGINE_COMMANDS = {"DeepUSE": "strain", "EchoRegistration": "register", "USSynth": "synth", "USSuperRes": "superres"}
 #: imports the engine must never make.
 FRONTEND_IMPORTS = {"qt", "ctk", "slicer", "vtk", "PythonQt", "slicer_core", "MRMLCorePython"}
 
@@ -378,7 +378,9 @@ def test_no_parameter_field_shows_a_dot_for_an_unset_path(module):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_modules_without_an_engine_are_hidden(module):
-    engineExists = (ROOT / "deepultrasound" / ENGINE_PACKAGES[module] / "__init__.py").is_file()
+    from deepultrasound.capabilities import capabilities
+
+    engineExists = ENGINE_COMMANDS[module] in capabilities().commands
     hidden = [
         node
         for node in ast.walk(parse(ROOT / module / f"{module}.py"))
