@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import slicer
-from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeGeometry
+from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, newFrameTime, volumeGeometry
 
 from .offline import setQualityAttributes
 from .recording import StrainRecorder
@@ -260,12 +260,10 @@ class LiveStrainLogic(slicer.util.VTKObservationMixin):
     # Frame handler (main thread): keep it short.
 
     def _onImageDataModified(self, volumeNode, event) -> None:
-        imageData = volumeNode.GetImageData()
-        if imageData is None or imageData.GetPointData().GetScalars() is None:
-            return  # image data replaced but not filled yet: the filled one raises the event again
-        if imageData.GetMTime() == self._lastImageMTime:
-            return  # the same frame announced twice (new image data and its voxels, within one modification)
-        self._lastImageMTime = imageData.GetMTime()
+        frameTime = newFrameTime(volumeNode, self._lastImageMTime)
+        if frameTime is None:
+            return
+        self._lastImageMTime = frameTime
         voxels = slicer.util.arrayFromVolume(volumeNode)
         if voxels.ndim != 3 or voxels.shape[0] != 1:
             with self._condition:

@@ -15,6 +15,7 @@ process's output in a thread of its own.
 from __future__ import annotations
 
 import slicer
+from DeepUltrasoundCommonLib import newFrameTime
 from DeepUltrasoundCommonLib.process import EngineProcess
 
 from .engine import StrainMethod
@@ -135,12 +136,10 @@ class LiveStream(slicer.util.VTKObservationMixin):
         self.scene = self.strainVolume = self.bmodeVolume = self.recorder = None
 
     def _onStrain(self, volumeNode, event) -> None:
-        imageData = volumeNode.GetImageData()
-        if imageData is None or imageData.GetPointData().GetScalars() is None:
-            return  # image data replaced but not filled yet: the filled one raises the event again
-        if imageData.GetMTime() == self._lastImageMTime:
-            return  # the same frame announced twice (new image data and its voxels, within one modification)
-        self._lastImageMTime = imageData.GetMTime()
+        frameTime = newFrameTime(volumeNode, self._lastImageMTime)
+        if frameTime is None:
+            return
+        self._lastImageMTime = frameTime
         self.framesShown += 1
         if self.recorder is not None and self.bmodeVolume is not None:
             self.recorder.add(self.framesShown, self.strainVolume, self.bmodeVolume)

@@ -13,7 +13,15 @@ import time), so they run with ``slicer-core`` outside Slicer.
 from .bundles import DEFAULT_MODEL_LABEL, BundleInfo, listBundledModels, modelChoices
 from .dependencies import ENGINE_REQUIREMENTS, ensureRequirements, loadRequirements, missingRequirements
 from .versions import MINIMUM_SLICER_VERSION, unsupportedPythonMessage
-from .volumes import VolumeGeometry, arrayToVolume, labelMapToArray, setVolumeGeometry, volumeGeometry, volumeToArray
+from .volumes import (
+    VolumeGeometry,
+    arrayToVolume,
+    labelMapToArray,
+    newFrameTime,
+    setVolumeGeometry,
+    volumeGeometry,
+    volumeToArray,
+)
 
 __all__ = [
     "ENGINE_REQUIREMENTS",
@@ -28,6 +36,7 @@ __all__ = [
     "loadRequirements",
     "missingRequirements",
     "modelChoices",
+    "newFrameTime",
     "setVolumeGeometry",
     "unsupportedPythonMessage",
     "volumeGeometry",

@@ -161,3 +161,17 @@ def labelMapToArray(labelVolume: slicer.vtkMRMLLabelMapVolumeNode) -> tuple[np.n
     if labels.size and labels.min() < 0:
         raise ValueError(f"'{labelVolume.GetName()}' has negative labels (min {labels.min()}): labels must be >= 0")
     return labels.astype(np.int32, copy=False), geometry
+
+
+def newFrameTime(volumeNode, lastTime: int | None) -> int | None:
+    """Modification time of ``volumeNode``'s image data when it holds a frame not seen yet, else None.
+
+    An observer of ``ImageDataModifiedEvent`` is called when new image data is set before its voxels
+    are filled, and again once for the data and its voxels: only a filled image whose time differs
+    from ``lastTime`` is a new frame.
+    """
+    imageData = volumeNode.GetImageData()
+    if imageData is None or imageData.GetPointData().GetScalars() is None:
+        return None
+    time = imageData.GetMTime()
+    return None if time == lastTime else time
