@@ -239,13 +239,16 @@ QUALITY_KEYS = (NCC_BEFORE_KEY, NCC_AFTER_KEY, FLAGGED_KEY)
 """Metadata keys of :meth:`StrainQuality.as_metadata` (strain image files, OpenIGTLink image metadata)."""
 
 
-def strain_quality(fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.Tensor) -> StrainQuality:
+def strain_quality(
+    fixed: torch.Tensor, moving: torch.Tensor, displacement: torch.Tensor, ncc_before: float | None = None
+) -> StrainQuality:
     """:class:`StrainQuality` of one frame pair and its estimated displacement.
 
     Args:
         fixed: ``(H, W)`` reference RF frame (any scale: NCC ignores gain and offset).
         moving: ``(H, W)`` moving RF frame.
         displacement: ``(2, H, W)`` estimate in pixels, channel 0 lateral, 1 axial, ``moving(p + u(p)) ~ fixed(p)``.
+        ncc_before: ``ncc(fixed, moving)`` when the caller has it already (the live reference policy).
 
     Returns:
         NaN figures (flagged) when a frame is constant.
@@ -254,4 +257,5 @@ def strain_quality(fixed: torch.Tensor, moving: torch.Tensor, displacement: torc
     displacement = torch.as_tensor(displacement).to(moving)
     if float(fixed.max()) == float(fixed.min()) or float(moving.max()) == float(moving.min()):
         return StrainQuality(math.nan, math.nan)
-    return StrainQuality(ncc(fixed, moving), warped_ncc(fixed[None, None], moving[None, None], displacement[None]))
+    before = ncc(fixed, moving) if ncc_before is None else ncc_before
+    return StrainQuality(before, warped_ncc(fixed[None, None], moving[None, None], displacement[None]))

@@ -109,6 +109,7 @@ class PendingPair:
     frame_index: int
     reference_reset: bool
     timings_ms: dict[str, float]
+    ncc_before: float | None = None  # NCC of frame and reference when the reference policy measured it
 
 
 def resolve_live_model(model: str | os.PathLike[str] | None = None) -> Path:
@@ -288,7 +289,8 @@ class LiveStrainProcessor:
             )
         index = self._next_index
         self._next_index += 1
-        if self._needs_new_reference(values, index):
+        renew, similarity = self._needs_new_reference(values, index)
+        if renew:
             self._set_reference(values, index)
             return None
         current = self._on_device(values)
@@ -301,7 +303,15 @@ class LiveStrainProcessor:
         _synchronise(displacement.device)  # the stage's time is the device's work, not its launch
         timings["network"] = _ms_since(started)
         return PendingPair(
-            values, self._reference, displacement, axial_spacing_mm, self._reference_index, index, fresh, timings
+            values,
+            self._reference,
+            displacement,
+            axial_spacing_mm,
+            self._reference_index,
+            index,
+            fresh,
+            timings,
+            similarity,
         )
 
     def finish(self, pending: PendingPair) -> FrameResult:
@@ -314,7 +324,7 @@ class LiveStrainProcessor:
         with torch.inference_mode():
             strain = axial_strain(pending.displacement[None], self.window_mm, pending.axial_spacing_mm)[0, 0]
             strain, displacement = strain.cpu().numpy(), pending.displacement.cpu().numpy()
-        quality = strain_quality(pending.reference, pending.frame, displacement)
+        quality = strain_quality(pending.reference, pending.frame, displacement, ncc_before=pending.ncc_before)
         timings["strain"] = _ms_since(started)  # with the quality figure
         started = time.perf_counter()
         bmode = bmode_db(pending.frame)
@@ -330,23 +340,24 @@ class LiveStrainProcessor:
             timings_ms=timings,
         )
 
-    def _needs_new_reference(self, values: np.ndarray, index: int) -> bool:
+    def _needs_new_reference(self, values: np.ndarray, index: int) -> tuple[bool, float | None]:
+        """Whether ``values`` becomes the reference frame, and its NCC with the current reference when
+        the correlation policy measured it (the quality figure reuses it)."""
         reference = self._reference
         if reference is None:
-            return True
+            return True, None
         if reference.shape != values.shape:
             logger.info("frame size changed from %s to %s: new reference frame", reference.shape, values.shape)
-            return True
+            return True, None
         if self.reference_every is not None and index - self._reference_index >= self.reference_every:
-            return True
-        if self.reference_min_ncc is not None:
-            similarity = ncc(reference, values)
-            if similarity < self.reference_min_ncc:
-                logger.debug(
-                    "NCC %.3f with the reference < %.3f: new reference frame", similarity, self.reference_min_ncc
-                )
-                return True
-        return False
+            return True, None
+        if self.reference_min_ncc is None:
+            return False, None
+        similarity = ncc(reference, values)
+        if similarity < self.reference_min_ncc:
+            logger.debug("NCC %.3f with the reference < %.3f: new reference frame", similarity, self.reference_min_ncc)
+            return True, similarity
+        return False, similarity
 
     def _set_reference(self, values: np.ndarray, index: int) -> None:
         self._reference = values
