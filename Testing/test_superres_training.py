@@ -105,4 +105,4 @@ def test_the_committed_config_is_valid():
     path = Path(__file__).resolve().parents[1] / "deepultrasound" / "configs" / "superres_srresnet_x4.yaml"
     loaded = load_config(path)
     args = get_task(loaded.task).parse_args(loaded.task_args)
-    assert (loaded.task, args.factor, args.loss) == ("superres", 4, "l1")
+    assert (loaded.task, args.factor, args.loss) == ("superres", 4, "mse")

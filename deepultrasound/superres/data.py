@@ -8,8 +8,8 @@ function of (seed, split, index), whatever the process or the order of access.
 Sources:
 
 - **simulated** (:func:`simulate_scan`): beam-space RF lines of point scatterers from
-  :func:`deepultrasound.simulation.rf.beamformed_rf` at a high line density (2 to 4 lines per
-  beam width at the focus), over phantoms with layers, cysts, hypo- and hyperechoic lesions and a
+  :func:`deepultrasound.simulation.rf.beamformed_rf` at a high line density (about 2.5 to
+  20 lines per beam width at the focus), over phantoms with layers, cysts, hypo- and hyperechoic lesions and a
   vessel; random probe frequency, bandwidth, f-number, focus, depth, attenuation, noise and
   dynamic range; envelope and log compression by :mod:`deepultrasound.spatial.bmode`.
 - **real** (:func:`busi_split`): the BUSI breast images of ``<shared data>/busi_train``
@@ -95,11 +95,17 @@ def _random_scene(rng: np.random.Generator, depth_mm: float, width_mm: float) ->
     return Phantom(depth_mm, width_mm, phantom.layers, inclusions, background_echogenicity=rng.uniform(0.5, 2.0))
 
 
-def simulate_scan(seed: int, shape: tuple[int, int], scatterers_per_cell: float = 6.0) -> SimulatedScan:
+def simulate_scan(
+    seed: int,
+    shape: tuple[int, int],
+    scatterers_per_cell: float = 6.0,
+    pitch_wavelengths: tuple[float, float] = (0.15, 0.6),
+) -> SimulatedScan:
     """A simulated beam-space B-mode image of ``shape`` (rows, lines) at a high line density.
 
     Draws (from ``seed``): centre frequency 3.5-7.5 MHz, fractional bandwidth 0.5-0.8, f-number
-    1.5-3, focus at 30-70 % of a depth of 20-50 mm, line pitch 0.3-0.6 wavelengths, residual
+    1.5-3, focus at 30-70 % of a depth of 20-50 mm, line pitch within ``pitch_wavelengths`` (default 0.15-0.6
+    wavelengths: dense and parallel-beamformed acquisitions alike), residual
     attenuation after time-gain compensation 0-0.3 dB/cm/MHz, electronic noise 30-50 dB below
     the echo, dynamic range 50-70 dB, and a scene (:func:`_random_scene`). RF is computed at
     about 6 samples per wavelength and its envelope averaged down to ``shape[0]`` rows.
@@ -115,7 +121,7 @@ def simulate_scan(seed: int, shape: tuple[int, int], scatterers_per_cell: float 
         f_number=rng.uniform(1.5, 3.0),
         focal_depth_mm=rng.uniform(0.3, 0.7) * depth,
     )
-    pitch = transducer.wavelength_mm * rng.uniform(0.3, 0.6)
+    pitch = transducer.wavelength_mm * rng.uniform(*pitch_wavelengths)
     width = lines * pitch
     oversampling = int(np.ceil(depth / rows / (transducer.wavelength_mm / 6)))
     dz = depth / (rows * oversampling)
