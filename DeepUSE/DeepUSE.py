@@ -45,7 +45,6 @@ from DeepUSELib import (
     StrainRecorder,
     connectionState,
     connectToScanner,
-    createEstimator,
     createLiveProcessor,
     defaultStrainColorNode,
     disconnectFromScanner,
@@ -53,7 +52,6 @@ from DeepUSELib import (
     sequenceOfProxy,
     showBMode,
     showStrain,
-    strainOfSequence,
     streamArguments,
 )
 from slicer import vtkMRMLColorNode, vtkMRMLScalarVolumeNode
@@ -199,23 +197,13 @@ class DeepUSEWidget(DeepUltrasoundWidget):
         return ""
 
     def apply(self, parameterNode: DeepUSEParameterNode) -> str:
-        """Offline strain of the selected RF recording: a volume in the background (Apply turns into Cancel,
-        :meth:`onTimer` shows the result), a sequence at once, shown beside the RF sequence."""
+        """Offline strain of the selected RF recording in the background: Apply turns into Cancel, and
+        :meth:`onTimer` shows the progress and then the result (:meth:`showOfflineResult`)."""
         self.ensureEngine()
-        summary = self.logic.processParameterNode(parameterNode, waitForCompletion=False)
-        sequence = sequenceOfProxy(parameterNode.rfVolume)
-        if sequence is None:
-            self.ui.applyButton.text = _("Cancel")
-            self.timer.start()
-            return _("Computing strain...")
-        else:
-            browser = sequence[0]
-            slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
-            parameterNode.strainVolume = browser.GetProxyNode(self.logic.strainSequence)
-            slicer.util.setSliceViewerLayers(
-                foreground=parameterNode.strainVolume, foregroundOpacity=parameterNode.overlayOpacity
-            )
-        return summary
+        self.logic.processParameterNode(parameterNode, waitForCompletion=False)
+        self.ui.applyButton.text = _("Cancel")
+        self.timer.start()
+        return _("Computing strain...")
 
     def onApplyButton(self) -> None:
         if self.logic.offlineJob is None:
@@ -238,7 +226,20 @@ class DeepUSEWidget(DeepUltrasoundWidget):
         with slicer.util.tryWithErrorDisplay(_("Failed to compute results."), waitCursor=True):
             self.ui.statusLabel.text = self.logic.finishOffline()
             if self._parameterNode:
-                self.showLayers(self.logic.bmodeVolume, fit=True)
+                self.showOfflineResult(self._parameterNode)
+
+    def showOfflineResult(self, parameterNode: DeepUSEParameterNode) -> None:
+        """The offline strain over its B-mode (volume), or the strain sequence's proxy over the RF (sequence)."""
+        browser = self.logic.offlineBrowser
+        if browser is None:
+            self.showLayers(self.logic.bmodeVolume, fit=True)
+            return
+        slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
+        parameterNode.strainVolume = browser.GetProxyNode(self.logic.strainSequence)
+        self.onParameterNodeModified()
+        slicer.util.setSliceViewerLayers(
+            foreground=parameterNode.strainVolume, foregroundOpacity=parameterNode.overlayOpacity
+        )
 
     def onModelPathChanged(self, path: str) -> None:
         if self._parameterNode:
@@ -348,6 +349,7 @@ class DeepUSELogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         strainConnector: the connector node that receives Strain and BMode from :attr:`liveStream`.
         bmodeVolume: B-mode shown under the offline strain, created on first use.
         strainSequence: the strain of the last RF sequence processed offline.
+        offlineBrowser: the browser of the RF sequence processed offline, if it was a sequence.
         offlineJob: the offline strain computing in the background, or None.
     """
 
@@ -360,12 +362,13 @@ class DeepUSELogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         self.strainConnector = None
         self.bmodeVolume = None
         self.strainSequence = None
+        self.offlineBrowser = None
         self.offlineJob = None
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
 
     def onSceneStartClose(self, caller=None, event=None) -> None:
         self.stopEverything()
-        self.connector = self.strainConnector = self.bmodeVolume = self.strainSequence = None
+        self.connector = self.strainConnector = self.bmodeVolume = self.strainSequence = self.offlineBrowser = None
 
     def stopEverything(self) -> None:
         """Stop live strain (process and in-process), offline strain and both connections."""
@@ -400,56 +403,55 @@ class DeepUSELogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         pairWithPrevious: bool = False,
         waitForCompletion: bool = True,
     ) -> str:
-        """Offline strain of an RF recording; returns a one-line summary ("" while it runs in the background).
+        """Offline strain of an RF recording in a background process (:attr:`offlineJob`); returns a one-line
+        summary ("" while it runs in the background).
 
         An RF volume (frames along K) gives a strain volume with one frame per pair, written into
-        ``strainVolume``, and its B-mode into :attr:`bmodeVolume`, computed in a background process
-        (:attr:`offlineJob`): without ``waitForCompletion`` this returns at once; poll the job and call
-        :meth:`finishOffline` when it has ended, or :meth:`cancelOffline`. The proxy volume of an RF
-        sequence gives a strain sequence, browsed with the RF sequence (computed here, waiting);
-        ``strainVolume`` is then unused.
+        ``strainVolume``, and its B-mode into :attr:`bmodeVolume`. The proxy volume of an RF sequence
+        gives a strain sequence (:attr:`strainSequence`, "<name> strain"), browsed with the RF sequence;
+        ``strainVolume`` is then unused. Without ``waitForCompletion`` this returns at once: poll the job
+        and call :meth:`finishOffline` when it has ended, or :meth:`cancelOffline`.
 
         Raises:
             ValueError: invalid frames, no model, or a strain window longer than the frames.
         """
         if rfVolume is None:
             raise ValueError("Select an RF volume")
-        sequence = sequenceOfProxy(rfVolume)
-        if sequence is not None:
-            browser, rfSequence = sequence
-            return self.processSequence(browser, rfSequence, method, pairWithPrevious)
         self.cancelOffline()
-        self.bmodeVolume = self.outputVolume(self.bmodeVolume, f"{rfVolume.GetName()} B-mode")
-        self.offlineJob = OfflineStrainJob(rfVolume, strainVolume, self.bmodeVolume, method, pairWithPrevious).start()
+        sequence = sequenceOfProxy(rfVolume)
+        self.offlineBrowser = None if sequence is None else sequence[0]
+        if sequence is None:
+            self.bmodeVolume = self.outputVolume(self.bmodeVolume, f"{rfVolume.GetName()} B-mode")
+            self.offlineJob = OfflineStrainJob(rfVolume, strainVolume, self.bmodeVolume, method, pairWithPrevious)
+        else:
+            rfSequence = sequence[1]
+            name = f"{rfSequence.GetName()} strain"
+            self.strainSequence = slicer.mrmlScene.GetFirstNode(name, "vtkMRMLSequenceNode")
+            if self.strainSequence is None:
+                self.strainSequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+            self.offlineJob = OfflineStrainJob(rfSequence, self.strainSequence, None, method, pairWithPrevious)
+        self.offlineJob.start()
         return self.finishOffline() if waitForCompletion else ""
 
     def finishOffline(self) -> str:
-        """Wait for :attr:`offlineJob`, read its results into the volumes; its summary.
+        """Wait for :attr:`offlineJob`, read its results into the nodes (a strain sequence joins the RF
+        sequence's browser); its summary.
 
         Raises:
             ValueError: the computation failed; the message holds the process's last output lines.
         """
         job, self.offlineJob = self.offlineJob, None
-        return job.finish().summary()
+        summary = job.finish().summary()
+        browser = self.offlineBrowser
+        if job.isSequence and not browser.IsSynchronizedSequenceNodeID(self.strainSequence.GetID()):
+            browser.AddSynchronizedSequenceNodeID(self.strainSequence.GetID())
+        return summary
 
     def cancelOffline(self) -> None:
         """End the offline computation running in the background, if any (the whole process tree)."""
         if self.offlineJob is not None:
             self.offlineJob.cancel()
             self.offlineJob = None
-
-    def processSequence(self, browser, rfSequence, method: StrainMethod, pairWithPrevious: bool) -> str:
-        """Strain of an RF sequence into the sequence "<name> strain", added to ``browser``."""
-        name = f"{rfSequence.GetName()} strain"
-        scene = slicer.mrmlScene
-        self.strainSequence = scene.GetFirstNode(name, "vtkMRMLSequenceNode")
-        if self.strainSequence is None:
-            self.strainSequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
-        estimator = createEstimator(method)
-        result = strainOfSequence(rfSequence, self.strainSequence, estimator, method.windowMm, pairWithPrevious)
-        if not browser.IsSynchronizedSequenceNodeID(self.strainSequence.GetID()):
-            browser.AddSynchronizedSequenceNodeID(self.strainSequence.GetID())
-        return result.summary()
 
     def processParameterNode(self, parameterNode: DeepUSEParameterNode, waitForCompletion: bool = True) -> str:
         """:meth:`process` on the parameter node's inputs (creates the strain volume when none is selected)."""

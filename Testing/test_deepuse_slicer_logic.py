@@ -437,14 +437,15 @@ def test_offline_job_cancel_ends_the_process_and_failures_carry_its_output(scene
         OfflineStrainJob(rf, None, bmodeVolume, BASELINE)
 
 
-def test_offline_sequence_strain_keeps_index_values_and_frame_geometry(scene, compression):
-    frames = compression.rf[:3]
+def rfSequenceWithBrowser(scene, frames: np.ndarray):
+    """An RF sequence of ``frames`` (index "time" in s, 0.05 s apart) whose probe moves 1 mm along R between
+    frames, its browser and proxy volume; and the pose of each frame."""
     rfSequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "RF sequence")
     rfSequence.SetIndexName("time")
     rfSequence.SetIndexUnit("s")
     staging = slicer.vtkMRMLScalarVolumeNode()
     poses = []
-    for k, frame in enumerate(frames):  # the probe moves 1 mm along R between frames
+    for k, frame in enumerate(frames):
         pose = VolumeGeometry(POSE.ijkToRas + np.array([[0, 0, 0, k], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]))
         arrayToVolume(frame, staging, pose)
         rfSequence.SetDataNodeAtValue(staging, f"{0.05 * k:.2f}")
@@ -453,12 +454,12 @@ def test_offline_sequence_strain_keeps_index_values_and_frame_geometry(scene, co
     browser.SetAndObserveMasterSequenceNodeID(rfSequence.GetID())
     proxy = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "RF proxy")
     browser.AddProxyNode(proxy, rfSequence, False)
+    return rfSequence, browser, proxy, poses
 
-    assert sequenceOfProxy(proxy) == (browser, rfSequence)
-    assert sequenceOfProxy(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "plain")) is None
-    strainSequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "strain sequence")
-    strainOfSequence(rfSequence, strainSequence, createEstimator(BASELINE), WINDOW_MM, pairWithPrevious=True)
 
+def assertSequenceStrain(strainSequence, poses, compression) -> None:
+    """Items at the moving frames' index values, on the fixed frames' grids (pairs with the previous frame),
+    with the simulated strain."""
     assert (strainSequence.GetIndexName(), strainSequence.GetIndexUnit()) == ("time", "s")
     assert [strainSequence.GetNthIndexValue(item) for item in range(2)] == ["0.05", "0.10"]
     for item in range(2):
@@ -466,6 +467,40 @@ def test_offline_sequence_strain_keeps_index_values_and_frame_geometry(scene, co
         assert strain.shape == (1, HEIGHT, WIDTH)
         assert geometry.isClose(poses[item])  # the pair's fixed frame (frame item, pair with previous)
         assert medianPercent(strain) == pytest.approx(truthPercent(compression, item + 1, item), rel=0.1)
+
+
+def test_offline_sequence_strain_keeps_index_values_and_frame_geometry(scene, compression):
+    rfSequence, browser, proxy, poses = rfSequenceWithBrowser(scene, compression.rf[:3])
+
+    assert sequenceOfProxy(proxy) == (browser, rfSequence)
+    assert sequenceOfProxy(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "plain")) is None
+    strainSequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "strain sequence")
+    strainOfSequence(rfSequence, strainSequence, createEstimator(BASELINE), WINDOW_MM, pairWithPrevious=True)
+    assertSequenceStrain(strainSequence, poses, compression)
+
+
+def test_offline_sequence_strain_in_a_background_process(scene, compression):
+    """The module's offline path for a sequence: the same strain sequence, computed outside Slicer's process,
+    with progress and the quality figure; mismatched outputs are refused before any work."""
+    rfSequence, _browser, _proxy, poses = rfSequenceWithBrowser(scene, compression.rf[:3])
+    storageNodes = scene.GetNumberOfNodesByClass("vtkMRMLStorageNode")
+    inProcess = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "in process")
+    strainOfSequence(rfSequence, inProcess, createEstimator(BASELINE), WINDOW_MM, pairWithPrevious=True)
+    strainSequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "strain sequence")
+    job = OfflineStrainJob(rfSequence, strainSequence, None, BASELINE, pairWithPrevious=True, python=sys.executable)
+    job.run(timeoutS=120.0)
+
+    assert job.progress == (2, 2)
+    assertSequenceStrain(strainSequence, poses, compression)
+    for item in range(2):
+        expected = volumeToArray(inProcess.GetNthDataNode(item))[0]
+        np.testing.assert_allclose(volumeToArray(strainSequence.GetNthDataNode(item))[0], expected, atol=1e-4)
+    for attribute in (NCC_AFTER_ATTRIBUTE, FLAGGED_ATTRIBUTE):
+        assert strainSequence.GetAttribute(attribute) == inProcess.GetAttribute(attribute)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLStorageNode") == storageNodes  # nothing left behind
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "volume")
+    with pytest.raises(ValueError, match="strain of an RF sequence is a sequence"):
+        OfflineStrainJob(rfSequence, volume, None, BASELINE)
 
 
 def test_offline_refuses_sequences_it_cannot_pair(scene):

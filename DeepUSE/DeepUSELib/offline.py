@@ -77,6 +77,37 @@ def flaggedFrames(strainNode: slicer.vtkMRMLNode) -> list[int]:
     return [k for k, value in enumerate(values.split(",")) if value == "1"]
 
 
+def strainPairs(frameCount: int, pairWithPrevious: bool) -> np.ndarray:
+    """``(N-1, 2)`` int (fixed, moving) frame indices of the pairs whose strain is estimated, in time order:
+    ``(0, k)`` or, with ``pairWithPrevious``, ``(k-1, k)``, for k = 1 .. N-1."""
+    moving = np.arange(1, frameCount)
+    return np.stack([moving - 1 if pairWithPrevious else np.zeros_like(moving), moving], axis=1)
+
+
+def writeStrainSequence(
+    strainPercent: np.ndarray,
+    pairs: np.ndarray,
+    rfSequence: slicer.vtkMRMLSequenceNode,
+    geometries: list[VolumeGeometry],
+    values: list[str],
+    strainSequence: slicer.vtkMRMLSequenceNode,
+) -> None:
+    """Replace the items of ``strainSequence`` by strain ``(P, H, W)`` in %, one item per pair.
+
+    Item ``k`` is pair ``pairs[k]`` = (fixed, moving), stored at the moving frame's index value
+    (``values``) on the fixed frame's grid (``geometries``); the index name, unit and type are
+    ``rfSequence``'s.
+    """
+    strainSequence.RemoveAllDataNodes()
+    strainSequence.SetIndexName(rfSequence.GetIndexName())
+    strainSequence.SetIndexUnit(rfSequence.GetIndexUnit())
+    strainSequence.SetIndexType(rfSequence.GetIndexType())
+    item = slicer.vtkMRMLScalarVolumeNode()  # staging node outside the scene; the sequence keeps copies
+    for strain, (fixed, moving) in zip(strainPercent, pairs, strict=True):
+        arrayToVolume(strain, item, geometries[fixed])
+        strainSequence.SetDataNodeAtValue(item, values[moving])
+
+
 def _offlineStrain(result, method: str, reference: str) -> OfflineStrain:
     """:class:`OfflineStrain` of an engine ``StrainResult``."""
     nccAfter = np.array([quality.ncc_after for quality in result.quality], dtype=float)
@@ -194,14 +225,7 @@ def strainOfSequence(
         raise ValueError("Select or create a strain output sequence")
     frames, geometries, values = rfFramesFromSequence(rfSequence)
     result, reference = _estimate(estimator, frames, float(geometries[0].spacing[1]), pairWithPrevious, windowMm)
-    strainSequence.RemoveAllDataNodes()
-    strainSequence.SetIndexName(rfSequence.GetIndexName())
-    strainSequence.SetIndexUnit(rfSequence.GetIndexUnit())
-    strainSequence.SetIndexType(rfSequence.GetIndexType())
-    item = slicer.vtkMRMLScalarVolumeNode()  # staging node outside the scene; the sequence keeps copies
-    for strain, (fixed, moving) in zip(result.strain, result.pairs, strict=True):
-        arrayToVolume(strain, item, geometries[fixed])
-        strainSequence.SetDataNodeAtValue(item, values[moving])
+    writeStrainSequence(result.strain, result.pairs, rfSequence, geometries, values, strainSequence)
     offline = _offlineStrain(result, estimator.name, reference)
     setQualityAttributes(strainSequence, offline.nccAfter, offline.flagged)
     return offline

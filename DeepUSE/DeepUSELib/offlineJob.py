@@ -1,11 +1,12 @@
-"""Offline strain of an RF volume in a background process, with progress and Cancel.
+"""Offline strain of an RF volume or sequence in a background process, with progress and Cancel.
 
-The frames ``(N, H, W)`` of the RF volume (frames along K) go to a temporary NRRD file with their
-geometry; ``deepultrasound strain`` (started with Slicer's Python, see
-:class:`DeepUltrasoundCommonLib.process.EngineProcess`) writes the strain ``(N-1, H, W)`` in % and
-the B-mode of every frame in dB beside it, and the quality figure of every strain frame
-(``strain_quality.csv``); all are read back into the nodes on the RF grid, the B-mode of each
-pair's fixed frame under its strain, the quality as the strain node's attributes. The process
+The frames ``(N, H, W)`` of the RF volume (frames along K) or sequence (N single-slice items) go to
+a temporary NRRD file with their geometry; ``deepultrasound strain`` (started with Slicer's Python,
+see :class:`DeepUltrasoundCommonLib.process.EngineProcess`) writes the strain ``(N-1, H, W)`` in %
+and the B-mode of every frame in dB beside it, and the quality figure of every strain frame
+(``strain_quality.csv``); all are read back into the nodes: a strain volume on the RF grid with the
+B-mode of each pair's fixed frame under its strain, or a strain sequence laid out as
+:func:`.offline.writeStrainSequence` does; the quality as the strain node's attributes. The process
 reports one progress line per pair, read by :meth:`OfflineStrainJob.poll` from a timer;
 :meth:`OfflineStrainJob.cancel` ends the whole process tree. :meth:`OfflineStrainJob.run` waits
 for the result (scripts and tests).
@@ -25,7 +26,7 @@ from DeepUltrasoundCommonLib.process import EngineProcess, progressOf
 
 from .engine import StrainMethod
 from .logic import rfFramesFromVolume
-from .offline import OfflineStrain, setQualityAttributes
+from .offline import OfflineStrain, rfFramesFromSequence, setQualityAttributes, strainPairs, writeStrainSequence
 
 #: output lines of a failed process shown in the error message
 ERROR_LINES = 5
@@ -51,12 +52,15 @@ def _storageNode(scene: slicer.vtkMRMLScene, path: Path) -> slicer.vtkMRMLVolume
 
 
 class OfflineStrainJob:
-    """One offline strain computation of an RF volume.
+    """One offline strain computation of an RF volume or sequence.
 
     Args:
-        rfVolume: RF frames ``(N, H, W)``, N >= 2 (frames along K, axial samples along J).
-        strainVolume: output ``(N-1, H, W)`` float32 strain in %, with the RF volume's geometry.
-        bmodeVolume: output ``(N-1, H, W)`` float32 B-mode in dB of each pair's fixed frame.
+        rfNode: RF frames: a scalar volume ``(N, H, W)``, N >= 2 (frames along K, axial samples along
+            J), or a sequence node of N >= 2 single-slice scalar volumes of one size.
+        strainNode: output: for a volume, a scalar volume ``(N-1, H, W)`` float32 strain in % with the
+            RF volume's geometry; for a sequence, a sequence node (see :func:`.offline.writeStrainSequence`).
+        bmodeVolume: output ``(N-1, H, W)`` float32 B-mode in dB of each pair's fixed frame, on the
+            first frame's grid; may be None for a sequence.
         method: model or baseline, backend, device and strain window.
         pairWithPrevious: pair each frame with the previous one instead of the first.
         python: interpreter of the process (default: Slicer's ``PythonSlicer``).
@@ -67,17 +71,26 @@ class OfflineStrainJob:
 
     def __init__(
         self,
-        rfVolume: slicer.vtkMRMLScalarVolumeNode,
-        strainVolume: slicer.vtkMRMLScalarVolumeNode,
-        bmodeVolume: slicer.vtkMRMLScalarVolumeNode,
+        rfNode: slicer.vtkMRMLScalarVolumeNode | slicer.vtkMRMLSequenceNode,
+        strainNode: slicer.vtkMRMLScalarVolumeNode | slicer.vtkMRMLSequenceNode,
+        bmodeVolume: slicer.vtkMRMLScalarVolumeNode | None,
         method: StrainMethod,
         pairWithPrevious: bool = False,
         python: str | None = None,
     ) -> None:
-        if strainVolume is None or bmodeVolume is None:
+        self.isSequence = rfNode is not None and rfNode.IsA("vtkMRMLSequenceNode")
+        if strainNode is None or (bmodeVolume is None and not self.isSequence):
             raise ValueError("Select or create the strain and B-mode output volumes")
-        self.frames, self.geometry = rfFramesFromVolume(rfVolume)  # refuses unusable frames before any work
-        self.rfVolume, self.strainVolume, self.bmodeVolume = rfVolume, strainVolume, bmodeVolume
+        if strainNode.IsA("vtkMRMLSequenceNode") != self.isSequence:
+            raise ValueError("The strain of an RF sequence is a sequence, and that of an RF volume a volume")
+        # Unusable frames are refused here, before any work.
+        if self.isSequence:
+            self.frames, self.geometries, self.values = rfFramesFromSequence(rfNode)
+        else:
+            self.frames, geometry = rfFramesFromVolume(rfNode)
+            self.geometries, self.values = [geometry], []
+        self.geometry = self.geometries[0]
+        self.rfNode, self.strainNode, self.bmodeVolume = rfNode, strainNode, bmodeVolume
         self.method, self.pairWithPrevious, self.python = method, pairWithPrevious, python
         self.progress: tuple[int, int] | None = None
         self.process: EngineProcess | None = None
@@ -97,13 +110,16 @@ class OfflineStrainJob:
         """
         self._folder = Path(tempfile.mkdtemp(prefix="DeepUSE-"))
         rfPath = self._folder / "rf.nrrd"
-        scene = self.rfVolume.GetScene()
+        scene = self.rfNode.GetScene()
+        staging = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "DeepUSE RF frames")
         storage = _storageNode(scene, rfPath)
         try:
-            if not storage.WriteData(self.rfVolume):
+            arrayToVolume(self.frames, staging, self.geometry)
+            if not storage.WriteData(staging):
                 raise OSError(f"Could not write the RF frames to {rfPath}")
         finally:
             scene.RemoveNode(storage)
+            scene.RemoveNode(staging)
         arguments = strainArguments(
             rfPath, self._folder / "strain.nrrd", self._folder / "bmode.nrrd", self.method, self.pairWithPrevious
         )
@@ -148,28 +164,31 @@ class OfflineStrainJob:
         return self.finish()
 
     def _readResults(self) -> OfflineStrain:
-        scene = self.rfVolume.GetScene()
-        readBack = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "DeepUSE B-mode of every frame")
-        try:
-            for path, volume in (("strain.nrrd", self.strainVolume), ("bmode.nrrd", readBack)):
-                storage = _storageNode(scene, self._folder / path)
-                try:
-                    if not storage.ReadData(volume):
-                        raise ValueError(f"Could not read the computed {path}")
-                finally:
-                    scene.RemoveNode(storage)
-            self.strainVolume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(self.geometry.ijkToRas))
-            bmode = slicer.util.arrayFromVolume(readBack)
-        finally:
-            scene.RemoveNode(readBack)
-        pairs = len(self.frames) - 1
-        fixedFrames = np.arange(pairs) if self.pairWithPrevious else np.zeros(pairs, dtype=int)
-        arrayToVolume(np.ascontiguousarray(bmode[fixedFrames], dtype=np.float32), self.bmodeVolume, self.geometry)
-        strain = slicer.util.arrayFromVolume(self.strainVolume).copy()
+        strain, bmode = (self._readArray(name) for name in ("strain.nrrd", "bmode.nrrd"))
+        pairs = strainPairs(len(self.frames), self.pairWithPrevious)
+        if self.isSequence:
+            writeStrainSequence(strain, pairs, self.rfNode, self.geometries, self.values, self.strainNode)
+        else:
+            arrayToVolume(strain, self.strainNode, self.geometry)
+        if self.bmodeVolume is not None:
+            arrayToVolume(np.ascontiguousarray(bmode[pairs[:, 0]]), self.bmodeVolume, self.geometry)
         with (self._folder / "strain_quality.csv").open(newline="") as file:
             rows = list(csv.DictReader(file))
         nccAfter = np.array([float(row["ncc_after"]) for row in rows])
         flagged = np.array([row["flagged"] == "1" for row in rows])
-        setQualityAttributes(self.strainVolume, nccAfter, flagged)
+        setQualityAttributes(self.strainNode, nccAfter, flagged)
         reference = "previous" if self.pairWithPrevious else "first"
         return OfflineStrain(strain, self.method.describe(), reference, nccAfter, flagged)
+
+    def _readArray(self, name: str) -> np.ndarray:
+        """The ``(K, H, W)`` float32 voxels of the process's output file ``name``."""
+        scene = self.rfNode.GetScene()
+        readBack = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"DeepUSE {name}")
+        storage = _storageNode(scene, self._folder / name)
+        try:
+            if not storage.ReadData(readBack):
+                raise ValueError(f"Could not read the computed {name}")
+            return np.array(slicer.util.arrayFromVolume(readBack), dtype=np.float32)
+        finally:
+            scene.RemoveNode(storage)
+            scene.RemoveNode(readBack)
