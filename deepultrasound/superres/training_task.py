@@ -6,6 +6,14 @@ kept after an optional beam-profile blur, :mod:`deepultrasound.superres.degradat
 generator maps the degraded patch back to the fine grid and is trained with an L1 or MSE loss
 against the truth. An EMA copy of the generator is validated and exported.
 
+SRGAN: with ``feature_weight`` > 0 the generator's loss adds a perceptual term, the MSE of the
+features of a frozen network trained here on B-mode (:class:`~deepultrasound.superres.features.FeatureLoss`,
+from a ``bmode-features`` bundle); with ``adversarial_weight`` > 0 an SRGAN discriminator is
+trained alongside, with its own optimiser, and the generator's loss adds the adversarial term
+(binary cross-entropy with logits, as SRGAN). Both weights 0 (the default) train the plain
+SRResNet. The adversarial stage starts from a trained SRResNet through the config's
+``init_from``; only the generator is exported.
+
 Validation crops the centre of held-out simulated images and of the held-out BUSI split and
 reports, per source (``simulated``, ``real``), PSNR and SSIM against the truth (B-mode in [0, 1],
 ``data_range`` 1; the network's output clipped to that range) of the linear and cubic
@@ -13,18 +21,18 @@ interpolations and of the network: ``val/<source>_<psnr|ssim>_<linear|cubic|ours
 show, for the first sample of each source, the low-resolution input (each line repeated ``F``
 times) | cubic | ours | truth.
 
-Example config: ``deepultrasound/configs/superres_srresnet_x4.yaml``.
+Example configs: ``deepultrasound/configs/superres_srresnet_x4.yaml``, ``superres_srgan_x4.yaml``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
@@ -42,7 +50,8 @@ from deepultrasound.superres.data import (
     simulated_images,
 )
 from deepultrasound.superres.degradation import PHASE, upsample_lines
-from deepultrasound.superres.networks import GENERATOR, SRResNet
+from deepultrasound.superres.features import FeatureLoss
+from deepultrasound.superres.networks import GENERATOR, SRGANDiscriminator, SRResNet
 from deepultrasound.training.task import (
     ExportSpec,
     StepContext,
@@ -54,7 +63,11 @@ from deepultrasound.training.task import (
 )
 
 NETWORK = "generator"
-"""Name of the trained network (in checkpoints and the export spec)."""
+"""Name of the trained network (in checkpoints and the export spec) and, in an SRGAN, of its optimiser."""
+CRITIC = "discriminator"
+"""Name of the SRGAN discriminator and of its optimiser (``adversarial_weight`` > 0); never exported."""
+FEATURE_LOSS = "features"
+"""Name of the frozen :class:`~deepultrasound.superres.features.FeatureLoss` (``feature_bundle``)."""
 
 NORMALISATION = {
     "kind": "bmode_unit",
@@ -67,14 +80,9 @@ DATA_RANGE = 1.0
 """Span of B-mode values, the PSNR/SSIM ``data_range``."""
 
 
-class SuperResolutionArgs(TaskArgs):
-    """``task_args`` of the ``superres`` task."""
+class PatchArgs(TaskArgs):
+    """The B-mode patches a task trains and validates on (:func:`patch_datasets`)."""
 
-    factor: int = Field(4, ge=2, le=8, description="lateral factor F: one line in F is kept")
-    blur_sigma_lines: float = Field(0.0, ge=0, description="Gaussian beam-profile blur before decimation, fine lines")
-    channels: int = Field(64, ge=1, description="generator feature channels")
-    blocks: int = Field(16, ge=0, description="generator residual blocks")
-    loss: Literal["l1", "mse"] = Field("l1", description="pixel loss against the full-resolution patch")
     patch_size: Size = Field((64, 64), description="full-resolution training patch (rows, lines)")
     val_patch_size: Size = Field((128, 128), description="centred full-resolution validation crop (rows, lines)")
     simulated_shape: Size = Field((256, 128), description="simulated images (rows, lines)")
@@ -89,6 +97,75 @@ class SuperResolutionArgs(TaskArgs):
     flip: bool = Field(True, description="mirror half of the training patches left-right")
 
 
+class SuperResolutionArgs(PatchArgs):
+    """``task_args`` of the ``superres`` task.
+
+    ``adversarial_weight`` > 0 trains an SRGAN; it must be set in the top-level ``task_args`` (the
+    discriminator is built with the networks; a stage may change the weight, not add the
+    discriminator). ``feature_weight`` > 0 needs ``feature_bundle``.
+    """
+
+    factor: int = Field(4, ge=2, le=8, description="lateral factor F: one line in F is kept")
+    blur_sigma_lines: float = Field(0.0, ge=0, description="Gaussian beam-profile blur before decimation, fine lines")
+    channels: int = Field(64, ge=1, description="generator feature channels")
+    blocks: int = Field(16, ge=0, description="generator residual blocks")
+    loss: Literal["l1", "mse"] = Field("l1", description="pixel loss against the full-resolution patch")
+    adversarial_weight: float = Field(
+        0.0, ge=0, description="weight of the generator's adversarial loss; > 0 trains an SRGAN discriminator"
+    )
+    discriminator_channels: int = Field(64, ge=1, description="channels of the discriminator's first convolutions")
+    feature_weight: float = Field(0.0, ge=0, description="weight of the perceptual loss (FeatureLoss)")
+    feature_bundle: str | None = Field(
+        None, validate_default=True, description="bmode-features bundle: a folder or an installed bundle name"
+    )
+    feature_levels: int = Field(2, ge=1, description="encoder levels the perceptual loss compares, from the first")
+
+    @field_validator("feature_bundle")
+    @classmethod
+    def _features_need_a_bundle(cls, bundle: str | None, info: ValidationInfo) -> str | None:
+        weight = info.data.get("feature_weight", 0.0)
+        if weight > 0 and bundle is None:
+            raise ValueError(f"feature_weight {weight} needs a feature_bundle (a bmode-features bundle)")
+        return bundle
+
+
+def patch_datasets(
+    args: PatchArgs, seed: int, factor: int, blur_sigma_lines: float, task: str
+) -> tuple[Dataset, Dataset | None]:
+    """(training, validation) patch sets of ``args`` for a lateral factor and blur (:class:`SuperResolutionPatches`).
+
+    Training: ``samples_per_epoch`` augmented patches shared among the sources in proportion to
+    their image counts; validation: the centred crop of each held-out image, or None without any.
+    ``task`` names the task in the error for a run without training images.
+    """
+    folder = Path(args.data_folder) if args.data_folder else shared_data_dir() / BUSI_FOLDER
+    counts = {"simulated": args.simulated_images, "real": args.real_images}
+    total = sum(counts.values())
+    if total == 0:
+        raise ConfigError(f"the {task} task needs training images: set simulated_images or real_images above 0")
+
+    def patches(split: Split, source: str, count: int, samples: int | None = None) -> SuperResolutionPatches:
+        """``samples`` augmented training patches of ``count`` images, or (None) each image's centred crop."""
+        if source == "simulated":
+            images = simulated_images(seed, split, count, args.simulated_shape)
+        else:
+            images = real_images(folder, split, count)
+        augmentation = None if samples is None else Augmentation(args.gain, args.depth_gain, args.flip)
+        size = args.patch_size if split == "train" else args.val_patch_size
+        return SuperResolutionPatches(
+            images, size, factor, blur_sigma_lines, samples or len(images), augmentation, seed, source
+        )
+
+    train = [
+        patches("train", source, count, max(1, round(args.samples_per_epoch * count / total)))
+        for source, count in counts.items()
+        if count
+    ]
+    val_counts = {"simulated": args.val_simulated_images, "real": args.val_real_images}
+    val = [patches("val", source, count) for source, count in val_counts.items() if count]
+    return ConcatDataset(train), ConcatDataset(val) if val else None
+
+
 @register_task
 class SuperResolutionTask(Task):
     """Train :class:`~deepultrasound.superres.networks.SRResNet` on (degraded, full-resolution) B-mode pairs."""
@@ -97,50 +174,73 @@ class SuperResolutionTask(Task):
     Args = SuperResolutionArgs
 
     def build_networks(self) -> dict[str, nn.Module]:
-        return {NETWORK: SRResNet(**self._generator_args())}
+        networks: dict[str, nn.Module] = {NETWORK: SRResNet(**self._generator_args())}
+        if self.args.adversarial_weight > 0:
+            networks[CRITIC] = SRGANDiscriminator(self.args.discriminator_channels)
+        return networks
 
     def _generator_args(self) -> dict[str, int]:
         return {"factor": self.args.factor, "channels": self.args.channels, "blocks": self.args.blocks}
+
+    def build_frozen_networks(self) -> dict[str, nn.Module]:
+        if self.args.feature_bundle is None:
+            return {}
+        return {FEATURE_LOSS: FeatureLoss.from_bundle(self.args.feature_bundle, self.args.feature_levels)}
+
+    def optimizer_networks(self, network_names: Sequence[str]) -> dict[str, list[str]]:
+        if CRITIC in network_names:
+            return {NETWORK: [NETWORK], CRITIC: [CRITIC]}
+        return super().optimizer_networks(network_names)
 
     def ema_networks(self) -> list[str]:
         return [NETWORK]
 
     def build_datasets(self, args: SuperResolutionArgs) -> tuple[Dataset, Dataset | None]:
-        folder = Path(args.data_folder) if args.data_folder else shared_data_dir() / BUSI_FOLDER
-        counts = {"simulated": args.simulated_images, "real": args.real_images}
-        total = sum(counts.values())
-        if total == 0:
-            raise ConfigError("the superres task needs training images: set simulated_images or real_images above 0")
-        train = [
-            self._patches(args, folder, "train", source, count, max(1, round(args.samples_per_epoch * count / total)))
-            for source, count in counts.items()
-            if count
-        ]
-        val_counts = {"simulated": args.val_simulated_images, "real": args.val_real_images}
-        val = [self._patches(args, folder, "val", source, count) for source, count in val_counts.items() if count]
-        return ConcatDataset(train), ConcatDataset(val) if val else None
-
-    def _patches(
-        self, args: SuperResolutionArgs, folder: Path, split: Split, source: str, count: int, samples: int | None = None
-    ) -> SuperResolutionPatches:
-        """Patches of ``count`` images of ``source``: ``samples`` augmented training patches, or (None) the
-        centred validation crop of each image."""
-        if source == "simulated":
-            images = simulated_images(self.seed, split, count, args.simulated_shape)
-        else:
-            images = real_images(folder, split, count)
-        augmentation = None if samples is None else Augmentation(args.gain, args.depth_gain, args.flip)
-        size = args.patch_size if split == "train" else args.val_patch_size
-        return SuperResolutionPatches(
-            images, size, args.factor, args.blur_sigma_lines, samples or len(images), augmentation, self.seed, source
-        )
+        return patch_datasets(args, self.seed, args.factor, args.blur_sigma_lines, self.name)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        """The pixel loss (and, when set, the perceptual and adversarial losses) of the generator.
+
+        SRGAN (``adversarial_weight`` > 0): first the discriminator's update, binary cross-entropy
+        with logits of the truth (label 1) and the detached estimate (label 0), then the
+        generator's, whose adversarial loss is the cross-entropy of the estimate labelled 1. Both
+        discriminator passes see truth and estimate in one batch, so its BatchNorm normalises them
+        alike, and each pass of the (DDP-wrapped) discriminator has one backward.
+        """
+        args = self.args
+        if args.adversarial_weight > 0 and CRITIC not in ctx.networks:
+            raise ConfigError("adversarial_weight must be set in the top-level task_args to build the discriminator")
+        if args.feature_weight > 0 and FEATURE_LOSS not in ctx.frozen:
+            raise ConfigError("feature_bundle must be set in the top-level task_args to load the feature network")
+        high = batch["high"]
         predicted = ctx.networks[NETWORK](batch["low"]).float()
-        loss_function = F.l1_loss if self.args.loss == "l1" else F.mse_loss
-        loss = loss_function(predicted, batch["high"])
-        ctx.optimize(loss)
-        return {self.args.loss: loss}
+        loss_function = F.l1_loss if args.loss == "l1" else F.mse_loss
+        loss = loss_function(predicted, high)
+        losses = {args.loss: loss}
+        if args.feature_weight > 0:
+            losses["feature"] = ctx.frozen[FEATURE_LOSS](predicted, high)
+            loss = loss + args.feature_weight * losses["feature"]
+        if CRITIC not in ctx.networks:
+            ctx.optimize(loss)
+            return losses
+        real, fake = self._discriminate(ctx.networks[CRITIC], high, predicted.detach())
+        losses["discriminator"] = F.binary_cross_entropy_with_logits(
+            torch.cat([real, fake]), torch.cat([torch.ones_like(real), torch.zeros_like(fake)])
+        )
+        ctx.optimize(losses["discriminator"], CRITIC)
+        _, fake = self._discriminate(ctx.networks[CRITIC], high, predicted)
+        losses["adversarial"] = F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+        losses["generator"] = loss + args.adversarial_weight * losses["adversarial"]
+        ctx.optimize(losses["generator"], NETWORK)
+        return losses
+
+    @staticmethod
+    def _discriminate(
+        discriminator: nn.Module, high: torch.Tensor, estimate: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, 1)`` of the truth and of the estimate, both ``(B, 1, H, W)``, from one pass."""
+        logits = discriminator(torch.cat([high, estimate])).float()
+        return logits.chunk(2)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], ctx: ValidationContext) -> ValidationOutput:
         low, high, source = batch["low"], batch["high"], batch["source"]

@@ -6,6 +6,9 @@ from), every network's, optimiser's, schedule's and gradient scaler's state, EMA
 RNG states of every process (torch CPU and CUDA, numpy, Python ``random``), so that a run resumed
 part-way through an epoch continues exactly. Loading uses ``torch.load(..., weights_only=True)``,
 which refuses arbitrary pickled objects.
+
+:func:`initial_weights` reads the weights a new run starts a network from (``init_from``): from a
+checkpoint or from a model bundle.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from deepultrasound.errors import FileFormatError
+from deepultrasound.errors import ConfigError, FileFormatError
 
 #: 2: per-step position, schedules, gradient scaler and RNG states (format 1 held epochs only)
 CHECKPOINT_FORMAT = 2
@@ -68,6 +71,37 @@ def restore_networks(
         net.load_state_dict(state["networks"][name], strict=True)
     for name, avg in ema.items():
         avg.load_state_dict(state["ema"][name], strict=True)
+
+
+def exported_weights(state: Mapping[str, Any], network: str) -> dict[str, torch.Tensor]:
+    """The state dict of ``network`` in a checkpoint ``state`` as its run exports it: the EMA copy where the
+    run keeps one and exports it (``export_ema``), else the online weights."""
+    ema = state.get("ema", {})
+    if state["config"].get("export_ema", True) and network in ema:
+        prefix = "module."  # AveragedModel holds the copy as .module, beside its n_averaged counter
+        return {key[len(prefix) :]: value for key, value in ema[network].items() if key.startswith(prefix)}
+    return state["networks"][network]
+
+
+def initial_weights(source: Path, network: str) -> dict[str, torch.Tensor]:
+    """Weights to start ``network`` from: a bundle folder's main network, or a checkpoint's network of that name
+    (:func:`exported_weights`).
+
+    Raises:
+        FileFormatError: ``source`` does not exist or is not a checkpoint.
+        BundleError: a bundle that fails its checks.
+        ConfigError: a checkpoint without that network.
+    """
+    if source.is_dir():
+        from deepultrasound.runtime.bundle import load_bundle
+
+        return load_bundle(source).build_torch_model().state_dict()
+    if not source.exists():
+        raise FileFormatError(f"init_from: {source} is neither a model bundle folder nor a checkpoint file")
+    state = load_checkpoint(source)
+    if network not in state["networks"]:
+        raise ConfigError(f"init_from: {source} has no network '{network}'; it has {sorted(state['networks'])}")
+    return exported_weights(state, network)
 
 
 def rng_state() -> dict[str, Any]:

@@ -33,6 +33,9 @@ giving both for one cadence is an error. Whatever the cadences, the run validate
 saves a checkpoint after its last step. A stage given in ``steps`` may end part-way through an
 epoch of its data; the next stage starts a new epoch.
 
+Initial weights: ``init_from`` starts networks from an earlier run, e.g. an adversarial stage
+from a trained generator: ``init_from: {generator: runs/superres_x4/bundle}``.
+
 Learning rates: ``scheduler`` (top level) applies to every optimiser that has none of its own.
 Schedules count steps: ``constant``; ``cosine`` from the rate down to ``min_lr_scale`` times it;
 ``linear`` from the rate to ``min_lr_scale`` times it; ``step`` multiplies it by ``gamma`` every
@@ -165,6 +168,11 @@ class TrainConfig(_Strict):
         "(in float32, training amplifies the rounding differences of gradient sums to ~1e-3 over ~1000 steps)",
     )
     bundle: BundleConfig = Field(default_factory=BundleConfig)
+    init_from: dict[str, str] = Field(
+        default_factory=dict,
+        description="network name -> a model bundle folder (its main network) or a training checkpoint (the network "
+        "of that name as its run exports it) whose weights the network starts from; a resumed run ignores it",
+    )
 
     @model_validator(mode="after")
     def _check_stage_names(self) -> "TrainConfig":

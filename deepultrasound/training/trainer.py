@@ -53,6 +53,7 @@ from deepultrasound.training.checkpoint import (
     BEST_CHECKPOINT,
     CHECKPOINT_FORMAT,
     LAST_CHECKPOINT,
+    initial_weights,
     load_checkpoint,
     restore_networks,
     rng_state,
@@ -181,11 +182,14 @@ class Trainer:
                 f"amp fp16 needs a CUDA device (gradient scaling), not {device}; use amp: bf16 or amp: none here"
             )
 
-    def _build(self, device: torch.device, dist_info: distributed.DistributedInfo) -> None:
+    def _build(self, device: torch.device, dist_info: distributed.DistributedInfo, initialise: bool) -> None:
+        """Networks (from ``init_from`` where ``initialise``), EMA copies, DDP wrappers, optimisers, step context."""
         torch.manual_seed(self.config.seed)  # identical initial weights in every process
         self.dtype = getattr(torch, self.config.precision)
         self.task: Task = self.task_cls(self.base_args, seed=self.config.seed)
         self.networks = {name: net.to(device, self.dtype) for name, net in self.task.build_networks().items()}
+        if initialise:
+            self._initialise_networks()
         self.frozen = {}
         for name, net in self.task.build_frozen_networks().items():
             net = net.to(device, self.dtype).eval()
@@ -216,6 +220,20 @@ class Trainer:
         self.ctx = StepContext(
             self.wrapped, self.frozen, self.optimisation.optimizers, device, self.optimisation.optimize
         )
+
+    def _initialise_networks(self) -> None:
+        """Load the ``init_from`` weights (before the EMA copies are made, so they start there too)."""
+        unknown = sorted(set(self.config.init_from) - set(self.networks))
+        if unknown:
+            raise ConfigError(
+                f"init_from names {unknown}, which task '{self.config.task}' does not build; "
+                f"its networks: {sorted(self.networks)}"
+            )
+        for name, source in self.config.init_from.items():
+            try:
+                self.networks[name].load_state_dict(initial_weights(Path(source), name), strict=True)
+            except RuntimeError as error:
+                raise ConfigError(f"init_from: the weights of {source} do not fit network '{name}': {error}") from None
 
     def _build_optimisation(self, device: torch.device, dist_info: distributed.DistributedInfo) -> Optimisation:
         config = self.config
@@ -481,11 +499,12 @@ class Trainer:
     def _run(self, device: torch.device, dist_info: distributed.DistributedInfo) -> TrainResult:
         config = self.config
         self._check_devices(device, dist_info)
-        self._build(device, dist_info)
+        resuming = self.resume and self.checkpoint_path.is_file()
+        self._build(device, dist_info, initialise=not resuming)
         self.best: dict[str, Any] | None = None  # metric, value, epoch, step and figures of the best validation
         self._pending_rng: dict[str, Any] | None = None
         position = Position()
-        if self.resume and self.checkpoint_path.is_file():
+        if resuming:
             position = self._restore(load_checkpoint(self.checkpoint_path), dist_info)
             if dist_info.is_main:
                 logger.info("resuming %s at step %d (epoch %d)", self.output_dir, position.step, position.epoch + 1)
