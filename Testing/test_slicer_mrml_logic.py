@@ -27,7 +27,6 @@ from DeepUltrasoundCommonLib import (  # noqa: E402
 )
 from DeepUSELib import framePairs, rfFramesFromVolume, writeStrainFrames  # noqa: E402
 from EchoRegistrationLib import checkSameGrid, displacementToVolume  # noqa: E402
-from USSuperResLib import superResolutionInput, superResolvedGeometry, writeSuperResolved  # noqa: E402
 from USSynthLib import labelSummary, synthesisInput, writeSynthesizedImages  # noqa: E402
 
 OBLIQUE = VolumeGeometry.fromSpacingOrigin(
@@ -287,32 +286,3 @@ def test_ussynth_labels_in_images_out_on_the_label_grid(mrml_scene):
     arrayToVolume(np.zeros((1, 4, 4), dtype=np.uint8), labelVolume, OBLIQUE)
     with pytest.raises(ValueError, match="only background"):
         synthesisInput(labelVolume)
-
-
-@pytest.mark.parametrize("factor", [1, 2, 4, 7])
-def test_ussuperres_grid_keeps_lateral_extent(mrml_scene, factor):
-    width = 6
-    inputVolume = newVolume(mrml_scene, name="low")
-    arrayToVolume(np.ones((1, 5, width), dtype=np.float32), inputVolume, OBLIQUE)
-    frames, geometry = superResolutionInput(inputVolume)
-    output = newVolume(mrml_scene, name="high")
-    writeSuperResolved(np.repeat(frames, factor, axis=2), output, geometry, factor)
-    stored, outputGeometry = volumeToArray(output)
-    assert stored.shape == (1, 5, factor * width)
-    np.testing.assert_allclose(outputGeometry.spacing, [0.3 / factor, 0.05, 2.0])
-    np.testing.assert_allclose(outputGeometry.directions, OBLIQUE.directions, atol=1e-12)
-
-    def lateralEdges(g, count):  # RAS of the outer pixel edges along I
-        return (g.ijkToRas @ [-0.5, 0, 0, 1])[:3], (g.ijkToRas @ [count - 0.5, 0, 0, 1])[:3]
-
-    for low, high in zip(lateralEdges(geometry, width), lateralEdges(outputGeometry, factor * width)):
-        np.testing.assert_allclose(high, low, atol=1e-9)
-
-
-def test_ussuperres_rejects_bad_input(mrml_scene):
-    with pytest.raises(ValueError, match="factor must be >= 1"):
-        superResolvedGeometry(OBLIQUE, 0)
-    narrow = newVolume(mrml_scene, name="narrow")
-    arrayToVolume(np.zeros((1, 5, 1), dtype=np.float32), narrow, OBLIQUE)
-    with pytest.raises(ValueError, match="lateral upsampling needs >= 2"):
-        superResolutionInput(narrow)

@@ -41,7 +41,7 @@ APP_ONLY_SLICER_API = {
     ),
 }
 #: top-level imports allowed in the MRML-facing Lib code (it must import with slicer-core alone).
-LIB_IMPORTS = set(sys.stdlib_module_names) - {"tkinter"} | {"numpy", "packaging", "slicer", COMMON + "Lib"}
+LIB_IMPORTS = set(sys.stdlib_module_names) - {"tkinter"} | {"numpy", "packaging", "slicer", "vtk", COMMON + "Lib"}
 #: widget classes that slicer.parameterNodeWrapper's GUI connectors bind to each field type (exact class match)
 BINDABLE_WIDGETS = {
     "bool": {"QCheckBox", "QPushButton"},
@@ -229,6 +229,17 @@ def test_python_compiles(path, tmp_path):
 # Module layout --------------------------------------------------------------------------------
 
 
+def logicMethods(module: str, logic: ast.ClassDef) -> set[str]:
+    """Methods of a module's Logic class, with those of its bases defined in the module's Lib."""
+    methods = {n.name for n in logic.body if isinstance(n, ast.FunctionDef)}
+    bases = {b.id for b in logic.bases if isinstance(b, ast.Name)}
+    for path in sorted((ROOT / module / f"{module}Lib").glob("*.py")):
+        for node in parse(path).body:
+            if isinstance(node, ast.ClassDef) and node.name in bases:
+                methods |= {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+    return methods
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_module_follows_the_scripted_module_layout(module):
     tree = parse(ROOT / module / f"{module}.py")
@@ -248,8 +259,7 @@ def test_module_follows_the_scripted_module_layout(module):
     assert 'self.parent.categories = ["Ultrasound"]' in source
     for attribute in ["title", "contributors", "helpText", "acknowledgementText"]:
         assert f"self.parent.{attribute} = " in source
-    methods = {n.name for n in classes[f"{module}Logic"].body if isinstance(n, ast.FunctionDef)}
-    assert {"getParameterNode", "process"} <= methods
+    assert {"getParameterNode", "process"} <= logicMethods(module, classes[f"{module}Logic"])
     widgetBase = parse(SHARED_WIDGET)
     mixins = [c for c in widgetBase.body if isinstance(c, ast.ClassDef) and c.name == "DeepUltrasoundWidget"][0]
     assert "VTKObservationMixin" in {b.id for b in mixins.bases if isinstance(b, ast.Name)}
@@ -284,7 +294,9 @@ def test_parameter_node_fields_are_typed_and_bounded(module):
         if text in ("int", "float"):
             pytest.fail(f"{module}ParameterNode.{name} is an unbounded {text}: use Annotated[{text}, WithinRange(...)]")
         if text.startswith("Annotated["):
-            assert "WithinRange(" in text, f"{module}ParameterNode.{name} needs WithinRange"
+            assert "WithinRange(" in text or "Choice(" in text, (
+                f"{module}ParameterNode.{name} needs WithinRange or Choice"
+            )
         if text.startswith("vtkMRML"):
             assert hasattr(slicer, text), f"{module}ParameterNode.{name}: {text} is not an MRML class"
 
@@ -337,6 +349,8 @@ def test_bound_widgets_name_parameter_node_fields(module):
             annotation = annotation.slice.elts[0]
         typeName = ast.unparse(annotation)
         expected = {"qMRMLNodeComboBox"} if typeName.startswith("vtkMRML") else BINDABLE_WIDGETS.get(typeName, set())
+        if "Choice(" in ast.unparse(fields[field]):  # a value from a list: a combo box of the choices
+            expected = {"QComboBox"}
         assert widgetClass in expected, f"{field} ({typeName}) is bound to a {widgetClass}, not one of {expected}"
 
 

@@ -1,20 +1,42 @@
-"""USSuperRes: lateral super-resolution of ultrasound images."""
+"""USSuperRes: lateral super-resolution of ultrasound images.
+
+A loaded image or recording (frames along K, beam lines along I) gets F times more beam lines in a
+``deepultrasound superres`` process started with Slicer's Python (progress and Cancel), with a
+network or a classical interpolation; the result lies on the engine's fine grid (same origin,
+lateral spacing divided by F) and is shown beside the input in two linked slice views.
+
+Batch use without the GUI goes through :class:`USSuperResLogic`::
+
+    logic = USSuperResLogic()
+    logic.process(inputVolume, outputVolume, 4, SuperResolutionMethod("cubic"))
+"""
+
+from __future__ import annotations
 
 from typing import Annotated
 
 import numpy as np
+import qt
 import slicer
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
 from DeepUltrasoundCommonLib.moduleWidget import DeepUltrasoundWidget
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
 )
-from USSuperResLib import superResolutionInput, superResolvedGeometry, writeSuperResolved
+from slicer.util import VTKObservationMixin
+from USSuperResLib import (
+    COMPARE_VIEWS,
+    METHODS,
+    SuperResolutionJob,
+    SuperResolutionMethod,
+    showSideBySide,
+    superResolvedGeometry,
+)
 
 #
 # USSuperRes
@@ -30,13 +52,12 @@ class USSuperRes(ScriptedLoadableModule):
         self.parent.contributors = ["DeepUltrasound contributors"]
         self.parent.helpText = _(
             "Lateral super-resolution: more beam lines from fewer, with SRResNet/SRGAN generators trained on the "
-            "ultrasound degradation model (decimation across beam lines only). The axial axis is kept. "
+            "ultrasound degradation model (decimation across beam lines only), or cubic/linear interpolation. The "
+            "axial axis is kept. Choose an image (one frame per slice; colour images are converted to grey), the "
+            "factor and the method, and press Apply; Compare shows input and output side by side. "
             '<a href="https://github.com/deepultrasound/SlicerDeepUltrasound#ussuperres">Documentation</a>.'
         )
         self.parent.acknowledgementText = _("Based on Liang et al., single-image super-resolution of medical images.")
-        # Hidden until its engine (deepultrasound.superres) exists: shown, it would offer a multi-GB
-        # install and then only report that the engine is not available.
-        self.parent.hidden = True
 
 
 #
@@ -47,15 +68,17 @@ class USSuperRes(ScriptedLoadableModule):
 @parameterNodeWrapper
 class USSuperResParameterNode:
     """
-    inputVolume - low-resolution frames (axial along J, beam lines along I).
-    outputVolume - output: frames with factor x more beam lines over the same lateral extent.
+    inputVolume - low-resolution frames (axial along J, beam lines along I); scalar or colour.
+    outputVolume - output: frames with factor x more beam lines on the engine's fine grid.
     factor - lateral upsampling factor.
-    modelName - model bundle chosen in the model list.
+    method - "network" (the model below) or a classical interpolation across lines.
+    modelName - model bundle chosen in the model list ("": the engine's model of the factor).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
-    factor: Annotated[int, WithinRange(2, 8)] = 4
+    factor: Annotated[int, Choice([2, 4, 8])] = 4
+    method: Annotated[str, Choice(list(METHODS))] = "network"
     modelName: str = ""
 
 
@@ -66,21 +89,82 @@ class USSuperResParameterNode:
 
 class USSuperResWidget(DeepUltrasoundWidget):
     bundleTask = "superres"
+    #: how often the background process is polled, ms
+    pollIntervalMs = 200
+
+    def setup(self) -> None:
+        super().setup()
+        if self.logic is None:  # an unsupported Slicer: the panel shows why
+            return
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+        self.timer = qt.QTimer()  # runs while a super-resolution runs; see onTimer
+        self.timer.setInterval(self.pollIntervalMs)
+        self.timer.connect("timeout()", self.onTimer)
+
+    def cleanup(self) -> None:
+        """Application exit or module reload: no process may outlive the panel."""
+        if self.logic is not None:
+            self.timer.stop()
+            self.logic.cancel()
+        super().cleanup()
 
     def createLogic(self):
         return USSuperResLogic()
 
+    def updateGui(self, caller=None, event=None) -> None:
+        super().updateGui(caller, event)
+        if self._parameterNode:
+            self.ui.modelComboBox.enabled = self._parameterNode.method == "network"
+
     def missingInputs(self, parameterNode: USSuperResParameterNode) -> str:
         if not parameterNode.inputVolume:
             return _("Select an input image")
-        if not parameterNode.outputVolume:
-            return _("Select or create an output image volume")
         return ""
 
     def apply(self, parameterNode: USSuperResParameterNode) -> str:
-        return self.logic.process(
-            parameterNode.inputVolume, parameterNode.outputVolume, parameterNode.factor, parameterNode.modelName
-        )
+        """Start the super-resolution in the background: Apply turns into Cancel, :meth:`onTimer` shows the result."""
+        self.ensureEngine()
+        self.logic.processParameterNode(parameterNode, waitForCompletion=False)
+        self.ui.applyButton.text = _("Cancel")
+        self.timer.start()
+        return _("Super-resolution running...")
+
+    def onApplyButton(self) -> None:
+        if self.logic.job is None:
+            super().onApplyButton()
+            return
+        self.timer.stop()
+        self.logic.cancel()
+        self.ui.applyButton.text = _("Apply")
+        self.ui.statusLabel.text = _("Super-resolution cancelled")
+
+    def onTimer(self) -> None:
+        """Progress of the running super-resolution; once it has ended, its result beside the input."""
+        job = self.logic.job
+        if job is None:
+            self.timer.stop()
+            return
+        if job.poll():
+            if job.progress is not None:
+                self.ui.statusLabel.text = _("Super-resolution: frame {done} of {total}").format(
+                    done=job.progress[0], total=job.progress[1]
+                )
+            return
+        self.timer.stop()
+        self.ui.applyButton.text = _("Apply")
+        with slicer.util.tryWithErrorDisplay(_("Failed to compute results."), waitCursor=True):
+            self.ui.statusLabel.text = self.logic.finish()
+            if self._parameterNode:  # None while the module is not shown: the result waits in the output volume
+                self.compare()
+
+    def onCompareButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the comparison."), waitCursor=True):
+            self.compare()
+
+    def compare(self) -> None:
+        """Input and output side by side in linked slice views, fitted to the images."""
+        showSideBySide(self._parameterNode.inputVolume, self._parameterNode.outputVolume)
+        slicer.util.resetSliceViews()
 
 
 #
@@ -88,29 +172,71 @@ class USSuperResWidget(DeepUltrasoundWidget):
 #
 
 
-class USSuperResLogic(ScriptedLoadableModuleLogic):
-    """Lateral super-resolution on MRML volumes; runs without the widget (scripts, tests)."""
+class USSuperResLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
+    """Lateral super-resolution on MRML volumes; runs without the widget (scripts, tests).
+
+    Closing the scene cancels a running super-resolution.
+
+    Attributes:
+        job: the super-resolution running in the background, or None.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        VTKObservationMixin.__init__(self)
+        self.job = None
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+
+    def onSceneStartClose(self, caller=None, event=None) -> None:
+        self.cancel()
 
     def getParameterNode(self) -> USSuperResParameterNode:
         return USSuperResParameterNode(super().getParameterNode())
 
     def process(
-        self, inputVolume: vtkMRMLScalarVolumeNode, outputVolume: vtkMRMLScalarVolumeNode, factor: int, modelName: str
+        self,
+        inputVolume: vtkMRMLScalarVolumeNode,
+        outputVolume: vtkMRMLScalarVolumeNode,
+        factor: int,
+        method: SuperResolutionMethod,
+        waitForCompletion: bool = True,
     ) -> str:
-        """Check the input frames, then upsample them ``factor`` times laterally into ``outputVolume``.
+        """Upsample ``inputVolume`` ``factor`` times laterally into ``outputVolume``; a one-line summary.
+
+        Runs in a background process (:attr:`job`): without ``waitForCompletion`` this returns "" at
+        once; poll the job and call :meth:`finish` when it has ended, or :meth:`cancel`.
 
         Raises:
-            ValueError: invalid input, no output or model, or no super-resolution network in this version.
+            ValueError: no input voxels or no output volume; the engine refused the input or failed
+                (the message holds its last output lines).
         """
-        frames, _geometry = superResolutionInput(inputVolume)
-        if outputVolume is None:
-            raise ValueError("Select or create an output image volume")
-        if not modelName:
-            raise ValueError("Choose a model bundle: press 'Refresh models' to list the installed ones")
-        raise ValueError(
-            f"Super-resolution x{factor} of {frames.shape[0]} frame(s) of {frames.shape[1]} x {frames.shape[2]} with "
-            f"model '{modelName}' is not available yet in this version of DeepUltrasound"
-        )
+        self.cancel()
+        self.job = SuperResolutionJob(inputVolume, outputVolume, factor, method).start()
+        return self.finish() if waitForCompletion else ""
+
+    def processParameterNode(self, parameterNode: USSuperResParameterNode, waitForCompletion: bool = True) -> str:
+        """:meth:`process` on the parameter node's inputs (creates the output volume when none is selected)."""
+        inputVolume = parameterNode.inputVolume
+        if inputVolume is not None and parameterNode.outputVolume is None:
+            name = f"{inputVolume.GetName()} x{parameterNode.factor}"
+            parameterNode.outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        method = SuperResolutionMethod(parameterNode.method, parameterNode.modelName)
+        return self.process(inputVolume, parameterNode.outputVolume, parameterNode.factor, method, waitForCompletion)
+
+    def finish(self) -> str:
+        """Wait for :attr:`job` and read its result into the output volume; its summary.
+
+        Raises:
+            ValueError: the computation failed; the message holds the process's last output lines.
+        """
+        job, self.job = self.job, None
+        return job.finish().summary()
+
+    def cancel(self) -> None:
+        """End the super-resolution running in the background, if any (the whole process tree)."""
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
 
 
 #
@@ -119,26 +245,42 @@ class USSuperResLogic(ScriptedLoadableModuleLogic):
 
 
 class USSuperResTest(ScriptedLoadableModuleTest):
+    """Cubic super-resolution of a lateral ramp (known answer) and the side-by-side view, in the application."""
+
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_OutputGridKeepsLateralExtent()
+        self.test_CubicSuperResolutionOfARamp()
 
-    def test_OutputGridKeepsLateralExtent(self):
-        """A x4 output has 4 times the beam lines at a quarter of the spacing, with the same outer edges."""
+    def test_CubicSuperResolutionOfARamp(self):
+        """Cubic interpolation reproduces a ramp across lines; the output lies on the x4 grid, input beside it."""
+        factor, width = 4, 16
         geometry = VolumeGeometry.fromSpacingOrigin(spacing=(0.4, 0.05, 1.0), origin=(-3.0, 0.0, 0.0))
         inputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "LowRes")
-        arrayToVolume(np.ones((1, 50, 16), dtype=np.float32), inputVolume, geometry)
-        frames, inputGeometry = superResolutionInput(inputVolume)
-
+        ramp = np.broadcast_to(np.arange(width, dtype=np.float32), (2, 50, width))
+        arrayToVolume(np.ascontiguousarray(ramp), inputVolume, geometry)
         outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "HighRes")
-        writeSuperResolved(np.repeat(frames, 4, axis=2), outputVolume, inputGeometry, factor=4)
+
+        summary = USSuperResLogic().process(
+            inputVolume, outputVolume, factor, SuperResolutionMethod("cubic", "", "cpu")
+        )
+        self.assertIn("2 frame(s) of 50 x 16 -> 50 x 64", summary)
         upsampled, outputGeometry = volumeToArray(outputVolume)
-        self.assertEqual(upsampled.shape, (1, 50, 64))
-        np.testing.assert_allclose(outputGeometry.spacing, (0.1, 0.05, 1.0))
-        firstEdge = outputGeometry.origin[0] - outputGeometry.spacing[0] / 2
-        self.assertAlmostEqual(firstEdge, -3.0 - 0.2)
-        self.assertTrue(superResolvedGeometry(inputGeometry, 1).isClose(inputGeometry))
+        self.assertTrue(outputGeometry.isClose(superResolvedGeometry(geometry, factor)))
+        np.testing.assert_allclose(outputGeometry.origin, geometry.origin)
+        np.testing.assert_allclose(upsampled[..., ::factor], ramp, atol=1e-5)  # input line k is output line k F
+        # Lines between input lines 1 and W-2 (the cubic kernel's neighbours are all inside): the ramp itself.
+        inside = np.arange(factor, (width - 2) * factor + 1)
+        np.testing.assert_allclose(
+            upsampled[..., inside], np.broadcast_to(inside / factor, (2, 50, inside.size)), atol=1e-4
+        )
+
+        showSideBySide(inputVolume, outputVolume)
+        layout = slicer.app.layoutManager()
+        self.assertEqual(layout.layout, slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+        for viewName, volume in zip(COMPARE_VIEWS, (inputVolume, outputVolume)):
+            composite = layout.sliceWidget(viewName).mrmlSliceCompositeNode()
+            self.assertEqual(composite.GetBackgroundVolumeID(), volume.GetID())
         self.delayDisplay("USSuperRes test passed")

@@ -5,6 +5,7 @@
 - :mod:`.dependencies`  install the engine's third-party packages when the user first needs them
 - :mod:`.versions`      the Slicer and Python versions the extension runs on
 - :mod:`.process`       engine commands in a background process (progress, stop, no orphans)
+- :mod:`.engineJob`     an engine command on volume files: inputs written, process, results read back
 
 These import ``slicer`` MRML utilities and numpy only (never Qt or the application at
 import time), so they run with ``slicer-core`` outside Slicer.

@@ -1,5 +1,25 @@
-"""MRML-facing logic of the USSuperRes module (lateral super-resolution)."""
+"""MRML-facing logic of the USSuperRes module (lateral super-resolution).
 
-from .logic import superResolutionInput, superResolvedGeometry, writeSuperResolved
+- :mod:`.logic`    the output grid (the engine's convention) and the ``deepultrasound superres`` command line
+- :mod:`.job`      super-resolution of a volume in a background process (progress, Cancel)
+- :mod:`.display`  input and output side by side, linked
 
-__all__ = ["superResolvedGeometry", "superResolutionInput", "writeSuperResolved"]
+All import with ``slicer-core`` alone; the engine runs in its own process.
+"""
+
+from .display import COMPARE_LAYOUT, COMPARE_VIEWS, imagePlane, showSideBySide
+from .job import SuperResolution, SuperResolutionJob
+from .logic import METHODS, SuperResolutionMethod, superResolutionArguments, superResolvedGeometry
+
+__all__ = [
+    "COMPARE_LAYOUT",
+    "COMPARE_VIEWS",
+    "METHODS",
+    "SuperResolution",
+    "SuperResolutionJob",
+    "SuperResolutionMethod",
+    "imagePlane",
+    "showSideBySide",
+    "superResolutionArguments",
+    "superResolvedGeometry",
+]

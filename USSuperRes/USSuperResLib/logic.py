@@ -1,22 +1,28 @@
-"""Lateral super-resolution: the output grid and MRML plumbing.
+"""Lateral super-resolution: the output grid and the engine command line.
 
-Images are ``(K, H, W)``: H axial samples (J), W beam lines (I), K frames. Only the lateral
-axis is upsampled: a factor ``F`` gives ``(K, H, F * W)`` with lateral spacing divided by
-``F``, and the output pixels tile exactly the lateral extent of the input pixels.
+Images are ``(K, H, W)``: H axial samples (J), W beam lines (I), K frames. Only the lateral axis is
+upsampled: a factor ``F`` gives ``(K, H, F * W)`` on the engine's fine grid (see
+``deepultrasound.superres.degradation``): lateral spacing divided by ``F`` and the same origin, so
+that input line ``k`` lies at output line ``k F`` (sub-sampling phase 0); the last ``F - 1`` output
+lines lie right of the last input line.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import slicer
-from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
+from dataclasses import dataclass
+from pathlib import Path
+
+from DeepUltrasoundCommonLib import VolumeGeometry
+
+#: how the lines are made: a network (a model bundle) or a classical interpolation across lines
+METHODS = ("network", "cubic", "linear")
 
 
 def superResolvedGeometry(geometry: VolumeGeometry, factor: int) -> VolumeGeometry:
     """Geometry of the image upsampled ``factor`` times along I (lateral).
 
-    The lateral spacing becomes ``s / factor`` and the first pixel centre moves by
-    ``-s (factor - 1) / (2 factor)`` along I, so that the outer pixel edges stay where they were.
+    The I column of IJK-to-RAS is divided by ``factor`` (spacing ``s / factor``, same direction);
+    the origin, J and K are kept, so RAS(output voxel ``(k factor, j, n)``) = RAS(input voxel ``(k, j, n)``).
 
     Raises:
         ValueError: ``factor < 1``.
@@ -24,34 +30,39 @@ def superResolvedGeometry(geometry: VolumeGeometry, factor: int) -> VolumeGeomet
     if factor < 1:
         raise ValueError(f"Upsampling factor must be >= 1, got {factor}")
     matrix = geometry.ijkToRas.copy()
-    lateralStep = matrix[:3, 0].copy()
-    matrix[:3, 0] = lateralStep / factor
-    matrix[:3, 3] -= lateralStep * (factor - 1) / (2 * factor)
+    matrix[:3, 0] /= factor
     return VolumeGeometry(matrix)
 
 
-def superResolutionInput(inputVolume: slicer.vtkMRMLScalarVolumeNode) -> tuple[np.ndarray, VolumeGeometry]:
-    """Frames ``(K, H, W)`` float32 and their geometry.
+@dataclass(frozen=True)
+class SuperResolutionMethod:
+    """How the lines are made.
 
-    Raises:
-        ValueError: a vector volume, fewer than 2 beam lines, or non-finite pixels.
+    Attributes:
+        method: one of :data:`METHODS`.
+        model: with ``"network"``: an installed model name or bundle folder (``""``: the engine's model of the factor).
+        device: where the network runs: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
     """
-    if inputVolume is not None and inputVolume.IsA("vtkMRMLVectorVolumeNode"):
-        raise ValueError(f"'{inputVolume.GetName()}' is a vector volume: choose a scalar (B-mode or RF) volume")
-    frames, geometry = volumeToArray(inputVolume)
-    if frames.shape[2] < 2:
-        raise ValueError(f"'{inputVolume.GetName()}' has {frames.shape[2]} beam line(s): lateral upsampling needs >= 2")
-    frames = frames.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(frames)):
-        raise ValueError(f"'{inputVolume.GetName()}' contains NaN or infinite pixels")
-    return frames, geometry
+
+    method: str = "network"
+    model: str = ""
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown super-resolution method '{self.method}': choose one of {', '.join(METHODS)}")
+
+    def describe(self) -> str:
+        if self.method != "network":
+            return f"{self.method} interpolation"
+        return f"model {self.model}" if self.model else "the default model"
 
 
-def writeSuperResolved(
-    frames: np.ndarray, outputVolume: slicer.vtkMRMLScalarVolumeNode, inputGeometry: VolumeGeometry, factor: int
-) -> None:
-    """Store upsampled frames ``(K, H, factor * W)`` on the grid :func:`superResolvedGeometry` gives."""
-    frames = np.asarray(frames)
-    if frames.ndim != 3:
-        raise ValueError(f"Super-resolved frames must be (K, H, W), got shape {frames.shape}")
-    arrayToVolume(frames.astype(np.float32, copy=False), outputVolume, superResolvedGeometry(inputGeometry, factor))
+def superResolutionArguments(
+    inputPath: Path, outputPath: Path, factor: int, method: SuperResolutionMethod
+) -> list[str]:
+    """The ``deepultrasound superres`` command line of ``method`` for these files."""
+    arguments = ["superres", str(inputPath), "--factor", str(factor), "-o", str(outputPath)]
+    if method.method != "network":
+        return arguments + ["--method", method.method]
+    return arguments + (["--model", method.model] if method.model else []) + ["--device", method.device]
