@@ -33,26 +33,17 @@ from DeepUltrasoundCommonLib import (
 )
 from DeepUltrasoundCommonLib.moduleWidget import DeepUltrasoundWidget
 from DeepUSELib import (
-    BMODE_DEVICE_NAME,
-    DEFAULT_SERVE_PORT,
     DEFAULT_WINDOW_MM,
-    STRAIN_CONNECTOR_NAME,
-    STRAIN_DEVICE_NAME,
-    LiveStrainLogic,
-    LiveStream,
-    OfflineStrainJob,
+    DeepUSESession,
     StrainMethod,
-    StrainRecorder,
     connectionState,
     connectToScanner,
-    createLiveProcessor,
     defaultStrainColorNode,
     disconnectFromScanner,
     incomingVolume,
     sequenceOfProxy,
     showBMode,
     showStrain,
-    streamArguments,
 )
 from slicer import vtkMRMLColorNode, vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
@@ -62,7 +53,6 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
 )
-from slicer.util import VTKObservationMixin
 
 #
 # DeepUSE
@@ -152,6 +142,8 @@ class DeepUSEWidget(DeepUltrasoundWidget):
         self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs  # a bundle is a folder
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self._layersShown = False
+        self._shownFlagged = False  # whether the strain layer is greyed out (see onParameterNodeModified)
+        self._observedBrowser = None
         self.ui.connectButton.connect("clicked(bool)", self.onConnectButton)
         self.ui.startLiveButton.connect("clicked(bool)", self.onStartLiveButton)
         self.timer = qt.QTimer()  # runs while connected or live; see onTimer
@@ -235,6 +227,10 @@ class DeepUSEWidget(DeepUltrasoundWidget):
             self.showLayers(self.logic.bmodeVolume, fit=True)
             return
         slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
+        if self._observedBrowser is not None:
+            self.removeObserver(self._observedBrowser, vtk.vtkCommand.ModifiedEvent, self.onStrainQualityChanged)
+        self._observedBrowser = browser  # browsing to a flagged item greys it out
+        self.addObserver(browser, vtk.vtkCommand.ModifiedEvent, self.onStrainQualityChanged)
         parameterNode.strainVolume = browser.GetProxyNode(self.logic.strainSequence)
         self.onParameterNodeModified()
         slicer.util.setSliceViewerLayers(
@@ -254,12 +250,14 @@ class DeepUSEWidget(DeepUltrasoundWidget):
             self.ui.modelPathLineEdit.currentPath = parameterNode.modelPath
         self.logic.setRecording(parameterNode.record)
         if parameterNode.strainVolume and parameterNode.strainVolume.GetImageData():
+            self._shownFlagged = self.logic.strainFlagged()
             try:
                 showStrain(
                     parameterNode.strainVolume,
                     parameterNode.strainColorMap,
                     (parameterNode.strainMinPercent, parameterNode.strainMaxPercent),
                     parameterNode.showColorLegend,
+                    flagged=self._shownFlagged,
                 )
             except ValueError as error:  # shown beside the controls while the user edits them
                 self.ui.statusLabel.text = str(error)
@@ -281,7 +279,7 @@ class DeepUSEWidget(DeepUltrasoundWidget):
                 self.logic.stopLiveStream()
             else:
                 self.ensureEngine()
-                self.logic.startLiveStream(self._parameterNode)
+                self.logic.startLiveStreamOf(self._parameterNode)
                 self._layersShown = False
                 self.timer.start()
             self.ui.liveStatusLabel.text = self.logic.liveStream.status
@@ -316,6 +314,12 @@ class DeepUSEWidget(DeepUltrasoundWidget):
             parameterNode.strainVolume = liveStream.strainVolume
             self.showLayers(liveStream.bmodeVolume, fit=True)
             self._layersShown = True
+        self.onStrainQualityChanged()
+
+    def onStrainQualityChanged(self, caller=None, event=None) -> None:
+        """Grey the strain layer out while its quality figure says not to trust it, and restore it after."""
+        if self._parameterNode and self.logic.strainFlagged() != self._shownFlagged:
+            self.onParameterNodeModified()
 
     def showLayers(self, bmodeVolume: vtkMRMLScalarVolumeNode, fit: bool) -> None:
         """B-mode in the background and strain in the foreground of the slice views; with ``fit`` the
@@ -337,45 +341,13 @@ class DeepUSEWidget(DeepUltrasoundWidget):
 #
 
 
-class DeepUSELogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
-    """Strain elastography on MRML volumes; runs without the widget (scripts, tests).
-
-    Closing the scene stops live strain and forgets every node below (they are gone with the scene).
-
-    Attributes:
-        liveStream: live strain in a ``deepultrasound stream`` process (the module's live path).
-        live: live strain inside this process, of frames written into an RF volume node (scripts).
-        connector: the OpenIGTLinkIF connector node to the scanner, once connected.
-        strainConnector: the connector node that receives Strain and BMode from :attr:`liveStream`.
-        bmodeVolume: B-mode shown under the offline strain, created on first use.
-        strainSequence: the strain of the last RF sequence processed offline.
-        offlineBrowser: the browser of the RF sequence processed offline, if it was a sequence.
-        offlineJob: the offline strain computing in the background, or None.
-    """
+class DeepUSELogic(ScriptedLoadableModuleLogic, DeepUSESession):
+    """Strain elastography on the application's scene, driven by the module's parameter node; runs without the
+    widget (scripts, tests). Everything but the parameter node is :class:`DeepUSELib.DeepUSESession`'s."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        VTKObservationMixin.__init__(self)
-        self.liveStream = LiveStream()
-        self.live = LiveStrainLogic()
-        self.connector = None
-        self.strainConnector = None
-        self.bmodeVolume = None
-        self.strainSequence = None
-        self.offlineBrowser = None
-        self.offlineJob = None
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-
-    def onSceneStartClose(self, caller=None, event=None) -> None:
-        self.stopEverything()
-        self.connector = self.strainConnector = self.bmodeVolume = self.strainSequence = self.offlineBrowser = None
-
-    def stopEverything(self) -> None:
-        """Stop live strain (process and in-process), offline strain and both connections."""
-        self.cancelOffline()
-        self.stopLiveStream()
-        self.stopLive()
-        disconnectFromScanner(self.connector)
+        DeepUSESession.__init__(self, slicer.mrmlScene)
 
     def getParameterNode(self) -> DeepUSEParameterNode:
         return DeepUSEParameterNode(super().getParameterNode())
@@ -389,70 +361,6 @@ class DeepUSELogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
             windowMm=parameterNode.strainWindowMm,
         )
 
-    def outputVolume(self, volume: vtkMRMLScalarVolumeNode | None, name: str) -> vtkMRMLScalarVolumeNode:
-        """``volume``, or a new scalar volume named ``name`` when it is None."""
-        return volume if volume is not None else slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-
-    # Offline.
-
-    def process(
-        self,
-        rfVolume: vtkMRMLScalarVolumeNode,
-        strainVolume: vtkMRMLScalarVolumeNode,
-        method: StrainMethod,
-        pairWithPrevious: bool = False,
-        waitForCompletion: bool = True,
-    ) -> str:
-        """Offline strain of an RF recording in a background process (:attr:`offlineJob`); returns a one-line
-        summary ("" while it runs in the background).
-
-        An RF volume (frames along K) gives a strain volume with one frame per pair, written into
-        ``strainVolume``, and its B-mode into :attr:`bmodeVolume`. The proxy volume of an RF sequence
-        gives a strain sequence (:attr:`strainSequence`, "<name> strain"), browsed with the RF sequence;
-        ``strainVolume`` is then unused. Without ``waitForCompletion`` this returns at once: poll the job
-        and call :meth:`finishOffline` when it has ended, or :meth:`cancelOffline`.
-
-        Raises:
-            ValueError: invalid frames, no model, or a strain window longer than the frames.
-        """
-        if rfVolume is None:
-            raise ValueError("Select an RF volume")
-        self.cancelOffline()
-        sequence = sequenceOfProxy(rfVolume)
-        self.offlineBrowser = None if sequence is None else sequence[0]
-        if sequence is None:
-            self.bmodeVolume = self.outputVolume(self.bmodeVolume, f"{rfVolume.GetName()} B-mode")
-            self.offlineJob = OfflineStrainJob(rfVolume, strainVolume, self.bmodeVolume, method, pairWithPrevious)
-        else:
-            rfSequence = sequence[1]
-            name = f"{rfSequence.GetName()} strain"
-            self.strainSequence = slicer.mrmlScene.GetFirstNode(name, "vtkMRMLSequenceNode")
-            if self.strainSequence is None:
-                self.strainSequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
-            self.offlineJob = OfflineStrainJob(rfSequence, self.strainSequence, None, method, pairWithPrevious)
-        self.offlineJob.start()
-        return self.finishOffline() if waitForCompletion else ""
-
-    def finishOffline(self) -> str:
-        """Wait for :attr:`offlineJob`, read its results into the nodes (a strain sequence joins the RF
-        sequence's browser); its summary.
-
-        Raises:
-            ValueError: the computation failed; the message holds the process's last output lines.
-        """
-        job, self.offlineJob = self.offlineJob, None
-        summary = job.finish().summary()
-        browser = self.offlineBrowser
-        if job.isSequence and not browser.IsSynchronizedSequenceNodeID(self.strainSequence.GetID()):
-            browser.AddSynchronizedSequenceNodeID(self.strainSequence.GetID())
-        return summary
-
-    def cancelOffline(self) -> None:
-        """End the offline computation running in the background, if any (the whole process tree)."""
-        if self.offlineJob is not None:
-            self.offlineJob.cancel()
-            self.offlineJob = None
-
     def processParameterNode(self, parameterNode: DeepUSEParameterNode, waitForCompletion: bool = True) -> str:
         """:meth:`process` on the parameter node's inputs (creates the strain volume when none is selected)."""
         rfVolume = parameterNode.rfVolume
@@ -463,83 +371,16 @@ class DeepUSELogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
             rfVolume, parameterNode.strainVolume, method, parameterNode.pairWithPrevious, waitForCompletion
         )
 
-    # Live.
-
-    def startLive(
-        self,
-        rfVolume: vtkMRMLScalarVolumeNode,
-        strainVolume: vtkMRMLScalarVolumeNode,
-        method: StrainMethod,
-        referenceEvery: int | None = 10,
-        referenceMinNcc: float | None = None,
-        record: bool = False,
-    ) -> None:
-        """Strain of every frame that arrives in ``rfVolume``, into ``strainVolume`` and :attr:`bmodeVolume`.
-
-        Call ``self.live.poll()`` regularly (the widget's timer does) to show finished frames.
-
-        Raises:
-            ValueError: see :meth:`LiveStrainLogic.start` and :func:`DeepUSELib.createLiveProcessor`.
-        """
-        if rfVolume is None:
-            raise ValueError("Select the incoming RF volume")
-        processor = createLiveProcessor(method, referenceEvery, referenceMinNcc)
-        self.bmodeVolume = self.outputVolume(self.bmodeVolume, f"{rfVolume.GetName()} B-mode")
-        recorder = StrainRecorder(slicer.mrmlScene, rfVolume.GetName()) if record else None
-        self.live.start(rfVolume, strainVolume, self.bmodeVolume, processor, recorder)
-
-    def setRecording(self, record: bool) -> None:
-        """Start or stop recording while live strain runs (recorded sequences stay in the scene)."""
-        if self.liveStream.running:
-            if record and self.liveStream.recorder is None:
-                self.liveStream.recorder = StrainRecorder(slicer.mrmlScene, STRAIN_DEVICE_NAME)
-            elif not record:
-                self.liveStream.recorder = None
-        if self.live.running:
-            if record and self.live.recorder is None:
-                self.live.recorder = StrainRecorder(slicer.mrmlScene, self.live.rfVolume.GetName())
-            elif not record:
-                self.live.recorder = None
-
-    def stopLive(self) -> None:
-        self.live.stop()
-
-    # Live, in a background process.
-
-    def startLiveStream(self, parameterNode: DeepUSEParameterNode) -> None:
-        """Start ``deepultrasound stream`` on the parameter node's scanner, model and reference policy, and
-        receive its Strain and BMode through :attr:`strainConnector` (see :meth:`followServedVolumes`).
-
-        Raises:
-            ValueError: invalid settings, or the engine is missing.
-        """
-        arguments = streamArguments(
+    def startLiveStreamOf(self, parameterNode: DeepUSEParameterNode) -> None:
+        """:meth:`startLiveStream` on the parameter node's scanner, model, reference policy and recording."""
+        self.startLiveStream(
             parameterNode.host,
             parameterNode.port,
-            DEFAULT_SERVE_PORT,
             self.strainMethod(parameterNode),
             parameterNode.referenceEvery,
             parameterNode.referenceMinNcc,
+            parameterNode.record,
         )
-        self.liveStream.start(slicer.mrmlScene, arguments)
-        self.strainConnector = connectToScanner(
-            slicer.mrmlScene, "127.0.0.1", DEFAULT_SERVE_PORT, self.strainConnector, STRAIN_CONNECTOR_NAME
-        )
-        self.setRecording(parameterNode.record)
-
-    def followServedVolumes(self) -> bool:
-        """Follow the Strain and BMode volumes once the connector has created them; whether it has."""
-        strainVolume = incomingVolume(self.strainConnector, STRAIN_DEVICE_NAME)
-        bmodeVolume = incomingVolume(self.strainConnector, BMODE_DEVICE_NAME)
-        if strainVolume is None or bmodeVolume is None:
-            return False
-        self.liveStream.follow(strainVolume, bmodeVolume)
-        return True
-
-    def stopLiveStream(self) -> None:
-        """Stop the process (and its children) and the connection to it; the received volumes stay."""
-        self.liveStream.stop()
-        disconnectFromScanner(self.strainConnector)
 
 
 #

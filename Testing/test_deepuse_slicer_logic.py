@@ -28,8 +28,12 @@ for moduleDir in ("DeepUltrasoundCommon", "DeepUSE"):
 
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray  # noqa: E402
 from DeepUSELib import (  # noqa: E402
+    DeepUSESession,
     FLAGGED_ATTRIBUTE,
+    FLAGGED_LEGEND_TITLE,
+    LOW_QUALITY_STATUS,
     NCC_AFTER_ATTRIBUTE,
+    QUALITY_OK_STATUS,
     LiveStrainLogic,
     LiveStream,
     OfflineStrainJob,
@@ -40,8 +44,11 @@ from DeepUSELib import (  # noqa: E402
     createLiveProcessor,
     defaultStrainColorNode,
     flaggedFrames,
+    qualityFlagOf,
     sequenceOfProxy,
+    setQualityAttributes,
     showBMode,
+    shownItemFlagged,
     showStrain,
     strainOfSequence,
     strainOfVolume,
@@ -50,6 +57,7 @@ from DeepUSELib import (  # noqa: E402
 
 from deepultrasound.elastography.bundles import save_deepuse_bundle  # noqa: E402
 from deepultrasound.elastography.estimators import StrainEstimator  # noqa: E402
+from deepultrasound.elastography.live import pipeline  # noqa: E402
 from deepultrasound.elastography.networks import ReUSENet  # noqa: E402
 from deepultrasound.simulation import Phantom, SimulationConfig, simulate_sequence  # noqa: E402
 from deepultrasound.streaming.igtl import (  # noqa: E402
@@ -503,6 +511,75 @@ def test_offline_sequence_strain_in_a_background_process(scene, compression):
         OfflineStrainJob(rfSequence, volume, None, BASELINE)
 
 
+def test_browsing_to_a_flagged_strain_item_is_seen(scene, compression):
+    """The module greys out the strain item the browser shows when it is flagged: item 1 (at the RF's third
+    index value) here; the first RF frame has no strain item."""
+    rfSequence, browser, _proxy, _poses = rfSequenceWithBrowser(scene, compression.rf[:3])
+    strainSequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "strain sequence")
+    strainOfSequence(rfSequence, strainSequence, createEstimator(BASELINE), WINDOW_MM)
+    setQualityAttributes(strainSequence, np.array([0.9, 0.2]), np.array([False, True]))
+    shown = []
+    for item in range(3):
+        browser.SetSelectedItemNumber(item)
+        shown.append(shownItemFlagged(browser, strainSequence))
+    assert shown == [False, False, True]
+
+
+def test_quality_status_messages_of_the_stream_process_set_and_clear_the_flag():
+    """STATUS LowQuality / QualityOK (what `deepultrasound stream` sends on a change) set and clear the flag;
+    any other STATUS (a reconnection, a refused message) leaves it."""
+    flagged = False
+    seen = []
+    for errorName in ("NotReady", LOW_QUALITY_STATUS, "BadMessage", None, QUALITY_OK_STATUS, "Reconnected"):
+        flagged = qualityFlagOf(errorName, flagged)
+        seen.append(flagged)
+    assert seen == [False, True, True, True, False, False]
+    assert (LOW_QUALITY_STATUS, QUALITY_OK_STATUS) == (pipeline.LOW_QUALITY_STATUS, pipeline.QUALITY_OK_STATUS)
+
+
+def test_session_offline_sequence_joins_the_browser_and_greys_out_flagged_items(scene, compression):
+    """The module's offline path on the proxy of an RF sequence: computed in the background, the strain sequence
+    browsed with the RF; an item whose frame is blank (no echo) is flagged where the browser shows it."""
+    frames = compression.rf[:3].copy()
+    frames[2] = 0.0
+    rfSequence, browser, proxy, _poses = rfSequenceWithBrowser(scene, frames)
+    session = DeepUSESession(scene, python=sys.executable)
+    summary = session.process(proxy, None, BASELINE, pairWithPrevious=True)
+
+    assert summary.startswith(f"2 strain frame(s) of {HEIGHT} x {WIDTH}") and "FLAGGED frame(s) 1" in summary
+    strainSequence = session.strainSequence
+    assert strainSequence.GetName() == "RF sequence strain" and strainSequence.GetNumberOfDataNodes() == 2
+    assert browser.IsSynchronizedSequenceNodeID(strainSequence.GetID())
+    shown = []
+    for item in range(3):
+        browser.SetSelectedItemNumber(item)
+        shown.append(session.strainFlagged())
+    assert shown == [False, False, True]
+
+
+def test_session_forgets_its_nodes_and_stops_its_job_when_the_scene_closes(scene, compression):
+    """File > Close Scene while offline strain runs: the process ends, no removed node is kept, and the next
+    Apply on a new recording works."""
+    rf = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "RF recording")
+    arrayToVolume(compression.rf, rf, POSE)
+    session = DeepUSESession(scene, python=sys.executable)
+    strainVolume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "strain")
+    assert session.process(rf, strainVolume, BASELINE, waitForCompletion=False) == ""
+    job = session.offlineJob
+    assert job.running and session.bmodeVolume is not None
+
+    scene.Clear(0)
+    assert job.process.returncode is not None  # the process was stopped with the scene
+    state = (session.offlineJob, session.bmodeVolume, session.strainSequence, session.offlineBrowser)
+    assert state == (None, None, None, None) and not session.liveStream.running
+
+    rf = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "RF recording")
+    arrayToVolume(compression.rf[:3], rf, POSE)
+    strainVolume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "strain")
+    assert session.process(rf, strainVolume, BASELINE).startswith("2 strain frame(s)")
+    assert session.bmodeVolume.GetScene() is scene and scene.IsNodePresent(session.bmodeVolume)
+
+
 def test_offline_refuses_sequences_it_cannot_pair(scene):
     rfSequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "RF sequence")
     staging = slicer.vtkMRMLScalarVolumeNode()
@@ -539,6 +616,11 @@ def test_strain_display_colour_range_and_legend(scene):
     assert display.GetWindowLevelMin() == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="minimum < maximum"):
         showStrain(strainVolume, colorMap, (0.0, 0.0))
+
+    showStrain(strainVolume, colorMap, (-1.0, 0.0), legend=True, flagged=True)  # greyed out, and the legend says so
+    assert display.GetColorNode().GetName() == "Grey" and legend.GetTitleText() == FLAGGED_LEGEND_TITLE
+    showStrain(strainVolume, colorMap, (-1.0, 0.0), legend=True)  # trustworthy again: the chosen colours are back
+    assert display.GetColorNodeID() == colorMap.GetID() and legend.GetTitleText() == "Axial strain (%)"
 
     bmodeVolume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "B-mode")
     arrayToVolume(np.full((1, 8, 8), -20.0, np.float32), bmodeVolume, POSE)

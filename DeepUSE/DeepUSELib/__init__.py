@@ -7,6 +7,7 @@
 - :mod:`.live`        strain of every frame arriving in a volume node (OpenIGTLink), worker thread
 - :mod:`.liveStream`  live strain in a ``deepultrasound stream`` process, served back over OpenIGTLink
 - :mod:`.recording`   live frames -> sequence nodes
+- :mod:`.session`     the state of a session in a scene: offline and live strain, forgotten when the scene closes
 - :mod:`.display`     strain colour map, range and legend; B-mode grey scale
 - :mod:`.connection`  the OpenIGTLinkIF connector (Slicer application only)
 
@@ -19,10 +20,13 @@ from .connection import (
     connectionState,
     connectToScanner,
     disconnectFromScanner,
+    incomingNode,
+    incomingStatus,
     incomingVolume,
 )
 from .display import (
     BMODE_DYNAMIC_RANGE_DB,
+    FLAGGED_LEGEND_TITLE,
     colorLegend,
     defaultStrainColorNode,
     showBMode,
@@ -35,7 +39,16 @@ from .engine import (
     createLiveProcessor,
 )
 from .live import LiveCounters, LiveStrainLogic
-from .liveStream import BMODE_DEVICE_NAME, DEFAULT_SERVE_PORT, STRAIN_DEVICE_NAME, LiveStream, streamArguments
+from .liveStream import (
+    BMODE_DEVICE_NAME,
+    DEFAULT_SERVE_PORT,
+    LOW_QUALITY_STATUS,
+    QUALITY_OK_STATUS,
+    STRAIN_DEVICE_NAME,
+    LiveStream,
+    qualityFlagOf,
+    streamArguments,
+)
 from .logic import framePairs, rfFramesFromVolume, writeStrainFrames
 from .offline import (
     FLAGGED_ATTRIBUTE,
@@ -45,18 +58,24 @@ from .offline import (
     rfFramesFromSequence,
     sequenceOfProxy,
     setQualityAttributes,
+    shownItemFlagged,
     strainOfSequence,
     strainOfVolume,
 )
 from .offlineJob import OfflineStrainJob, strainArguments
 from .recording import StrainRecorder
+from .session import DeepUSESession
 
 __all__ = [
     "BMODE_DEVICE_NAME",
     "BMODE_DYNAMIC_RANGE_DB",
     "DEFAULT_SERVE_PORT",
     "DEFAULT_WINDOW_MM",
+    "DeepUSESession",
     "FLAGGED_ATTRIBUTE",
+    "FLAGGED_LEGEND_TITLE",
+    "LOW_QUALITY_STATUS",
+    "QUALITY_OK_STATUS",
     "NCC_AFTER_ATTRIBUTE",
     "RF_DEVICE_NAME",
     "STRAIN_CONNECTOR_NAME",
@@ -77,13 +96,17 @@ __all__ = [
     "disconnectFromScanner",
     "flaggedFrames",
     "framePairs",
+    "incomingNode",
+    "incomingStatus",
     "incomingVolume",
     "rfFramesFromSequence",
     "rfFramesFromVolume",
     "sequenceOfProxy",
+    "qualityFlagOf",
     "setQualityAttributes",
     "showBMode",
     "showStrain",
+    "shownItemFlagged",
     "strainArguments",
     "strainOfSequence",
     "strainOfVolume",

@@ -64,12 +64,23 @@ def connectionState(connector: slicer.vtkMRMLNode | None) -> str:
     return states.get(connector.GetState(), "off")
 
 
-def incomingVolume(connector: slicer.vtkMRMLNode | None, deviceName: str = RF_DEVICE_NAME):
-    """The scalar volume node the connector fills with the ``deviceName`` images, or None before the first one."""
+def incomingNode(connector: slicer.vtkMRMLNode | None, deviceName: str, className: str):
+    """The node of class ``className`` the connector fills with the ``deviceName`` messages, or None before the
+    first one (an IMAGE message fills a scalar volume, a STATUS message a ``vtkMRMLIGTLStatusNode``)."""
     if connector is None:
         return None
     for index in range(connector.GetNumberOfIncomingMRMLNodes()):
         node = connector.GetIncomingMRMLNode(index)
-        if node is not None and node.GetName() == deviceName and node.IsA("vtkMRMLScalarVolumeNode"):
+        if node is not None and node.GetName() == deviceName and node.IsA(className):
             return node
     return None
+
+
+def incomingVolume(connector: slicer.vtkMRMLNode | None, deviceName: str = RF_DEVICE_NAME):
+    """The scalar volume node the connector fills with the ``deviceName`` images, or None before the first one."""
+    return incomingNode(connector, deviceName, "vtkMRMLScalarVolumeNode")
+
+
+def incomingStatus(connector: slicer.vtkMRMLNode | None, deviceName: str):
+    """The ``vtkMRMLIGTLStatusNode`` of the ``deviceName`` STATUS messages, or None before the first one."""
+    return incomingNode(connector, deviceName, "vtkMRMLIGTLStatusNode")

@@ -14,6 +14,8 @@ STRAIN_COLOR_MAP_NAMES = ("Viridis", "Rainbow")
 #: B-mode display range below each frame's brightest sample, dB (as ``bmode_db`` clips it)
 BMODE_DYNAMIC_RANGE_DB = 60.0
 STRAIN_LEGEND_TITLE = "Axial strain (%)"
+#: legend title while the shown strain is flagged (its colours are greyed out)
+FLAGGED_LEGEND_TITLE = "Axial strain (%): FLAGGED, do not trust"
 
 
 def defaultStrainColorNode(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorNode:
@@ -36,11 +38,14 @@ def showStrain(
     colorNode: slicer.vtkMRMLColorNode,
     rangePercent: tuple[float, float],
     legend: bool = True,
+    flagged: bool = False,
 ) -> None:
     """Colour ``strainVolume`` with ``colorNode`` over ``rangePercent`` = (low, high) strain in %.
 
     Values at or below ``low`` take the first colour, at or above ``high`` the last. With
-    ``legend`` a colour legend titled "Axial strain (%)" is shown beside the views.
+    ``legend`` a colour legend titled "Axial strain (%)" is shown beside the views. A ``flagged``
+    strain (its quality figure says not to trust it) is greyed out: the scene's "Grey" colour map
+    instead of ``colorNode``, and the legend title says so.
 
     Raises:
         ValueError: no volume or colour map, or ``low >= high``.
@@ -52,6 +57,8 @@ def showStrain(
         raise ValueError("Choose a colour map for the strain")
     if not low < high:
         raise ValueError(f"The strain display range needs minimum < maximum, got {low} % .. {high} %")
+    if flagged:
+        colorNode = _greyColorNode(strainVolume.GetScene())
     strainVolume.CreateDefaultDisplayNodes()
     display = strainVolume.GetDisplayNode()
     with slicer.util.NodeModify(display):
@@ -61,11 +68,11 @@ def showStrain(
     strainLegend = colorLegend(strainVolume)
     if strainLegend is None and legend:
         strainLegend = strainVolume.GetScene().AddNewNodeByClass("vtkMRMLColorLegendDisplayNode")
-        strainLegend.SetTitleText(STRAIN_LEGEND_TITLE)
         strainLegend.SetLabelFormat("%.2f")
         strainVolume.AddAndObserveDisplayNodeID(strainLegend.GetID())
         strainLegend.SetAndObservePrimaryDisplayNode(display)
     if strainLegend is not None:
+        strainLegend.SetTitleText(FLAGGED_LEGEND_TITLE if flagged else STRAIN_LEGEND_TITLE)
         strainLegend.SetVisibility(legend)
 
 
@@ -88,12 +95,22 @@ def showBMode(bmodeVolume: slicer.vtkMRMLScalarVolumeNode, dynamicRangeDb: float
         raise ValueError("No B-mode volume to display")
     if not dynamicRangeDb > 0:
         raise ValueError(f"The B-mode dynamic range must be a positive number of dB, got {dynamicRangeDb}")
-    grey = bmodeVolume.GetScene().GetFirstNode("Grey", "vtkMRMLColorNode")
-    if grey is None:
-        raise ValueError("The scene has no 'Grey' colour map for the B-mode")
+    grey = _greyColorNode(bmodeVolume.GetScene())
     bmodeVolume.CreateDefaultDisplayNodes()
     display = bmodeVolume.GetDisplayNode()
     with slicer.util.NodeModify(display):
         display.SetAndObserveColorNodeID(grey.GetID())
         display.AutoWindowLevelOff()
         display.SetWindowLevelMinMax(-dynamicRangeDb, 0.0)
+
+
+def _greyColorNode(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorNode:
+    """The scene's "Grey" colour map (B-mode, and flagged strain).
+
+    Raises:
+        ValueError: the scene has none.
+    """
+    grey = scene.GetFirstNode("Grey", "vtkMRMLColorNode")
+    if grey is None:
+        raise ValueError("The scene has no 'Grey' colour map")
+    return grey

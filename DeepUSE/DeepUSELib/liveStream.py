@@ -15,6 +15,7 @@ process's output in a thread of its own.
 from __future__ import annotations
 
 import slicer
+import vtk
 from DeepUltrasoundCommonLib import newFrameTime
 from DeepUltrasoundCommonLib.process import EngineProcess
 
@@ -25,6 +26,14 @@ STRAIN_DEVICE_NAME = "Strain"
 BMODE_DEVICE_NAME = "BMode"
 #: port ``deepultrasound stream`` serves Strain and BMode on (its own default)
 DEFAULT_SERVE_PORT = 18945
+#: STATUS error names the process sends (device ``Strain``) when its strain becomes flagged or trustworthy again
+LOW_QUALITY_STATUS, QUALITY_OK_STATUS = "LowQuality", "QualityOK"
+
+
+def qualityFlagOf(errorName: str | None, flagged: bool) -> bool:
+    """Whether the strain is flagged after a STATUS message named ``errorName``, ``flagged`` before it (other
+    STATUS messages, e.g. a reconnection, leave it as it was)."""
+    return {LOW_QUALITY_STATUS: True, QUALITY_OK_STATUS: False}.get(errorName or "", flagged)
 
 
 def streamArguments(
@@ -74,6 +83,7 @@ class LiveStream(slicer.util.VTKObservationMixin):
         strainVolume: the served strain volume followed by :meth:`follow`, or None.
         framesShown: strain frames that arrived in :attr:`strainVolume` since :meth:`start`.
         recorder: records each arriving strain (and B-mode) frame while set.
+        qualityFlagged: whether the process's last quality STATUS said its strain is not to be trusted.
     """
 
     def __init__(self, python: str | None = None) -> None:
@@ -86,6 +96,8 @@ class LiveStream(slicer.util.VTKObservationMixin):
         self.bmodeVolume = None
         self.framesShown = 0
         self.recorder: StrainRecorder | None = None
+        self.qualityFlagged = False
+        self.statusNode = None
         self._lastImageMTime = 0
 
     @property
@@ -104,6 +116,7 @@ class LiveStream(slicer.util.VTKObservationMixin):
         self.addObserver(scene, slicer.vtkMRMLScene.StartCloseEvent, self._onSceneClose)
         self.status = "starting"
         self.framesShown = 0
+        self.qualityFlagged = False
         self.process = EngineProcess(arguments, self.python).start()
 
     def follow(self, strainVolume, bmodeVolume=None) -> None:
@@ -114,6 +127,17 @@ class LiveStream(slicer.util.VTKObservationMixin):
             self.removeObserver(self.strainVolume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._onStrain)
         self.strainVolume, self.bmodeVolume = strainVolume, bmodeVolume
         self.addObserver(strainVolume, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._onStrain)
+
+    def followStatus(self, statusNode) -> None:
+        """Follow the process's STATUS messages (a ``vtkMRMLIGTLStatusNode`` the connector fills): each one
+        updates :attr:`qualityFlagged`."""
+        if statusNode is self.statusNode:
+            return
+        if self.statusNode is not None:
+            self.removeObserver(self.statusNode, vtk.vtkCommand.ModifiedEvent, self._onStatus)
+        self.statusNode = statusNode
+        self.addObserver(statusNode, vtk.vtkCommand.ModifiedEvent, self._onStatus)
+        self._onStatus(statusNode, None)
 
     def poll(self) -> list[str]:
         """The process's new output lines; the last one becomes :attr:`status`, and the exit when it ended."""
@@ -133,7 +157,7 @@ class LiveStream(slicer.util.VTKObservationMixin):
             self.poll()
             self.process = None
         self.removeObservers()
-        self.scene = self.strainVolume = self.bmodeVolume = self.recorder = None
+        self.scene = self.strainVolume = self.bmodeVolume = self.recorder = self.statusNode = None
 
     def _onStrain(self, volumeNode, event) -> None:
         frameTime = newFrameTime(volumeNode, self._lastImageMTime)
@@ -143,6 +167,9 @@ class LiveStream(slicer.util.VTKObservationMixin):
         self.framesShown += 1
         if self.recorder is not None and self.bmodeVolume is not None:
             self.recorder.add(self.framesShown, self.strainVolume, self.bmodeVolume)
+
+    def _onStatus(self, statusNode, event) -> None:
+        self.qualityFlagged = qualityFlagOf(statusNode.GetErrorName(), self.qualityFlagged)
 
     def _onSceneClose(self, caller, event) -> None:
         self.stop()

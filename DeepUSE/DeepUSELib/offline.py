@@ -108,6 +108,17 @@ def writeStrainSequence(
         strainSequence.SetDataNodeAtValue(item, values[moving])
 
 
+def shownItemFlagged(browser: slicer.vtkMRMLSequenceBrowserNode, strainSequence: slicer.vtkMRMLSequenceNode) -> bool:
+    """Whether the strain item that ``browser`` shows now (the one at its selected index value) is flagged
+    (:func:`flaggedFrames`); False where that value has no strain item (the first frame)."""
+    master = browser.GetMasterSequenceNode()
+    selected = browser.GetSelectedItemNumber()
+    if master is None or selected < 0:
+        return False
+    item = strainSequence.GetItemNumberFromIndexValue(master.GetNthIndexValue(selected))
+    return item >= 0 and item in flaggedFrames(strainSequence)
+
+
 def _offlineStrain(result, method: str, reference: str) -> OfflineStrain:
     """:class:`OfflineStrain` of an engine ``StrainResult``."""
     nccAfter = np.array([quality.ncc_after for quality in result.quality], dtype=float)

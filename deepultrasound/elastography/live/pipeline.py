@@ -71,6 +71,8 @@ from deepultrasound.streaming.igtl import (
 )
 from deepultrasound.streaming.queues import LatestSlot
 
+LOW_QUALITY_STATUS, QUALITY_OK_STATUS = "LowQuality", "QualityOK"
+"""Error names of the STATUS messages sent when results become flagged, and when they recover."""
 logger = logging.getLogger(__name__)
 
 _WAKE_S = 0.1  # how often an idle stage checks for stop
@@ -348,7 +350,7 @@ class StrainStream:
         state = "flagged: do not trust the strain" if quality.flagged else "trustworthy again"
         self._report(
             STATUS_OK,
-            "LowQuality" if quality.flagged else "QualityOK",
+            LOW_QUALITY_STATUS if quality.flagged else QUALITY_OK_STATUS,
             f"frame {index}: strain {state} (NCC {quality.ncc_before:.3f} before warping, "
             f"{quality.ncc_after:.3f} after)",
         )
