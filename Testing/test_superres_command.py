@@ -11,6 +11,7 @@ follows the phase-0 fine grid.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -22,8 +23,10 @@ from PIL import Image as PILImage
 from deepultrasound.cli import main
 from deepultrasound.errors import BundleError, InputError
 from deepultrasound.io import Image, read_image, write_image
+from deepultrasound.losses.metrics import psnr, ssim
 from deepultrasound.runtime import MODELS_ENVIRONMENT_VARIABLE
-from deepultrasound.superres.degradation import upsample_lines
+from deepultrasound.superres.data import simulated_images
+from deepultrasound.superres.degradation import degrade, upsample_lines
 from deepultrasound.superres.inference import (
     SuperResolver,
     ValueMapping,
@@ -322,3 +325,26 @@ def test_cli_user_errors_are_one_line_with_exit_status_2(models, tmp_path, capsy
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("deepultrasound superres: error: ") and message in err[0], err
     assert not (tmp_path / "out.mha").exists()
+
+
+# -- bench ------------------------------------------------------------------------------------------------
+def test_bench_superres_scores_every_method_against_the_full_resolution_image(models, capsys):
+    """One held-out simulated image at x2: the cubic row equals PSNR/SSIM computed here from the degradation,
+    the model row is there with its gain over cubic, and the last stdout line is the JSON of the figures."""
+    code = main(
+        ["bench", "superres", "--factors", "2", "--simulated", "1", "--real", "1"]
+        + ["--data", str(models / "no BUSI here"), "--model", f"2={models / 'tiny-x2'}"]
+    )
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    assert code == 0 and figures["suite"] == "superres" and figures["tiles"] is None
+    simulated = figures["factors"]["2"]["simulated"]
+    assert simulated["images"] == 1 and set(simulated["methods"]) == {"linear", "cubic", "tiny-x2"}
+    (image,) = simulated_images(0, "val", 1, (256, 128))
+    truth = torch.from_numpy(image)[None, None]
+    cubic = upsample_lines(degrade(truth, 2), 2, "cubic")[..., :128].clamp(0, 1)
+    assert simulated["methods"]["cubic"]["psnr"] == pytest.approx(float(psnr(cubic, truth, 1.0)), abs=1e-4)
+    assert simulated["methods"]["cubic"]["ssim"] == pytest.approx(float(ssim(cubic, truth, 1.0)), abs=1e-5)
+    gain = simulated["gain_over_cubic"]["tiny-x2"]["psnr"]
+    assert gain == pytest.approx(simulated["methods"]["tiny-x2"]["psnr"] - simulated["methods"]["cubic"]["psnr"])
+    assert "no BUSI folder" in figures["factors"]["2"]["real"]["skipped"]

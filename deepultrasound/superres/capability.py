@@ -1,4 +1,4 @@
-"""USSuperRes lateral super-resolution: its command and training tasks (see :mod:`deepultrasound.capabilities`)."""
+"""USSuperRes: its command, bench suite and training tasks (see :mod:`deepultrasound.capabilities`)."""
 
 COMMANDS = {
     "superres": (
@@ -6,6 +6,7 @@ COMMANDS = {
         "image or sequence -> F times more lines (lateral super-resolution: network or linear/cubic)",
     ),
 }
+BENCH_SUITES = {"superres": "deepultrasound.superres.bench"}
 TASKS = {
     "superres": "deepultrasound.superres.training_task",
     "bmode-features": "deepultrasound.superres.feature_task",

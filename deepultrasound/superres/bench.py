@@ -1,0 +1,188 @@
+"""``deepultrasound bench superres``: lateral super-resolution against linear and cubic interpolation.
+
+For each factor F (``--factors``, default 2 4), every full-resolution image is degraded by the
+training degradation (:func:`~deepultrasound.superres.degradation.degrade`: one line in F kept,
+phase 0, no blur) and upsampled back by every method; the estimate is compared with the image:
+
+- **simulated**: ``--simulated`` held-out simulated beam-space B-mode images (default 16, 256 x 128,
+  the validation split of :func:`~deepultrasound.superres.data.simulated_images` with ``--seed``,
+  never trained on);
+- **real**: the held-out BUSI images (:func:`~deepultrasound.superres.data.busi_split` ``"val"``,
+  never trained on; ``--real`` limits their number), skipped with a note when absent.
+
+Figures per method: PSNR (dB) and SSIM (Gaussian window 11, sigma 1.5) with ``data_range`` 1 (images
+are B-mode in [0, 1]; estimates clipped to it), means over images, and seconds per image (median;
+noisy on a shared machine). Methods: ``linear``, ``cubic`` (Keys, a = -0.5) and every installed
+super-resolution bundle of the factor (``--model F=BUNDLE`` adds or replaces one).
+
+``--tiles`` also upsamples a 2000 x 128 frame x4 to 2000 x 512 with the x4 model, tiled (default
+tile) and in one piece, each in a fresh process: seconds and the peak resident memory the run adds
+to the loaded model (``resource`` max RSS).
+
+JSON (last stdout line): ``factors`` -> per factor ``simulated`` / ``real`` -> ``images`` and
+``methods`` -> per method ``psnr``, ``ssim``, ``seconds_per_image``; ``gain_over_cubic`` per model
+(``psnr`` dB and ``ssim``); ``tiles`` (or null).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from deepultrasound.errors import FileFormatError, InputError
+from deepultrasound.io.shared_data import shared_data_dir
+from deepultrasound.losses.metrics import psnr, ssim
+from deepultrasound.superres.data import BUSI_FOLDER, real_images, simulated_images
+from deepultrasound.superres.degradation import METHODS, degrade, upsample_lines
+from deepultrasound.superres.inference import DEFAULT_TILE, SuperResolver, installed_models, superresolve
+
+HELP = "lateral super-resolution: models vs linear and cubic interpolation on held-out simulated and real images"
+DATA_RANGE = 1.0
+SIMULATED_SHAPE = (256, 128)
+TILE_CHECK_SHAPE = (2000, 128)
+TILE_CHECK_FACTOR = 4
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--factors", type=int, nargs="+", default=[2, 4], help="lateral factors (default: 2 4)")
+    parser.add_argument("--simulated", type=int, default=16, help="held-out simulated images (default: 16)")
+    parser.add_argument("--real", type=int, default=None, help="at most this many held-out BUSI images (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated split (the training configs': 0)")
+    parser.add_argument("--data", type=Path, default=None, help=f"BUSI folder (default: <shared data>/{BUSI_FOLDER})")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="F=BUNDLE",
+        help="evaluate this bundle at factor F (repeatable; default: the installed models of each factor)",
+    )
+    parser.add_argument("--tiles", action="store_true", help="also time a tiled and an untiled 2000 x 128 x4 frame")
+    parser.add_argument("--device", default="cpu", help="device of the models (default: cpu)")
+
+
+def _models(args: argparse.Namespace) -> dict[int, dict[str, Path]]:
+    """Bundles to evaluate per factor: the installed ones, with ``--model F=BUNDLE`` added."""
+    models = {factor: {path.name: path for path, _ in found} for factor, found in installed_models().items()}
+    for entry in args.model:
+        factor, _, path = entry.partition("=")
+        if not factor.isdigit() or not path:
+            raise InputError(f"--model takes F=BUNDLE, e.g. 4=runs/superres_x4/bundle; got {entry!r}")
+        models.setdefault(int(factor), {})[Path(path).name] = Path(path)
+    return models
+
+
+def _estimate(method: str | SuperResolver, low: np.ndarray, factor: int, width: int) -> np.ndarray:
+    """``low`` ``(H, w)`` upsampled by a classical method or a model, cropped to ``width`` lines, clipped."""
+    if isinstance(method, str):
+        fine = upsample_lines(torch.from_numpy(low), factor, method).numpy()
+    else:
+        fine = superresolve(low, factor, model=method)
+    return np.clip(fine[:, :width], 0.0, DATA_RANGE)
+
+
+def _score(images: list[np.ndarray], factor: int, methods: dict[str, str | SuperResolver], label: str) -> dict:
+    """PSNR, SSIM and seconds per image of every method on ``images`` degraded by ``factor``."""
+    scores = {name: {"psnr": [], "ssim": [], "seconds": []} for name in methods}
+    for image in tqdm(images, desc=f"x{factor} {label}", unit="image", leave=False):
+        truth = torch.from_numpy(image)[None, None]
+        low = degrade(torch.from_numpy(image), factor).numpy()
+        for name, method in methods.items():
+            started = time.perf_counter()
+            estimate = _estimate(method, low, factor, image.shape[1])
+            scores[name]["seconds"].append(time.perf_counter() - started)
+            estimate = torch.from_numpy(estimate.astype(np.float32))[None, None]
+            scores[name]["psnr"].append(float(psnr(estimate, truth, DATA_RANGE)))
+            scores[name]["ssim"].append(float(ssim(estimate, truth, DATA_RANGE)))
+    return {
+        "images": len(images),
+        "methods": {
+            name: {
+                "psnr": float(np.mean(values["psnr"])),
+                "ssim": float(np.mean(values["ssim"])),
+                "seconds_per_image": float(np.median(values["seconds"])),
+            }
+            for name, values in scores.items()
+        },
+    }
+
+
+def _gains(part: dict[str, Any], models: list[str]) -> dict[str, dict[str, float]]:
+    cubic = part["methods"]["cubic"]
+    return {
+        name: {key: part["methods"][name][key] - cubic[key] for key in ("psnr", "ssim")}
+        for name in models
+        if name in part["methods"]
+    }
+
+
+def _tile_run(bundle: str, tile: int, device: str, queue: multiprocessing.Queue) -> None:
+    """In a fresh process: load the model, then upsample one 2000 x 128 frame; seconds and added max RSS (MiB)."""
+    model = SuperResolver(bundle, TILE_CHECK_FACTOR, tile=tile, device=device)
+    frame = np.random.default_rng(0).random(TILE_CHECK_SHAPE, dtype=np.float32)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    fine = superresolve(frame, TILE_CHECK_FACTOR, model=model)
+    seconds = time.perf_counter() - started
+    added = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    queue.put({"output_shape": list(fine.shape), "seconds": seconds, "added_peak_rss_mib": added})
+
+
+def _tiles(bundle: Path, device: str) -> dict[str, Any]:
+    """The tiled and the untiled run of :func:`_tile_run`, each in a process of its own."""
+    context = multiprocessing.get_context("spawn")
+    figures: dict[str, Any] = {"model": bundle.name, "input_shape": list(TILE_CHECK_SHAPE)}
+    for label, tile in (("tiled", DEFAULT_TILE), ("untiled", max(TILE_CHECK_SHAPE))):
+        queue = context.Queue()
+        process = context.Process(target=_tile_run, args=(str(bundle), tile, device, queue))
+        process.start()
+        figures[label] = {"tile": tile, **queue.get()}
+        process.join()
+    return figures
+
+
+def _print_part(factor: int, label: str, part: dict[str, Any]) -> None:
+    print(f"x{factor} {label} ({part['images']} images): method, PSNR dB, SSIM, s/image")
+    for name, figures in part["methods"].items():
+        print(f"  {name:<28} {figures['psnr']:7.2f} {figures['ssim']:7.4f} {figures['seconds_per_image']:9.4f}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    models = _models(args)
+    folder = args.data or shared_data_dir() / BUSI_FOLDER
+    try:
+        real = real_images(folder, "val", args.real)
+        real_note = None
+    except FileFormatError as error:
+        real, real_note = [], str(error)
+    simulated = simulated_images(args.seed, "val", args.simulated, SIMULATED_SHAPE)
+    results: dict[str, Any] = {}
+    for factor in args.factors:
+        methods: dict[str, str | SuperResolver] = {name: name for name in METHODS}
+        for name, path in models.get(factor, {}).items():
+            methods[name] = SuperResolver(path, factor, device=args.device)
+        model_names = [name for name in methods if name not in METHODS]
+        entry: dict[str, Any] = {}
+        for label, images in (("simulated", simulated), ("real", real)):
+            if not images:
+                entry[label] = {"skipped": real_note}
+                print(f"x{factor} {label}: skipped ({real_note})")
+                continue
+            part = _score(images, factor, methods, label)
+            part["gain_over_cubic"] = _gains(part, model_names)
+            _print_part(factor, label, part)
+            entry[label] = part
+        results[str(factor)] = entry
+    tiles = None
+    if args.tiles:
+        x4 = models.get(TILE_CHECK_FACTOR, {})
+        tiles = _tiles(next(iter(x4.values())), args.device) if x4 else {"skipped": "no x4 model"}
+        print(f"2000 x 128 x4 frame: {tiles}")
+    return {"data_range": DATA_RANGE, "seed": args.seed, "factors": results, "tiles": tiles}
