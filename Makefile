@@ -21,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install --disable-pip-version-check "$(TORCH_SPEC)"
-	$(VPY) -m pip install --disable-pip-version-check -e ".[test]"
+	$(VPY) -m pip install --disable-pip-version-check -e ".[test,baselines]"
 	@touch $@
 
 demo: $(STAMP)

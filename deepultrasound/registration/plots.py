@@ -1,0 +1,63 @@
+"""The strain plot of a tracked sequence, for people to read (matplotlib object API on Agg, written atomically).
+
+Top: endocardial and mid-wall GLS and radial strain (%) over time; bottom: the LV volume (area-length)
+and cavity area. End-diastole and end-systole are marked on both; the EF and the peak figures stand
+beside the curves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from deepultrasound.io import atomic_write
+from deepultrasound.registration.strain import StrainCurves
+
+
+def save_strain_plot(
+    path: str | os.PathLike[str], curves: StrainCurves, times: np.ndarray, time_label: str = "time (s)", title: str = ""
+) -> Path:
+    """Write the PNG of ``curves`` over ``times`` ``(T,)`` (described by ``time_label``); returns the path."""
+    figure = Figure(figsize=(9.0, 6.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    top.plot(times, curves.gls_endo, "-o", markersize=3, label="GLS endocardial")
+    top.plot(times, curves.gls_mid, "-s", markersize=3, label="GLS mid-wall")
+    top.plot(times, curves.radial, "-^", markersize=3, label="radial (wall thickness)")
+    top.axhline(0.0, color="0.6", linewidth=0.8)
+    top.set_ylabel("strain from end-diastole (%)")
+    top.legend(loc="upper left", fontsize=8)
+    volume_unit = "ml" if curves.units == "mm" else f"10$^3$ {curves.units}$^3$"
+    bottom.plot(times, curves.lv_volume, "-o", color="tab:red", markersize=3, label=f"LV volume ({volume_unit})")
+    bottom.set_ylabel(f"LV volume ({volume_unit})")
+    area = bottom.twinx()
+    area.plot(times, curves.lv_area, "--", color="tab:gray", label=f"LV area ({curves.units}$^2$)")
+    area.set_ylabel(f"LV cavity area ({curves.units}$^2$)")
+    bottom.set_xlabel(time_label)
+    for axes in (top, bottom):
+        for index in (curves.ed, curves.es):
+            axes.axvline(times[index], color="k", linestyle=":", linewidth=1.0)
+        axes.grid(alpha=0.3)
+    for index, name in ((curves.ed, "ED"), (curves.es, "ES")):
+        top.annotate(name, (times[index], 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom")
+    figure.text(
+        1.0,
+        0.5,
+        f"EF {curves.ejection_fraction:.1f} %\n(area-length)\n\n"
+        f"at ES:\nGLS endo {curves.gls_endo[curves.es]:.1f} %\nGLS mid {curves.gls_mid[curves.es]:.1f} %\n"
+        f"radial {curves.radial[curves.es]:.1f} %",
+        ha="left",
+        va="center",
+        fontsize=10,
+        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.7"},
+    )
+    if title:
+        figure.suptitle(title)
+    path = Path(path)
+    with atomic_write(path) as staged:
+        figure.savefig(staged, format="png", dpi=100, bbox_inches="tight")
+    return path
