@@ -1,13 +1,28 @@
-"""EchoRegistration: dense frame-to-frame motion tracking of echocardiography images."""
+"""EchoRegistration: motion tracking of echocardiography sequences, labels on every frame and myocardial strain.
+
+A sequence (the proxy volume of a Sequences browser, or a volume with one frame per slice) and the
+CAMUS labels of one frame (a segmentation, or a label map) go to a ``deepultrasound track`` process
+started with Slicer's Python (progress and Cancel); the labels of every frame come back as a label
+sequence browsed with the frames, each frame's displacement onto the labelled frame as a sequence of
+grid transforms, and the strain curves as a table and a chart shown in the plot view.
+
+Batch use without the GUI goes through :class:`EchoRegistrationLogic`::
+
+    logic = EchoRegistrationLogic()
+    logic.process(proxyVolume, segmentation, None, TrackingMethod("farneback"))
+"""
+
+from typing import Annotated, Union
 
 import numpy as np
+import qt
 import slicer
-from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
+from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume
 from DeepUltrasoundCommonLib.moduleWidget import DeepUltrasoundWidget
-from EchoRegistrationLib import checkSameGrid, displacementToVolume
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode
+from EchoRegistrationLib import METHODS, EchoTrackingSession, TrackingMethod
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -24,21 +39,21 @@ class EchoRegistration(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Echo Registration")
         self.parent.categories = ["Ultrasound"]
-        self.parent.dependencies = ["DeepUltrasoundCommon"]
+        self.parent.dependencies = ["DeepUltrasoundCommon", "Sequences", "Segmentations", "Plots"]
         self.parent.contributors = ["DeepUltrasound contributors"]
         self.parent.helpText = _(
-            "Dense registration of a moving echo frame to a fixed one with a network trained with anatomical "
-            "(shape) and texture constraints. The displacement is stored in mm (lateral, axial) on the fixed "
-            "frame's grid. "
+            "Motion tracking of echocardiography sequences. Choose the frames (a sequence's proxy volume, or a "
+            "volume with one frame per slice), the segmentation of one frame (segments LV cavity, myocardium, "
+            "left atrium, matched by name or else by order; or a label map with values 1, 2, 3) and the "
+            "registration, and press Apply. The labels are propagated to every frame and browsed with the "
+            "sequence; each frame's displacement onto the labelled frame is a grid transform; global longitudinal "
+            "and radial strain over time are shown as a table and a plot, with the ejection fraction. "
             '<a href="https://github.com/deepultrasound/SlicerDeepUltrasound#echoregistration">Documentation</a>.'
         )
         self.parent.acknowledgementText = _(
             "Based on Hasan et al., echocardiography motion tracking with anatomical and texture "
             "constraints, arXiv:2309.00831."
         )
-        # Hidden until its engine (deepultrasound.registration) exists: shown, it would offer a multi-GB
-        # install and then only report that the engine is not available.
-        self.parent.hidden = True
 
 
 #
@@ -49,15 +64,17 @@ class EchoRegistration(ScriptedLoadableModule):
 @parameterNodeWrapper
 class EchoRegistrationParameterNode:
     """
-    fixedVolume - reference frame.
-    movingVolume - frame registered to the fixed one (same grid).
-    displacementVolume - output: displacement in mm, components (lateral, axial).
-    modelName - model bundle chosen in the model list.
+    inputVolume - the frames: a sequence's proxy volume, or a volume with one frame per slice (grey or colour).
+    labels - the segmentation or CAMUS label map of one frame.
+    labelledFrame - that frame, from 0; -1: the frame the browser shows, or a volume's only labelled slice.
+    method - "network" (the model below) or a classical registration.
+    modelName - model bundle chosen in the model list ("": the engine's default model).
     """
 
-    fixedVolume: vtkMRMLScalarVolumeNode
-    movingVolume: vtkMRMLScalarVolumeNode
-    displacementVolume: vtkMRMLVectorVolumeNode
+    inputVolume: vtkMRMLScalarVolumeNode
+    labels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
+    labelledFrame: Annotated[int, WithinRange(-1, 99999)] = -1
+    method: Annotated[str, Choice(list(METHODS))] = "network"
     modelName: str = ""
 
 
@@ -67,25 +84,80 @@ class EchoRegistrationParameterNode:
 
 
 class EchoRegistrationWidget(DeepUltrasoundWidget):
-    bundleTask = "registration"
+    bundleTask = "echo-registration"
+    #: how often the background process is polled, ms
+    pollIntervalMs = 200
+
+    def setup(self) -> None:
+        super().setup()
+        if self.logic is None:  # an unsupported Slicer: the panel shows why
+            return
+        self.timer = qt.QTimer()  # runs while a tracking runs; see onTimer
+        self.timer.setInterval(self.pollIntervalMs)
+        self.timer.connect("timeout()", self.onTimer)
+
+    def cleanup(self) -> None:
+        """Application exit or module reload: no process may outlive the panel."""
+        if self.logic is not None:
+            self.timer.stop()
+            self.logic.cancel()
+        super().cleanup()
 
     def createLogic(self):
         return EchoRegistrationLogic()
 
+    def updateGui(self, caller=None, event=None) -> None:
+        super().updateGui(caller, event)
+        if self._parameterNode:
+            self.ui.modelComboBox.enabled = self._parameterNode.method == "network"
+
     def missingInputs(self, parameterNode: EchoRegistrationParameterNode) -> str:
-        if not parameterNode.fixedVolume or not parameterNode.movingVolume:
-            return _("Select the fixed and moving frames")
-        if not parameterNode.displacementVolume:
-            return _("Select or create a displacement output volume")
+        if not parameterNode.inputVolume:
+            return _("Select the frames: a sequence or a volume with one frame per slice")
+        if not parameterNode.labels:
+            return _("Select the segmentation or label map of one frame")
         return ""
 
     def apply(self, parameterNode: EchoRegistrationParameterNode) -> str:
-        return self.logic.process(
-            parameterNode.fixedVolume,
-            parameterNode.movingVolume,
-            parameterNode.displacementVolume,
-            parameterNode.modelName,
-        )
+        """Start the tracking in the background: Apply turns into Cancel, :meth:`onTimer` shows the results."""
+        self.ensureEngine()
+        self.logic.processParameterNode(parameterNode, waitForCompletion=False)
+        self.ui.applyButton.text = _("Cancel")
+        self.timer.start()
+        return _("Tracking running...")
+
+    def onApplyButton(self) -> None:
+        if self.logic.job is None:
+            super().onApplyButton()
+            return
+        self.timer.stop()
+        self.logic.cancel()
+        self.ui.applyButton.text = _("Apply")
+        self.ui.statusLabel.text = _("Tracking cancelled")
+
+    def onTimer(self) -> None:
+        """Progress of the running tracking; once it has ended, its results in the views."""
+        job = self.logic.job
+        if job is None:
+            self.timer.stop()
+            return
+        if job.poll():
+            if job.progress is not None:
+                self.ui.statusLabel.text = _("Tracking: frame {done} of {total}").format(
+                    done=job.progress[0], total=job.progress[1]
+                )
+            return
+        self.timer.stop()
+        self.ui.applyButton.text = _("Apply")
+        inputVolume = job.tracking.node
+        with slicer.util.tryWithErrorDisplay(_("Failed to compute results."), waitCursor=True):
+            self.ui.statusLabel.text = self.logic.finish()
+            self.showResults(inputVolume)
+
+    def showResults(self, inputVolume: vtkMRMLScalarVolumeNode) -> None:
+        """The tracked labels over the frames in the slice views, the strain chart in the plot view."""
+        slicer.util.setSliceViewerLayers(background=inputVolume, label=self.logic.labelProxy(), fit=True)
+        slicer.modules.plots.logic().ShowChartInLayout(self.logic.strainChart)
 
 
 #
@@ -93,32 +165,22 @@ class EchoRegistrationWidget(DeepUltrasoundWidget):
 #
 
 
-class EchoRegistrationLogic(ScriptedLoadableModuleLogic):
-    """Echo registration on MRML volumes; runs without the widget (scripts, tests)."""
+class EchoRegistrationLogic(ScriptedLoadableModuleLogic, EchoTrackingSession):
+    """Echo tracking on the application's scene, driven by the module's parameter node; runs without the widget
+    (scripts, tests). Everything but the parameter node is :class:`EchoRegistrationLib.EchoTrackingSession`'s."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        EchoTrackingSession.__init__(self, slicer.mrmlScene)
 
     def getParameterNode(self) -> EchoRegistrationParameterNode:
         return EchoRegistrationParameterNode(super().getParameterNode())
 
-    def process(
-        self,
-        fixedVolume: vtkMRMLScalarVolumeNode,
-        movingVolume: vtkMRMLScalarVolumeNode,
-        displacementVolume: vtkMRMLVectorVolumeNode,
-        modelName: str,
-    ) -> str:
-        """Check that both frames share a grid, then register them into ``displacementVolume``.
-
-        Raises:
-            ValueError: invalid input, no output or model, or no registration network in this version.
-        """
-        checkSameGrid(fixedVolume, movingVolume)
-        if displacementVolume is None:
-            raise ValueError("Select or create a displacement output volume")
-        if not modelName:
-            raise ValueError("Choose a model bundle: press 'Refresh models' to list the installed ones")
-        raise ValueError(
-            f"Registration with model '{modelName}' is not available yet in this version of DeepUltrasound"
-        )
+    def processParameterNode(self, parameterNode: EchoRegistrationParameterNode, waitForCompletion: bool = True) -> str:
+        """:meth:`process` on the parameter node's frames, labels, labelled frame and method."""
+        frame = parameterNode.labelledFrame if parameterNode.labelledFrame >= 0 else None
+        method = TrackingMethod(parameterNode.method, parameterNode.modelName)
+        return self.process(parameterNode.inputVolume, parameterNode.labels, frame, method, waitForCompletion)
 
 
 #
@@ -127,25 +189,46 @@ class EchoRegistrationLogic(ScriptedLoadableModuleLogic):
 
 
 class EchoRegistrationTest(ScriptedLoadableModuleTest):
+    """Tracking of a small simulated sequence with Farneback optical flow (no model needed), in the application."""
+
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_GridCheckAndDisplacementInMm()
+        self.test_TrackingASimulatedSequence()
 
-    def test_GridCheckAndDisplacementInMm(self):
-        """Frames on one grid pass the check; a pixel displacement is stored in mm on the fixed grid."""
-        geometry = VolumeGeometry.fromSpacingOrigin(spacing=(0.4, 0.2, 1.0))
-        fixedVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Fixed")
-        movingVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Moving")
-        arrayToVolume(np.zeros((1, 32, 24), dtype=np.float32), fixedVolume, geometry)
-        arrayToVolume(np.ones((1, 32, 24), dtype=np.float32), movingVolume, geometry)
-        checkSameGrid(fixedVolume, movingVolume)
+    def test_TrackingASimulatedSequence(self):
+        """Labels of the first frame propagated through 4 frames, browsed with them; strain table and chart."""
+        from deepultrasound.simulation.echo import EchoConfig, EchoSimulator
 
-        displacementVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "Displacement")
-        displacementPixels = np.stack([np.full((32, 24), 2.0), np.full((32, 24), -1.0)])
-        displacementToVolume(displacementPixels, displacementVolume, geometry)
-        displacementMm, _geometry = volumeToArray(displacementVolume)
-        np.testing.assert_allclose(displacementMm[0, 5, 7], [0.8, -0.2], rtol=1e-6)
+        simulator = EchoSimulator(EchoConfig(height=64, width=64), seed=2)
+        geometry = VolumeGeometry.fromSpacingOrigin(spacing=(*simulator.sector.pixel_mm, 1.0))
+        sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "Echo")
+        sequence.SetIndexName("time")
+        sequence.SetIndexUnit("s")
+        staging = slicer.vtkMRMLScalarVolumeNode()
+        for frame, phase in enumerate(np.linspace(0.0, simulator.config.es_phase, 4)):
+            arrayToVolume(simulator.frame(float(phase)).image, staging, geometry)
+            sequence.SetDataNodeAtValue(staging, f"{0.04 * frame:.2f}")
+        browser = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "Echo browser")
+        browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+        browser.SetSelectedItemNumber(0)
+        labels = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "ED labels")
+        arrayToVolume(simulator.labels(0.0), labels, geometry)
+
+        logic = EchoRegistrationLogic()
+        summary = logic.process(browser.GetProxyNode(sequence), labels, None, TrackingMethod("farneback"))
+        self.assertIn("4 frames tracked from frame 0 (farneback)", summary)
+        self.assertEqual(logic.labelSequence.GetNumberOfDataNodes(), 4)
+        self.assertEqual(logic.displacementSequence.GetNumberOfDataNodes(), 4)
+        self.assertTrue(browser.IsSynchronizedSequenceNodeID(logic.labelSequence.GetID()))
+        tracked = slicer.util.arrayFromVolume(logic.labelSequence.GetNthDataNode(0))[0]
+        np.testing.assert_array_equal(tracked, simulator.labels(0.0))
+        self.assertEqual(logic.strainTable.GetNumberOfRows(), 4)
+        self.assertEqual(logic.strainChart.GetNumberOfPlotSeriesNodes(), 3)
+
+        slicer.modules.plots.logic().ShowChartInLayout(logic.strainChart)
+        plotView = slicer.app.layoutManager().plotWidget(0).mrmlPlotViewNode()
+        self.assertEqual(plotView.GetPlotChartNodeID(), logic.strainChart.GetID())
         self.delayDisplay("EchoRegistration test passed")

@@ -28,12 +28,12 @@ for moduleDir in ("DeepUltrasoundCommon", "DeepUSE"):
 
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray  # noqa: E402
 from DeepUSELib import (  # noqa: E402
-    DeepUSESession,
     FLAGGED_ATTRIBUTE,
     FLAGGED_LEGEND_TITLE,
     LOW_QUALITY_STATUS,
     NCC_AFTER_ATTRIBUTE,
     QUALITY_OK_STATUS,
+    DeepUSESession,
     LiveStrainLogic,
     LiveStream,
     OfflineStrainJob,

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # In Slicer every scripted module folder is on sys.path; do the same here for the Lib packages.
-for moduleDir in ("DeepUltrasoundCommon", "DeepUSE", "EchoRegistration", "USSynth", "USSuperRes"):
+for moduleDir in ("DeepUltrasoundCommon", "DeepUSE", "USSynth", "USSuperRes"):
     sys.path.insert(0, str(ROOT / moduleDir))
 
 from DeepUltrasoundCommonLib import (  # noqa: E402
@@ -26,7 +26,6 @@ from DeepUltrasoundCommonLib import (  # noqa: E402
     volumeToArray,
 )
 from DeepUSELib import framePairs, rfFramesFromVolume, writeStrainFrames  # noqa: E402
-from EchoRegistrationLib import checkSameGrid, displacementToVolume  # noqa: E402
 from USSynthLib import labelSummary, synthesisInput, writeSynthesizedImages  # noqa: E402
 
 OBLIQUE = VolumeGeometry.fromSpacingOrigin(
@@ -240,34 +239,6 @@ def test_deepuse_needs_two_finite_frames(mrml_scene):
     arrayToVolume(np.zeros((2, 8, 8, 2), dtype=np.float32), rf, OBLIQUE)
     with pytest.raises(ValueError, match="vector volume"):
         rfFramesFromVolume(rf)
-
-
-def test_echo_registration_displacement_in_mm(mrml_scene):
-    fixed, moving = newVolume(mrml_scene, name="fixed"), newVolume(mrml_scene, name="moving")
-    arrayToVolume(np.zeros((1, 6, 4), dtype=np.float32), fixed, OBLIQUE)
-    arrayToVolume(np.ones((1, 6, 4), dtype=np.float32), moving, OBLIQUE)
-    checkSameGrid(fixed, moving)
-    displacement = newVolume(mrml_scene, "vtkMRMLVectorVolumeNode", "displacement")
-    pixels = np.stack([np.full((6, 4), 2.0), np.full((6, 4), -4.0)])
-    displacementToVolume(pixels, displacement, OBLIQUE)
-    stored, geometry = volumeToArray(displacement)
-    assert stored.shape == (1, 6, 4, 2)
-    np.testing.assert_allclose(stored[0, 3, 2], [2.0 * 0.3, -4.0 * 0.05], rtol=1e-6)
-    assert geometry.isClose(OBLIQUE)
-
-
-def test_echo_registration_refuses_different_grids(mrml_scene):
-    fixed, moving = newVolume(mrml_scene, name="fixed"), newVolume(mrml_scene, name="moving")
-    arrayToVolume(np.zeros((1, 6, 4), dtype=np.float32), fixed, OBLIQUE)
-    arrayToVolume(np.zeros((1, 6, 5), dtype=np.float32), moving, OBLIQUE)
-    with pytest.raises(ValueError, match="differ in size"):
-        checkSameGrid(fixed, moving)
-    shifted = VolumeGeometry.fromSpacingOrigin(spacing=(0.3, 0.05, 2.0), origin=(0.0, 0.0, 0.0))
-    arrayToVolume(np.zeros((1, 6, 4), dtype=np.float32), moving, shifted)
-    with pytest.raises(ValueError, match="different grids"):
-        checkSameGrid(fixed, moving)
-    with pytest.raises(ValueError, match=r"\(2, H, W\)"):
-        displacementToVolume(np.zeros((3, 6, 4)), newVolume(mrml_scene, "vtkMRMLVectorVolumeNode"), OBLIQUE)
 
 
 def test_ussynth_labels_in_images_out_on_the_label_grid(mrml_scene):

@@ -140,6 +140,20 @@ def parameterNodeFields(tree: ast.Module, module: str) -> dict[str, ast.expr]:
     raise AssertionError(f"{module}.py has no {module}ParameterNode class")
 
 
+def mrmlClasses(annotation: ast.expr) -> list[str]:
+    """The MRML classes a parameter node field holds: ``[C]`` for ``vtkMRMLC``, every class of a
+    ``Union[vtkMRMLA, vtkMRMLB, None]`` (a selector of several node types), else ``[]``."""
+    text = ast.unparse(annotation)
+    if text.startswith("vtkMRML"):
+        return [text]
+    if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Union":
+        members = [ast.unparse(member) for member in annotation.slice.elts]
+        classes = [member for member in members if member != "None"]
+        if classes and all(member.startswith("vtkMRML") for member in classes):
+            return classes
+    return []
+
+
 def pngSize(path: Path) -> tuple[int, int, int]:
     """``(width, height, colour type)`` from the PNG header (colour type 6 is RGBA)."""
     data = path.read_bytes()[:26]
@@ -297,8 +311,8 @@ def test_parameter_node_fields_are_typed_and_bounded(module):
             assert "WithinRange(" in text or "Choice(" in text, (
                 f"{module}ParameterNode.{name} needs WithinRange or Choice"
             )
-        if text.startswith("vtkMRML"):
-            assert hasattr(slicer, text), f"{module}ParameterNode.{name}: {text} is not an MRML class"
+        for className in mrmlClasses(annotation):
+            assert hasattr(slicer, className), f"{module}ParameterNode.{name}: {className} is not an MRML class"
 
 
 # .ui files ------------------------------------------------------------------------------------
@@ -348,7 +362,7 @@ def test_bound_widgets_name_parameter_node_fields(module):
         if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated":
             annotation = annotation.slice.elts[0]
         typeName = ast.unparse(annotation)
-        expected = {"qMRMLNodeComboBox"} if typeName.startswith("vtkMRML") else BINDABLE_WIDGETS.get(typeName, set())
+        expected = {"qMRMLNodeComboBox"} if mrmlClasses(annotation) else BINDABLE_WIDGETS.get(typeName, set())
         if "Choice(" in ast.unparse(fields[field]):  # a value from a list: a combo box of the choices
             expected = {"QComboBox"}
         assert widgetClass in expected, f"{field} ({typeName}) is bound to a {widgetClass}, not one of {expected}"
@@ -373,9 +387,10 @@ def test_node_selectors_of_abstract_node_classes_list_their_subclasses(module):
         field = properties.get("SlicerParameterName")
         if field is None:
             continue
-        className = ast.unparse(fields[field])
-        if scene.CreateNodeByClass(className) is None:  # abstract: no node is exactly of this class
-            assert properties.get("showChildNodeTypes") != "false", f"{widget.get('name')} ({className}) lists nothing"
+        for className in mrmlClasses(fields[field]):
+            if scene.CreateNodeByClass(className) is None:  # abstract: no node is exactly of this class
+                shown = properties.get("showChildNodeTypes") != "false"
+                assert shown, f"{widget.get('name')} ({className}) lists nothing"
 
 
 def test_rf_selector_waits_for_the_incoming_rf_volume():

@@ -14,6 +14,8 @@
 All import with ``slicer-core`` alone; the engine is imported when strain is computed.
 """
 
+from DeepUltrasoundCommonLib import sequenceOfProxy
+
 from .connection import (
     RF_DEVICE_NAME,
     STRAIN_CONNECTOR_NAME,
@@ -56,7 +58,6 @@ from .offline import (
     OfflineStrain,
     flaggedFrames,
     rfFramesFromSequence,
-    sequenceOfProxy,
     setQualityAttributes,
     shownItemFlagged,
     strainOfSequence,

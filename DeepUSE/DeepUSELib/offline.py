@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import slicer
-from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
+from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, framesOfSequence, shownItemNumber
 
 from .logic import rfFramesFromVolume, writeStrainFrames
 
@@ -111,11 +111,7 @@ def writeStrainSequence(
 def shownItemFlagged(browser: slicer.vtkMRMLSequenceBrowserNode, strainSequence: slicer.vtkMRMLSequenceNode) -> bool:
     """Whether the strain item that ``browser`` shows now (the one at its selected index value) is flagged
     (:func:`flaggedFrames`); False where that value has no strain item (the first frame)."""
-    master = browser.GetMasterSequenceNode()
-    selected = browser.GetSelectedItemNumber()
-    if master is None or selected < 0:
-        return False
-    item = strainSequence.GetItemNumberFromIndexValue(master.GetNthIndexValue(selected))
+    item = shownItemNumber(browser, strainSequence)
     return item >= 0 and item in flaggedFrames(strainSequence)
 
 
@@ -167,18 +163,6 @@ def strainOfVolume(
     return offline
 
 
-def sequenceOfProxy(
-    volumeNode: slicer.vtkMRMLVolumeNode,
-) -> tuple[slicer.vtkMRMLSequenceBrowserNode, slicer.vtkMRMLSequenceNode] | None:
-    """``(browser, sequence)`` when ``volumeNode`` is the proxy node of a sequence browser, else None."""
-    scene = volumeNode.GetScene()
-    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode")):
-        browser = scene.GetNthNodeByClass(index, "vtkMRMLSequenceBrowserNode")
-        if browser.IsProxyNodeID(volumeNode.GetID()):
-            return browser, browser.GetSequenceNode(volumeNode)
-    return None
-
-
 def rfFramesFromSequence(rfSequence: slicer.vtkMRMLSequenceNode) -> tuple[np.ndarray, list[VolumeGeometry], list[str]]:
     """Frames ``(N, H, W)`` float32, the geometry of each and their index values.
 
@@ -188,29 +172,8 @@ def rfFramesFromSequence(rfSequence: slicer.vtkMRMLSequenceNode) -> tuple[np.nda
     """
     if rfSequence is None:
         raise ValueError("No RF sequence selected")
-    count = rfSequence.GetNumberOfDataNodes()
-    if count < 2:
-        raise ValueError(f"Sequence '{rfSequence.GetName()}' holds {count} frame(s): strain needs at least 2")
-    frames, geometries, values = [], [], []
-    for item in range(count):
-        node = rfSequence.GetNthDataNode(item)
-        value = rfSequence.GetNthIndexValue(item)
-        if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLVectorVolumeNode"):
-            raise ValueError(f"Item {value} of sequence '{rfSequence.GetName()}' is not a scalar volume")
-        voxels, geometry = volumeToArray(node)
-        if voxels.shape[0] != 1:
-            raise ValueError(
-                f"Item {value} of sequence '{rfSequence.GetName()}' has {voxels.shape[0]} slices: expected one RF frame"
-            )
-        if frames and voxels.shape[1:] != frames[0].shape:
-            raise ValueError(
-                f"Item {value} of sequence '{rfSequence.GetName()}' is {voxels.shape[1]} x {voxels.shape[2]}, "
-                f"the first is {frames[0].shape[0]} x {frames[0].shape[1]}: all frames must have the same size"
-            )
-        frames.append(voxels[0].astype(np.float32, copy=False))
-        geometries.append(geometry)
-        values.append(value)
-    stacked = np.stack(frames)
+    stacked, geometries, values = framesOfSequence(rfSequence, "strain")
+    stacked = stacked.astype(np.float32, copy=False)
     if not np.all(np.isfinite(stacked)):
         raise ValueError(f"Sequence '{rfSequence.GetName()}' contains NaN or infinite samples")
     return stacked, geometries, values

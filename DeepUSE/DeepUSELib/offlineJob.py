@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 from DeepUltrasoundCommonLib import arrayToVolume
-from DeepUltrasoundCommonLib.engineJob import EngineJob, readVolumeArray, writeVolumeFile
+from DeepUltrasoundCommonLib.engineJob import EngineJob, readVolumeArray, writeArrayFile
 
 from .engine import StrainMethod
 from .logic import rfFramesFromVolume
@@ -88,13 +88,7 @@ class OfflineStrainJob(EngineJob):
         self.method, self.pairWithPrevious = method, pairWithPrevious
 
     def writeInputs(self, folder: Path) -> list[str]:
-        scene = self.rfNode.GetScene()
-        staging = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "DeepUSE RF frames")
-        try:
-            arrayToVolume(self.frames, staging, self.geometry)
-            writeVolumeFile(staging, folder / "rf.nrrd")
-        finally:
-            scene.RemoveNode(staging)
+        writeArrayFile(self.frames, self.geometry, folder / "rf.nrrd", self.rfNode.GetScene())
         return strainArguments(
             folder / "rf.nrrd", folder / "strain.nrrd", folder / "bmode.nrrd", self.method, self.pairWithPrevious
         )

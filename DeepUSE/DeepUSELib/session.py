@@ -10,6 +10,7 @@ scene and its parameter node; scripts and tests use a session on any scene.
 from __future__ import annotations
 
 import slicer
+from DeepUltrasoundCommonLib import sequenceOfProxy
 
 from .connection import (
     STRAIN_CONNECTOR_NAME,
@@ -21,7 +22,7 @@ from .connection import (
 from .engine import StrainMethod, createLiveProcessor
 from .live import LiveStrainLogic
 from .liveStream import BMODE_DEVICE_NAME, DEFAULT_SERVE_PORT, STRAIN_DEVICE_NAME, LiveStream, streamArguments
-from .offline import sequenceOfProxy, shownItemFlagged
+from .offline import shownItemFlagged
 from .offlineJob import OfflineStrainJob
 from .recording import StrainRecorder
 

@@ -1,6 +1,7 @@
 """Slicer-side helpers shared by the DeepUltrasound modules.
 
 - :mod:`.volumes`       volume nodes <-> numpy arrays with their geometry
+- :mod:`.sequences`     recordings in Sequences: the sequence behind a proxy volume, its frames
 - :mod:`.bundles`       the model bundles the installed engine provides
 - :mod:`.dependencies`  install the engine's third-party packages when the user first needs them
 - :mod:`.versions`      the Slicer and Python versions the extension runs on
@@ -13,6 +14,7 @@ import time), so they run with ``slicer-core`` outside Slicer.
 
 from .bundles import DEFAULT_MODEL_LABEL, BundleInfo, listBundledModels, modelChoices
 from .dependencies import ENGINE_REQUIREMENTS, ensureRequirements, loadRequirements, missingRequirements
+from .sequences import framesOfSequence, sequenceOfProxy, shownItemNumber
 from .versions import MINIMUM_SLICER_VERSION, unsupportedPythonMessage
 from .volumes import (
     VolumeGeometry,
@@ -32,13 +34,16 @@ __all__ = [
     "VolumeGeometry",
     "arrayToVolume",
     "ensureRequirements",
+    "framesOfSequence",
     "labelMapToArray",
     "listBundledModels",
     "loadRequirements",
     "missingRequirements",
     "modelChoices",
     "newFrameTime",
+    "sequenceOfProxy",
     "setVolumeGeometry",
+    "shownItemNumber",
     "unsupportedPythonMessage",
     "volumeGeometry",
     "volumeToArray",

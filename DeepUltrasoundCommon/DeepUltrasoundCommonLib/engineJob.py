@@ -8,7 +8,8 @@ into the output volumes, removing the folder. :class:`EngineJob` does the steps;
 derives from it and says which files and arguments (:meth:`EngineJob.writeInputs`) and how the
 results go into its nodes (:meth:`EngineJob.readResults`). :func:`writeVolumeFile` and
 :func:`readVolumeFile` move a volume node to and from a file (NRRD, with its geometry);
-:func:`readVolumeArray` reads a file's voxels and geometry without touching any output node.
+:func:`writeArrayFile` and :func:`readVolumeArray` move voxels and geometry to and from a file
+without touching any node the user sees.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import slicer
 
 from .process import EngineProcess, progressOf
-from .volumes import VolumeGeometry, volumeToArray
+from .volumes import VolumeGeometry, arrayToVolume, volumeToArray
 
 #: output lines of a failed process shown in the error message
 ERROR_LINES = 5
@@ -53,6 +54,28 @@ def writeVolumeFile(volumeNode: slicer.vtkMRMLVolumeNode, path: Path) -> None:
             raise OSError(f"Could not write '{volumeNode.GetName()}' to {path}")
 
 
+def writeArrayFile(
+    array: np.ndarray,
+    geometry: VolumeGeometry,
+    path: Path,
+    scene: slicer.vtkMRMLScene,
+    className: str = "vtkMRMLScalarVolumeNode",
+) -> None:
+    """Write voxels ``(K, J, I)`` (``(K, J, I, C)`` for a vector ``className``) placed at ``geometry`` to
+    ``path``, through a staging volume node of ``className`` that is in ``scene`` only meanwhile.
+
+    Raises:
+        ValueError: the array does not fit the node class (see :func:`.volumes.arrayToVolume`).
+        OSError: the file cannot be written.
+    """
+    staging = scene.AddNewNodeByClass(className, f"writing {path.name}")
+    try:
+        arrayToVolume(array, staging, geometry)
+        writeVolumeFile(staging, path)
+    finally:
+        scene.RemoveNode(staging)
+
+
 def readVolumeFile(path: Path, volumeNode: slicer.vtkMRMLVolumeNode) -> None:
     """Replace the voxels and geometry of ``volumeNode`` with those of the image file ``path``.
 
@@ -64,14 +87,17 @@ def readVolumeFile(path: Path, volumeNode: slicer.vtkMRMLVolumeNode) -> None:
             raise ValueError(f"Could not read the computed {path.name}")
 
 
-def readVolumeArray(path: Path, scene: slicer.vtkMRMLScene) -> tuple[np.ndarray, VolumeGeometry]:
-    """Voxels ``(K, J, I)`` and geometry of the scalar image file ``path``, read through a staging volume
-    node that is in ``scene`` only meanwhile.
+def readVolumeArray(
+    path: Path, scene: slicer.vtkMRMLScene, className: str = "vtkMRMLScalarVolumeNode"
+) -> tuple[np.ndarray, VolumeGeometry]:
+    """Voxels ``(K, J, I)`` (``(K, J, I, C)`` with ``className="vtkMRMLVectorVolumeNode"``) and geometry of
+    the image file ``path``, read through a staging volume node of ``className`` that is in ``scene`` only
+    meanwhile. Vector components are returned as stored: the file's LPS components are not turned into RAS.
 
     Raises:
         ValueError: the file is missing or cannot be read.
     """
-    staging = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"reading {path.name}")
+    staging = scene.AddNewNodeByClass(className, f"reading {path.name}")
     try:
         readVolumeFile(path, staging)
         return volumeToArray(staging)
