@@ -851,7 +851,7 @@ def test_each_capability_has_an_inference_section(conv_copy):
         "diffusion": {
             "kind": "diffusion",
             "schedule": {"name": "linear_beta", "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
-            "bmap": {"enabled": True, "eps": 1e-3, "probe": "sector"},
+            "bmap": {"enabled": True, "eps": 0.97, "probe": "sector", "outside_label": 0},
             "sampler": "ddpm",
             "sampling_steps": 250,
             "guidance_scale": 2.0,

@@ -75,12 +75,21 @@ class NoiseSchedule(_Section):
 
 
 class BMapSettings(_Section):
-    """The depth-attenuation "B-map" forward process (per-pixel alpha_bar): on or off, its floor
-    ``eps`` and the probe geometry whose depth axis it follows."""
+    """The depth-attenuation "B-map" forward process (per-pixel alpha_bar, :mod:`deepultrasound.synthesis.bmaps`).
+
+    Attributes:
+        enabled: False: the plain process.
+        eps: the B-map floor (0.97 as published; 1 attenuates nothing).
+        probe: whose depth the B-maps follow: the row (``"linear"``) or the distance from the
+            fan's apex (``"sector"``).
+        outside_label: sector probes: the label value outside the fan, from which the fan is
+            estimated; None: the fan geometry is given with each label map.
+    """
 
     enabled: bool = False
-    eps: float = Field(1e-3, gt=0, lt=1)
+    eps: float = Field(0.97, gt=0, le=1)
     probe: Literal["linear", "sector"] = "linear"
+    outside_label: int | None = Field(None, ge=0)
 
 
 class DiffusionInference(_Section):
@@ -106,6 +115,9 @@ class DiffusionInference(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> DiffusionInference:
         _distinct_values(self.label_classes)
+        values = [label.value for label in self.label_classes]
+        if self.bmap.outside_label is not None and self.bmap.outside_label not in values:
+            raise ValueError(f"bmap.outside_label {self.bmap.outside_label} is not a label class value {values}")
         if self.sampling_steps > self.schedule.num_train_timesteps:
             raise ValueError(
                 f"sampling_steps {self.sampling_steps} exceeds the {self.schedule.num_train_timesteps} training steps"

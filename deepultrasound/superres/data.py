@@ -59,12 +59,15 @@ class SimulatedScan:
         envelope: ``(H, W)`` float32 envelope, maximum 1.
         spacing_mm: (line pitch, axial sample spacing) in mm.
         dynamic_range_db: the displayed dynamic range of ``bmode``.
+        phantom: the scene; pixel ``(i, j)`` images its point ``((j + 0.5) pitch, (i + 0.5) spacing)``
+            mm (:meth:`~deepultrasound.simulation.phantom.Phantom.grid` of the image's shape).
     """
 
     bmode: np.ndarray
     envelope: np.ndarray
     spacing_mm: tuple[float, float]
     dynamic_range_db: float
+    phantom: Phantom
 
 
 def _vessel(rng: np.random.Generator, depth_mm: float, width_mm: float) -> Inclusion:
@@ -143,6 +146,7 @@ def simulate_scan(
         envelope=(magnitude / magnitude.max()).astype(np.float32),
         spacing_mm=(float(pitch), float(depth / rows)),
         dynamic_range_db=float(dynamic_range),
+        phantom=phantom,
     )
 
 

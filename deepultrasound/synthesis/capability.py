@@ -1,0 +1,3 @@
+"""USSynth label-map-conditioned ultrasound synthesis: its training task (see :mod:`deepultrasound.capabilities`)."""
+
+TASKS = {"us-diffusion": "deepultrasound.synthesis.training_task"}
