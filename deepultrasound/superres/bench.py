@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from deepultrasound.errors import FileFormatError, InputError
 from deepultrasound.io.shared_data import shared_data_dir
 from deepultrasound.losses.metrics import psnr, ssim
+from deepultrasound.runtime import load_bundle
 from deepultrasound.superres.data import BUSI_FOLDER, real_images, simulated_images
 from deepultrasound.superres.degradation import METHODS, degrade, upsample_lines
 from deepultrasound.superres.inference import DEFAULT_TILE, SuperResolver, installed_models, superresolve
@@ -69,13 +70,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _models(args: argparse.Namespace) -> dict[int, dict[str, Path]]:
-    """Bundles to evaluate per factor: the installed ones, with ``--model F=BUNDLE`` added."""
-    models = {factor: {path.name: path for path, _ in found} for factor, found in installed_models().items()}
+    """Bundles to evaluate per factor by manifest name: the installed ones, with ``--model F=BUNDLE`` added (a
+    bundle of the same name replaces the installed one)."""
+    models = {factor: {name: path for path, name in found} for factor, found in installed_models().items()}
     for entry in args.model:
         factor, _, path = entry.partition("=")
         if not factor.isdigit() or not path:
             raise InputError(f"--model takes F=BUNDLE, e.g. 4=runs/superres_x4/bundle; got {entry!r}")
-        models.setdefault(int(factor), {})[Path(path).name] = Path(path)
+        models.setdefault(int(factor), {})[load_bundle(path).manifest.name] = Path(path)
     return models
 
 
