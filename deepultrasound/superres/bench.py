@@ -86,7 +86,7 @@ def _estimate(method: str | SuperResolver, low: np.ndarray, factor: int, width: 
     if isinstance(method, str):
         fine = upsample_lines(torch.from_numpy(low), factor, method).numpy()
     else:
-        fine = superresolve(low, factor, model=method)
+        fine = method(low[None])[0]  # B-mode in [0, 1], as the model was trained on
     return np.clip(fine[:, :width], 0.0, DATA_RANGE)
 
 

@@ -20,11 +20,12 @@ with copies of their edge lines to that width and the output cropped back (a log
 
 **Values** (:class:`ValueMapping`): the networks take and return B-mode in [0, 1] (manifest
 normalisation ``bmode_unit``). uint8 input is mapped by its dtype range (value / 255, the display
-values the networks were trained on); every other dtype by the minimum and maximum of the input's
-values (all frames together), because 10- to 14-bit scanner data stored in 16 bits would fill only
-a sliver of the dtype range. The output is mapped back by the same affine map and returned in the
-input's dtype: floats unclipped, integers rounded and clipped to the dtype's range. The classical
-methods are affine-equivariant, so for them the mapping changes nothing but float rounding.
+values the networks were trained on); floating-point values within [0, 1] as they are (B-mode in
+[0, 1] already); every other input by the minimum and maximum of its values (all frames together),
+because 10- to 14-bit scanner data stored in 16 bits would fill only a sliver of the dtype range.
+The output is mapped back by the same affine map and returned in the input's dtype: floats
+unclipped, integers rounded and clipped to the dtype's range. The classical methods are
+affine-equivariant, so for them the mapping changes nothing but float rounding.
 NaN and infinite values are refused with their count.
 """
 
@@ -143,6 +144,8 @@ class ValueMapping:
                     "replace them (e.g. by the nearest valid value) before super-resolution"
                 )
         low, high = float(array.min()), float(array.max())
+        if np.issubdtype(dtype, np.floating) and low >= 0.0 and high <= 1.0:
+            return cls(0.0, 1.0, dtype, "identity: floating-point values within [0, 1] are B-mode in [0, 1]")
         return cls(low, high if high > low else low + 1.0, dtype, f"its {dtype} minimum {low:g} and maximum {high:g}")
 
     @property
