@@ -15,10 +15,9 @@ Batch use without the GUI goes through :class:`EchoRegistrationLogic`::
 from typing import Annotated, Union
 
 import numpy as np
-import qt
 import slicer
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume
-from DeepUltrasoundCommonLib.moduleWidget import DeepUltrasoundWidget
+from DeepUltrasoundCommonLib.moduleWidget import BackgroundJobWidget
 from EchoRegistrationLib import METHODS, EchoTrackingSession, TrackingMethod
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -83,25 +82,9 @@ class EchoRegistrationParameterNode:
 #
 
 
-class EchoRegistrationWidget(DeepUltrasoundWidget):
+class EchoRegistrationWidget(BackgroundJobWidget):
     bundleTask = "echo-registration"
-    #: how often the background process is polled, ms
-    pollIntervalMs = 200
-
-    def setup(self) -> None:
-        super().setup()
-        if self.logic is None:  # an unsupported Slicer: the panel shows why
-            return
-        self.timer = qt.QTimer()  # runs while a tracking runs; see onTimer
-        self.timer.setInterval(self.pollIntervalMs)
-        self.timer.connect("timeout()", self.onTimer)
-
-    def cleanup(self) -> None:
-        """Application exit or module reload: no process may outlive the panel."""
-        if self.logic is not None:
-            self.timer.stop()
-            self.logic.cancel()
-        super().cleanup()
+    jobTitle = _("Tracking")
 
     def createLogic(self):
         return EchoRegistrationLogic()
@@ -118,45 +101,9 @@ class EchoRegistrationWidget(DeepUltrasoundWidget):
             return _("Select the segmentation or label map of one frame")
         return ""
 
-    def apply(self, parameterNode: EchoRegistrationParameterNode) -> str:
-        """Start the tracking in the background: Apply turns into Cancel, :meth:`onTimer` shows the results."""
-        self.ensureEngine()
-        self.logic.processParameterNode(parameterNode, waitForCompletion=False)
-        self.ui.applyButton.text = _("Cancel")
-        self.timer.start()
-        return _("Tracking running...")
-
-    def onApplyButton(self) -> None:
-        if self.logic.job is None:
-            super().onApplyButton()
-            return
-        self.timer.stop()
-        self.logic.cancel()
-        self.ui.applyButton.text = _("Apply")
-        self.ui.statusLabel.text = _("Tracking cancelled")
-
-    def onTimer(self) -> None:
-        """Progress of the running tracking; once it has ended, its results in the views."""
-        job = self.logic.job
-        if job is None:
-            self.timer.stop()
-            return
-        if job.poll():
-            if job.progress is not None:
-                self.ui.statusLabel.text = _("Tracking: frame {done} of {total}").format(
-                    done=job.progress[0], total=job.progress[1]
-                )
-            return
-        self.timer.stop()
-        self.ui.applyButton.text = _("Apply")
-        inputVolume = job.tracking.node
-        with slicer.util.tryWithErrorDisplay(_("Failed to compute results."), waitCursor=True):
-            self.ui.statusLabel.text = self.logic.finish()
-            self.showResults(inputVolume)
-
-    def showResults(self, inputVolume: vtkMRMLScalarVolumeNode) -> None:
+    def showJobResult(self, job) -> None:
         """The tracked labels over the frames in the slice views, the strain chart in the plot view."""
-        slicer.util.setSliceViewerLayers(background=inputVolume, label=self.logic.labelProxy(), fit=True)
+        slicer.util.setSliceViewerLayers(background=job.tracking.node, label=self.logic.labelProxy(), fit=True)
         slicer.modules.plots.logic().ShowChartInLayout(self.logic.strainChart)
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-import qt
 import slicer
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
-from DeepUltrasoundCommonLib.moduleWidget import DeepUltrasoundWidget
+from DeepUltrasoundCommonLib.moduleWidget import BackgroundJobWidget
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
@@ -87,26 +86,15 @@ class USSuperResParameterNode:
 #
 
 
-class USSuperResWidget(DeepUltrasoundWidget):
+class USSuperResWidget(BackgroundJobWidget):
     bundleTask = "superres"
-    #: how often the background process is polled, ms
-    pollIntervalMs = 200
+    jobTitle = _("Super-resolution")
 
     def setup(self) -> None:
         super().setup()
         if self.logic is None:  # an unsupported Slicer: the panel shows why
             return
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
-        self.timer = qt.QTimer()  # runs while a super-resolution runs; see onTimer
-        self.timer.setInterval(self.pollIntervalMs)
-        self.timer.connect("timeout()", self.onTimer)
-
-    def cleanup(self) -> None:
-        """Application exit or module reload: no process may outlive the panel."""
-        if self.logic is not None:
-            self.timer.stop()
-            self.logic.cancel()
-        super().cleanup()
 
     def createLogic(self):
         return USSuperResLogic()
@@ -121,41 +109,9 @@ class USSuperResWidget(DeepUltrasoundWidget):
             return _("Select an input image")
         return ""
 
-    def apply(self, parameterNode: USSuperResParameterNode) -> str:
-        """Start the super-resolution in the background: Apply turns into Cancel, :meth:`onTimer` shows the result."""
-        self.ensureEngine()
-        self.logic.processParameterNode(parameterNode, waitForCompletion=False)
-        self.ui.applyButton.text = _("Cancel")
-        self.timer.start()
-        return _("Super-resolution running...")
-
-    def onApplyButton(self) -> None:
-        if self.logic.job is None:
-            super().onApplyButton()
-            return
-        self.timer.stop()
-        self.logic.cancel()
-        self.ui.applyButton.text = _("Apply")
-        self.ui.statusLabel.text = _("Super-resolution cancelled")
-
-    def onTimer(self) -> None:
-        """Progress of the running super-resolution; once it has ended, its result beside the input."""
-        job = self.logic.job
-        if job is None:
-            self.timer.stop()
-            return
-        if job.poll():
-            if job.progress is not None:
-                self.ui.statusLabel.text = _("Super-resolution: frame {done} of {total}").format(
-                    done=job.progress[0], total=job.progress[1]
-                )
-            return
-        self.timer.stop()
-        self.ui.applyButton.text = _("Apply")
-        with slicer.util.tryWithErrorDisplay(_("Failed to compute results."), waitCursor=True):
-            self.ui.statusLabel.text = self.logic.finish()
-            if self._parameterNode:  # None while the module is not shown: the result waits in the output volume
-                self.compare()
+    def showJobResult(self, job) -> None:
+        if self._parameterNode:  # None while the module is not shown: the result waits in the output volume
+            self.compare()
 
     def onCompareButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to show the comparison."), waitCursor=True):

@@ -167,3 +167,74 @@ class DeepUltrasoundWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to compute results."), waitCursor=True):
             self.ui.statusLabel.text = self.apply(self._parameterNode)
+
+
+class BackgroundJobWidget(DeepUltrasoundWidget):
+    """Panel of a module whose Apply runs one engine command in the background (see :mod:`.engineJob`).
+
+    Apply starts the logic's job (``processParameterNode(parameterNode, waitForCompletion=False)``)
+    and turns into Cancel; a timer shows the job's progress and, once it has ended, the logic's
+    ``finish()`` summary, then :meth:`showJobResult`. The logic provides ``job`` (the running
+    ``EngineJob`` or None), ``processParameterNode``, ``finish()`` and ``cancel()``.
+
+    Attributes:
+        jobTitle: what the job computes, as the status line names it (e.g. "Tracking").
+        pollIntervalMs: how often the background process is polled.
+    """
+
+    jobTitle = ""
+    pollIntervalMs = 200
+
+    def showJobResult(self, job) -> None:
+        """Show the results of ``job``, which has just been read into the output nodes."""
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        super().setup()
+        if self.logic is None:  # an unsupported Slicer: the panel shows why
+            return
+        self.timer = qt.QTimer()  # runs while a job runs; see onTimer
+        self.timer.setInterval(self.pollIntervalMs)
+        self.timer.connect("timeout()", self.onTimer)
+
+    def cleanup(self) -> None:
+        """Application exit or module reload: no process may outlive the panel."""
+        if self.logic is not None:
+            self.timer.stop()
+            self.logic.cancel()
+        super().cleanup()
+
+    def apply(self, parameterNode) -> str:
+        """Start the job in the background: Apply turns into Cancel, :meth:`onTimer` shows the results."""
+        self.ensureEngine()
+        self.logic.processParameterNode(parameterNode, waitForCompletion=False)
+        self.ui.applyButton.text = _("Cancel")
+        self.timer.start()
+        return _("{title} running...").format(title=self.jobTitle)
+
+    def onApplyButton(self) -> None:
+        if self.logic.job is None:
+            super().onApplyButton()
+            return
+        self.timer.stop()
+        self.logic.cancel()
+        self.ui.applyButton.text = _("Apply")
+        self.ui.statusLabel.text = _("{title} cancelled").format(title=self.jobTitle)
+
+    def onTimer(self) -> None:
+        """Progress of the running job; once it has ended, its results."""
+        job = self.logic.job
+        if job is None:
+            self.timer.stop()
+            return
+        if job.poll():
+            if job.progress is not None:
+                self.ui.statusLabel.text = _("{title}: frame {done} of {total}").format(
+                    title=self.jobTitle, done=job.progress[0], total=job.progress[1]
+                )
+            return
+        self.timer.stop()
+        self.ui.applyButton.text = _("Apply")
+        with slicer.util.tryWithErrorDisplay(_("Failed to compute results."), waitCursor=True):
+            self.ui.statusLabel.text = self.logic.finish()
+            self.showJobResult(job)
