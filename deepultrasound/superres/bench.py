@@ -140,7 +140,7 @@ def _tile_run(bundle: str, tile: int, device: str, queue: multiprocessing.Queue)
 def _tiles(bundle: Path, device: str) -> dict[str, Any]:
     """The tiled and the untiled run of :func:`_tile_run`, each in a process of its own."""
     context = multiprocessing.get_context("spawn")
-    figures: dict[str, Any] = {"model": bundle.name, "input_shape": list(TILE_CHECK_SHAPE)}
+    figures: dict[str, Any] = {"model": load_bundle(bundle).manifest.name, "input_shape": list(TILE_CHECK_SHAPE)}
     for label, tile in (("tiled", DEFAULT_TILE), ("untiled", max(TILE_CHECK_SHAPE))):
         queue = context.Queue()
         process = context.Process(target=_tile_run, args=(str(bundle), tile, device, queue))
