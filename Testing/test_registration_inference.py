@@ -465,7 +465,8 @@ def test_track_reads_a_colour_video_as_grey(tmp_path, capsys, caplog):
 
 def test_bench_register_on_two_pairs(tiny_bundle, capsys):
     code, out, err = run_cli(
-        ["bench", "register", "--synthetic", "2", "--camus-patients", "0", "--size", "64"]
+        ["bench", "register", "--synthetic", "2", "--camus-patients", "0", "--size", "64", "--sequences", "1"]
+        + ["--frames", "2"]
         + [
             "--model",
             tiny_bundle,
@@ -490,3 +491,9 @@ def test_bench_register_on_two_pairs(tiny_bundle, capsys):
     assert rows["identity"]["folding_percent"] == 0.0 and rows["identity"]["epe"] > 0
     assert rows["ours"]["dice_lv"] == pytest.approx(rows["ablation:copy"]["dice_lv"])  # the same bundle twice
     assert "elastix" not in rows and rows["ours"]["speedup_vs_elastix"] is None  # elastix left out of this run
+    tracking = figures["tracking"]
+    (truth,) = tracking["gls_truth_percent"]
+    assert tracking["cines"] == 1 and truth < -5  # the simulated heart shortens
+    # the untrained network barely moves anything: its GLS error is about minus the truth
+    assert tracking["methods"]["ours"]["gls_error_pp"] == [pytest.approx(-truth, abs=1.0)]
+    assert tracking["methods"]["farneback"]["mean_abs_gls_error_pp"] < abs(truth)

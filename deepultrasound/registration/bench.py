@@ -24,6 +24,9 @@ Figures per row, means over the pairs (:func:`~deepultrasound.registration.metri
 only, pixels, over the ED heart); ``seconds_per_pair`` (wall time of the registration alone, on
 this machine, after one untimed warm-up pair for networks); ``speedup_vs_elastix``: elastix's
 seconds per pair over the row's, measured in the same run (null without elastix).
+``tracking``: ``--sequences`` held-out simulated cines (ED to ES, ``--frames`` frames) tracked from
+their ED labels by every method as ``deepultrasound track`` does; per method the GLS error at ES
+(endocardial, percentage points) against the simulator's truth and its mean absolute value.
 The last stdout line is the JSON of everything (``deepultrasound bench``).
 """
 
@@ -50,9 +53,11 @@ from deepultrasound.registration.data import (
     camus_split,
     default_camus_root,
     synthetic_pairs,
+    synthetic_sequence,
 )
 from deepultrasound.registration.inference import Registrar, installed_models, resolve_model
 from deepultrasound.registration.metrics import score_pair
+from deepultrasound.registration.tracking import track_sequence
 from deepultrasound.runtime import AUTO_BACKEND, BACKEND_CHOICES
 
 HELP = "registration: network vs elastix vs optical flow vs none, on held-out simulated pairs and CAMUS validation"
@@ -75,6 +80,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="an ablation row (repeatable; default: every other installed registration bundle)",
     )
     parser.add_argument("--synthetic", type=int, default=20, help="held-out simulated pairs (default: 20)")
+    parser.add_argument(
+        "--sequences", type=int, default=3, help="held-out simulated cines tracked ED -> ES for GLS (default: 3)"
+    )
+    parser.add_argument("--frames", type=int, default=8, help="frames of each tracked cine (default: 8)")
     parser.add_argument(
         "--camus-patients",
         type=int,
@@ -170,6 +179,28 @@ def _evaluate(
     return {"pairs": count, "methods": rows}
 
 
+def _tracking(count: int, frames: int, methods: dict[str, PairMethod]) -> dict[str, Any]:
+    """GLS at end-systole of ``count`` held-out simulated cines tracked from their ED labels by every method
+    (:func:`~deepultrasound.registration.tracking.track_sequence`), against the simulator's truth."""
+    errors: dict[str, list[float]] = {name: [] for name in methods}
+    truths = []
+    for index in tqdm(range(count), desc="tracking", unit="cine"):
+        images, labels, spacing, truth = synthetic_sequence(HELD_OUT_SYNTHETIC_SEED, index, frames)
+        truths.append(truth)
+        for name, method in methods.items():
+            curves = track_sequence(images, labels, 0, method, spacing).curves
+            errors[name].append(curves.gls - truth)
+    return {
+        "cines": count,
+        "frames": frames,
+        "gls_truth_percent": truths,
+        "methods": {
+            name: {"gls_error_pp": values, "mean_abs_gls_error_pp": _mean([abs(v) for v in values])}
+            for name, values in errors.items()
+        },
+    }
+
+
 def _print_table(title: str, part: dict[str, Any]) -> None:
     print(f"\n{title}: {part.get('pairs', 0)} pairs" + (f" (skipped: {part['skipped']})" if "skipped" in part else ""))
     if "methods" not in part:
@@ -212,11 +243,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "patients": patients,
             **_evaluate(camus_pairs(root, patients, args.size), methods, set(networks), "CAMUS validation"),
         }
+    tracked = {name: method for name, method in methods.items() if name != IDENTITY}
+    figures["tracking"] = _tracking(args.sequences, args.frames, tracked) if args.sequences else None
     _print_table("held-out simulated ED -> ES pairs", figures["synthetic"])
     _print_table("CAMUS validation patients, ED fixed / ES moving", figures["camus"])
     for name, reason in missing.items():
         print(f"{name}: {reason}")
     for note in notes:
         print(f"note: {note}")
+    if figures["tracking"]:
+        truth = ", ".join(f"{value:.1f}" for value in figures["tracking"]["gls_truth_percent"])
+        print(f"\ntracked cines (GLS at ES, truth {truth} %): mean |GLS error| in percentage points")
+        for name, row in figures["tracking"]["methods"].items():
+            print(f"{name:<24}{row['mean_abs_gls_error_pp']:>11.3g}")
     print("HD95 and EPE in pixels of the pair grid; speedup = elastix seconds per pair / the row's")
     return figures

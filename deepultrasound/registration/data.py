@@ -48,7 +48,7 @@ ES_PHASE = (0.3, 0.4)
 GAIN_DB = (-18.0, -10.0)
 """Range of the simulated scanner gain (the simulator's default, -14 dB, is tuned to CAMUS)."""
 
-_STREAMS = ("ed_es", "random_phases", "labels")  # independent draws of simulated hearts from one seed
+_STREAMS = ("ed_es", "random_phases", "labels", "sequences")  # independent draws of simulated hearts from one seed
 
 Pair = dict[str, torch.Tensor]
 
@@ -113,6 +113,23 @@ def simulated_labels(seed: int, count: int, size: int) -> Iterator[torch.Tensor]
     for index in range(count):
         simulator, rng = _simulator(seed, index, "labels")
         yield resize_labels(simulator.labels(float(rng.uniform(0.0, 1.0))), (size, size), NUM_CLASSES)
+
+
+def synthetic_sequence(seed: int, index: int, frames: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float], float]:
+    """A simulated cine from end-diastole to end-systole with its truth, a function of ``(seed, index)`` only.
+
+    Returns:
+        ``(T, H, W)`` float32 frames (T = ``frames``, phases evenly spaced from ED to ES, on CAMUS's
+        :data:`SIMULATION_SIZE` grid), the ``(H, W)`` uint8 labels of end-diastole, the pixel size
+        (lateral, axial) in mm, and the simulator's global longitudinal strain at ES in %.
+    """
+    if frames < 2:
+        raise InputError(f"a sequence needs at least 2 frames, got {frames}")
+    simulator, _ = _simulator(seed, index, "sequences")
+    phases = np.linspace(0.0, simulator.config.es_phase, frames)
+    images = np.stack([simulator.frame(float(phase)).image for phase in phases]).astype(np.float32)
+    labels = simulator.labels(0.0).astype(np.uint8)
+    return images, labels, simulator.sector.pixel_mm, float(simulator.global_longitudinal_strain())
 
 
 def _simulator(seed: int, index: int, stream: str) -> tuple[EchoSimulator, np.random.Generator]:
