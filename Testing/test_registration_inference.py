@@ -494,6 +494,5 @@ def test_bench_register_on_two_pairs(tiny_bundle, capsys):
     tracking = figures["tracking"]
     (truth,) = tracking["gls_truth_percent"]
     assert tracking["cines"] == 1 and truth < -5  # the simulated heart shortens
-    # the untrained network barely moves anything: its GLS error is about minus the truth
-    assert tracking["methods"]["ours"]["gls_error_pp"] == [pytest.approx(-truth, abs=1.0)]
+    assert set(tracking["methods"]) == {"ours", "ablation:copy", "farneback"}  # every method but the identity
     assert tracking["methods"]["farneback"]["mean_abs_gls_error_pp"] < abs(truth)
