@@ -41,19 +41,24 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.fixture
-def pythonWithAChild(tmp_path) -> tuple[str, Path]:
-    """An interpreter wrapper that leaves a child process running beside the engine (as a worker would)."""
-    childPid = tmp_path / "child.pid"
-    wrapper = tmp_path / "python"
-    wrapper.write_text(f'#!/bin/sh\nsleep 600 &\necho $! > "{childPid}"\nexec "{sys.executable}" "$@"\n')
+def pythonWithAChild(folder: Path, ignoreInterrupt: bool = False) -> tuple[str, Path]:
+    """An interpreter wrapper that leaves a child process running beside the engine (as a worker would); with
+    ``ignoreInterrupt`` it starts the engine with SIGINT ignored, as a shell does for its background jobs."""
+    childPid = folder / "child.pid"
+    wrapper = folder / "python"
+    trap = "trap '' INT\n" if ignoreInterrupt else ""
+    wrapper.write_text(f'#!/bin/sh\n{trap}sleep 600 &\necho $! > "{childPid}"\nexec "{sys.executable}" "$@"\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     return str(wrapper), childPid
 
 
-@pytest.mark.parametrize("graceS", [30.0, 0.0], ids=["interrupted", "killed"])
-def test_stop_ends_the_whole_process_tree(pythonWithAChild, graceS):
-    python, childPid = pythonWithAChild
+@pytest.mark.parametrize(
+    ("graceS", "ignoreInterrupt"),
+    [(30.0, False), (30.0, True), (0.0, False)],
+    ids=["interrupted", "interrupted-where-the-launcher-ignores-SIGINT", "killed"],
+)
+def test_stop_ends_the_whole_process_tree(tmp_path, graceS, ignoreInterrupt):
+    python, childPid = pythonWithAChild(tmp_path, ignoreInterrupt)
     process = EngineProcess(IDLE_STREAM, python=python).start()
     lines, tick = [], threading.Event()
     for _ in range(1200):  # until the engine is up and reporting, at most 60 s
