@@ -181,7 +181,7 @@ def test_cancel_ends_the_process_and_removes_its_files(mrml_scene):
     job.cancel()
     assert not job.running and job.process.returncode is not None
     if sys.platform != "win32":
-        assert job.process.returncode < 0  # ended by the interrupt (or the kill), not by itself
+        assert job.process.returncode != 0  # ended by the interrupt (KeyboardInterrupt) or the kill, not by itself
     assert temporaryFolders() == before
     with pytest.raises(ValueError, match="Super-resolution failed"):
         job.finish()

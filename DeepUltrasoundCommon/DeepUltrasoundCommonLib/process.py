@@ -23,11 +23,36 @@ import signal
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 #: seconds a stopped process gets to finish on its own (it prints its final figures) before it is killed
 STOP_GRACE_S = 5.0
 _LINE_END = re.compile(rb"[\r\n]")
+
+
+@contextmanager
+def _interruptibleChildren():
+    """Processes started meanwhile can be interrupted (Cancel) even where this one ignores SIGINT.
+
+    An ignored signal stays ignored across ``exec``, so the engine would start deaf to the
+    interrupt, as every job of a shell's background job does; a handled one is reset to the
+    default. While processes start, SIGINT is handled here by a handler that does nothing.
+    """
+    if (
+        sys.platform == "win32"
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 _PROGRESS = re.compile(r"(\d+)/(\d+) \[")
 
 
@@ -100,14 +125,15 @@ class EngineProcess:
             newGroup = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
         else:
             newGroup = {"start_new_session": True}
-        self._process = subprocess.Popen(
-            [self.python, "-m", "deepultrasound", *self.arguments],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            **newGroup,
-        )
+        with _interruptibleChildren():
+            self._process = subprocess.Popen(
+                [self.python, "-m", "deepultrasound", *self.arguments],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                **newGroup,
+            )
         self._reader = threading.Thread(target=self._read, name="deepultrasound output", daemon=True)
         self._reader.start()
         return self
