@@ -148,9 +148,9 @@ def test_feature_loss_refuses_bad_shapes_levels_and_bundles(srresnet_run, tmp_pa
         loss(torch.zeros(2, 1, 16, 16), torch.zeros(2, 1, 16, 8))
     with pytest.raises(ValueError, match="levels must be between 1 and the network's 2 levels, got 3"):
         FeatureLoss(BModeAutoEncoder((4, 8)), levels=3)
-    with pytest.raises(BundleError, match="not the feature network"):
+    with pytest.raises(BundleError, match="holds 'superres.srresnet', not 'superres.bmode-autoencoder'"):
         FeatureLoss.from_bundle(srresnet_run.bundle)
-    with pytest.raises(BundleError, match="neither a folder nor an installed bundle"):
+    with pytest.raises(BundleError, match="neither a bundle folder nor an installed bundle"):
         FeatureLoss.from_bundle(tmp_path / "missing")
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from deepultrasound.errors import BundleError, InputError
 from deepultrasound.io.camus import CamusLabel
 from deepultrasound.runtime.architectures import register_architecture
-from deepultrasound.runtime.bundle import list_bundles, load_bundle
+from deepultrasound.runtime.bundle import load_network_bundle
 from deepultrasound.training.checkpoint import exported_weights, load_checkpoint
 from deepultrasound.training.config import TrainConfig
 from deepultrasound.training.task import get_task
@@ -182,15 +182,6 @@ def load_shape_vae(source: str | os.PathLike[str]) -> ShapeVAE:
         network = task_cls(task_cls.parse_args(config.task_args), seed=config.seed).build_networks()[NETWORK]
         network.load_state_dict(exported_weights(state, NETWORK), strict=True)
         return network
-    if not path.exists():
-        named = [summary.path for summary in list_bundles() if str(source) in (summary.name, summary.path.name)]
-        if not named:
-            raise BundleError(
-                f"shape VAE {str(source)!r} is neither a bundle folder, a checkpoint nor an installed bundle; train "
-                "one with 'deepultrasound train deepultrasound/configs/echo_shape_vae.yaml'"
-            )
-        path = named[0]
-    loaded = load_bundle(path)
-    if loaded.manifest.architecture != ARCHITECTURE:
-        raise BundleError(f"bundle {path} holds {loaded.manifest.architecture!r}, not the shape VAE {ARCHITECTURE!r}")
+    how = "deepultrasound train deepultrasound/configs/echo_shape_vae.yaml"
+    loaded = load_network_bundle(source, ARCHITECTURE, how)
     return loaded.build_torch_model()

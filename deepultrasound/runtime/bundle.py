@@ -297,6 +297,30 @@ def list_bundles(directories: Iterable[str | os.PathLike[str]] | None = None) ->
     return summaries
 
 
+def load_network_bundle(source: str | os.PathLike[str], architecture: str, how_to_train: str) -> Bundle:
+    """The bundle of a network of ``architecture`` (an auxiliary network such as a frozen shape prior or
+    feature network): a bundle folder, or the name (manifest or folder) of an installed bundle.
+
+    Args:
+        how_to_train: the command that makes such a bundle, for the error message.
+
+    Raises:
+        BundleError: nothing of that name, or a bundle of another architecture.
+    """
+    path = Path(source)
+    if not path.exists():
+        named = [summary.path for summary in list_bundles() if str(source) in (summary.name, summary.path.name)]
+        if not named:
+            raise BundleError(
+                f"{str(source)!r} is neither a bundle folder nor an installed bundle; train one with '{how_to_train}'"
+            )
+        path = named[0]
+    bundle = load_bundle(path)
+    if bundle.manifest.architecture != architecture:
+        raise BundleError(f"bundle {path} holds {bundle.manifest.architecture!r}, not {architecture!r}")
+    return bundle
+
+
 @dataclass(frozen=True)
 class NetworkExport:
     """How one network of a bundle is exported; the fields are those of :func:`save_bundle`."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -22,9 +21,9 @@ import torch.nn.functional as F
 from monai.networks.nets import AutoEncoder
 from torch import nn
 
-from deepultrasound.errors import BundleError, InputError
+from deepultrasound.errors import InputError
 from deepultrasound.runtime.architectures import register_architecture
-from deepultrasound.runtime.bundle import list_bundles, load_bundle
+from deepultrasound.runtime.bundle import load_network_bundle
 
 FEATURES = "superres.bmode-autoencoder"
 """Registered architecture name of :class:`BModeAutoEncoder`."""
@@ -92,20 +91,8 @@ class FeatureLoss(nn.Module):
         Raises:
             BundleError: no such bundle, or a bundle of another architecture.
         """
-        path = Path(bundle)
-        if not path.exists():
-            named = [summary.path for summary in list_bundles() if str(bundle) in (summary.name, summary.path.name)]
-            if not named:
-                raise BundleError(
-                    f"feature bundle {str(bundle)!r} is neither a folder nor an installed bundle; train one with "
-                    "'deepultrasound train deepultrasound/configs/bmode_features.yaml'"
-                )
-            path = named[0]
-        loaded = load_bundle(path)
-        if loaded.manifest.architecture != FEATURES:
-            raise BundleError(
-                f"bundle {path} holds {loaded.manifest.architecture!r}, not the feature network {FEATURES!r}"
-            )
+        how = "deepultrasound train deepultrasound/configs/bmode_features.yaml"
+        loaded = load_network_bundle(bundle, FEATURES, how)
         return cls(loaded.build_torch_model(), levels)
 
     def train(self, mode: bool = True) -> FeatureLoss:
