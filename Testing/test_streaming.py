@@ -403,9 +403,11 @@ def test_source_killed_and_restarted_resumes_by_itself_and_reports_the_outage() 
         figures = stream.figures()
     assert _statuses(lost)[-1].code != STATUS_OK
     assert next(m for m in _statuses(back) if m.error_name == "Reconnected").code == STATUS_OK
-    # at least the outage made here (a machine loaded enough to delay frames past the 0.3 s timeout adds more)
-    assert figures["reconnects"] >= 1 and figures["outages"][0]["duration_s"] > 0
-    assert figures["outages"][0]["missed"] is None  # the restarted scanner counts from 0 again: unknown
+    # at least the outage made here; the stopping scanner may accept one more connection before its socket closes
+    # (an outage of no duration), and a machine loaded enough to delay frames past the 0.3 s timeout adds more
+    outage = max(figures["outages"], key=lambda entry: entry["duration_s"])
+    assert figures["reconnects"] >= 1 and outage["duration_s"] > 0
+    assert outage["missed"] is None  # the restarted scanner counts from 0 again: unknown
     assert frame_index(_strain(back)[-1], "ReferenceIndex") == 0  # a new reference after the outage
 
 
