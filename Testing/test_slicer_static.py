@@ -474,3 +474,113 @@ def test_engine_never_imports_qt_or_slicer():
             else:
                 continue
             assert not roots & FRONTEND_IMPORTS, f"{path.relative_to(ROOT)} imports {roots & FRONTEND_IMPORTS}"
+
+
+# Timers -------------------------------------------------------------------------------------------
+
+
+def _mentionsParameterNode(node: ast.AST, aliases: set[str]) -> bool:
+    """Whether ``node`` reads the parameter node: ``self._parameterNode`` or a local alias of it."""
+    return any(
+        (isinstance(n, ast.Attribute) and n.attr == "_parameterNode") or (isinstance(n, ast.Name) and n.id in aliases)
+        for n in ast.walk(node)
+    )
+
+
+def _guarded(method: ast.FunctionDef, target: ast.AST, aliases: set[str]) -> bool:
+    """Whether ``target`` (a node in ``method``) runs only where the parameter node was tested: inside an if, a
+    conditional expression or an ``and`` that tests it, or after an early return that does."""
+    for statement in method.body:
+        if (
+            isinstance(statement, ast.If)
+            and _mentionsParameterNode(statement.test, aliases)
+            and any(isinstance(s, ast.Return) for s in statement.body)
+            and statement.lineno < target.lineno
+        ):
+            return True
+    for node in ast.walk(method):
+        tests = []
+        if isinstance(node, (ast.If, ast.IfExp)):
+            tests = [(node.test, node.body if isinstance(node.body, list) else [node.body])]
+        elif isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And):
+            tests = [(value, node.values[index + 1 :]) for index, value in enumerate(node.values)]
+        for test, guardedPart in tests:
+            if _mentionsParameterNode(test, aliases) and any(target in ast.walk(part) for part in guardedPart):
+                return True
+    return False
+
+
+def _parameterNodeAliases(method: ast.FunctionDef) -> set[str]:
+    return {
+        target.id
+        for node in ast.walk(method)
+        if isinstance(node, ast.Assign) and ast.unparse(node.value) == "self._parameterNode"
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_timer_callbacks_never_use_a_missing_parameter_node(module):
+    """A module's timers run on while the module is not shown, when its parameter node is None: every method
+    they reach uses the parameter node only after testing it, or is called only where its caller tested it."""
+    classes = [parse(SHARED_WIDGET), parse(ROOT / module / f"{module}.py")]
+    methods = {
+        f.name: f
+        for tree in classes
+        for c in tree.body
+        if isinstance(c, ast.ClassDef) and c.name.endswith("Widget")
+        for f in c.body
+        if isinstance(f, ast.FunctionDef)
+    }
+    roots = {
+        ast.unparse(call.args[1]).removeprefix("self.")
+        for method in methods.values()
+        for call in ast.walk(method)
+        if isinstance(call, ast.Call) and len(call.args) == 2 and ast.unparse(call.args[0]) == "'timeout()'"
+    }
+    callSites: dict[str, list[tuple[ast.FunctionDef, ast.Call]]] = {}
+    reachable, pending = set(), list(roots)
+    while pending:
+        name = pending.pop()
+        if name in reachable or name not in methods:
+            continue
+        reachable.add(name)
+        for call in ast.walk(methods[name]):
+            if (
+                isinstance(call, ast.Call)
+                and ast.unparse(call.func).startswith("self.")
+                and "." not in ast.unparse(call.func).removeprefix("self.")
+            ):
+                callee = ast.unparse(call.func).removeprefix("self.")
+                callSites.setdefault(callee, []).append((methods[name], call))
+                pending.append(callee)
+    # Methods every call of which runs where the parameter node was tested (by the caller, or its callers).
+    protected: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name in reachable - roots - protected:
+            sites = callSites.get(name, [])
+            if sites and all(
+                caller.name in protected or _guarded(caller, call, _parameterNodeAliases(caller))
+                for caller, call in sites
+            ):
+                protected.add(name)
+                changed = True
+    for name in sorted(reachable - protected):
+        method = methods[name]
+        aliases = _parameterNodeAliases(method)
+        unguarded = [
+            ast.unparse(node)
+            for node in ast.walk(method)
+            if isinstance(node, ast.Attribute)
+            and (
+                ast.unparse(node.value) == "self._parameterNode"
+                or (isinstance(node.value, ast.Name) and node.value.id in aliases)
+            )
+            and not _guarded(method, node, aliases)
+        ]
+        assert not unguarded, (
+            f"{module}: {name} (run by a timer) uses the parameter node without testing it: {', '.join(unguarded)}"
+        )
