@@ -12,7 +12,7 @@ These import ``slicer`` MRML utilities and numpy only (never Qt or the applicati
 import time), so they run with ``slicer-core`` outside Slicer.
 """
 
-from .bundles import DEFAULT_MODEL_LABEL, BundleInfo, listBundledModels, modelChoices
+from .bundles import DEFAULT_MODEL_LABEL, BundleInfo, EngineMethod, listBundledModels, modelChoices
 from .dependencies import ENGINE_REQUIREMENTS, ensureRequirements, loadRequirements, missingRequirements
 from .sequences import framesOfSequence, sequenceOfProxy, shownItemNumber
 from .versions import MINIMUM_SLICER_VERSION, unsupportedPythonMessage
@@ -30,6 +30,7 @@ __all__ = [
     "ENGINE_REQUIREMENTS",
     "MINIMUM_SLICER_VERSION",
     "BundleInfo",
+    "EngineMethod",
     "DEFAULT_MODEL_LABEL",
     "VolumeGeometry",
     "arrayToVolume",

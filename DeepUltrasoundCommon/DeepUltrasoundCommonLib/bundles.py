@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -43,3 +44,34 @@ def modelChoices(bundles: list[BundleInfo]) -> list[tuple[str, str]]:
     """(label, model name) of each entry of a model selector: first the engine's default (name ``""``),
     then each bundle as "name (version)"."""
     return [(DEFAULT_MODEL_LABEL, "")] + [(f"{bundle.name} ({bundle.version})", bundle.name) for bundle in bundles]
+
+
+@dataclass(frozen=True)
+class EngineMethod:
+    """How a module's engine command computes: with a network or one of the module's classical methods.
+
+    Subclasses name their :attr:`METHODS` (``"network"`` first), what they compute (:attr:`NOUN`, for
+    messages) and how a classical method is described (:attr:`CLASSICAL`, a format of ``method``).
+
+    Attributes:
+        method: one of :attr:`METHODS`.
+        model: with ``"network"``: an installed model name or bundle folder (``""``: the engine's default model).
+        device: where the network runs: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    """
+
+    METHODS: ClassVar[tuple[str, ...]] = ("network",)
+    NOUN: ClassVar[str] = "computation"
+    CLASSICAL: ClassVar[str] = "{method}"
+
+    method: str = "network"
+    model: str = ""
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in self.METHODS:
+            raise ValueError(f"Unknown {self.NOUN} method '{self.method}': choose one of {', '.join(self.METHODS)}")
+
+    def describe(self) -> str:
+        if self.method != "network":
+            return self.CLASSICAL.format(method=self.method)
+        return f"model {self.model}" if self.model else "the default model"

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
-from DeepUltrasoundCommonLib import VolumeGeometry
+from DeepUltrasoundCommonLib import EngineMethod, VolumeGeometry
 
 #: CAMUS label values and what they mark (0 is background)
 CAMUS_LABELS = {1: "LV cavity", 2: "myocardium", 3: "left atrium"}
@@ -70,27 +71,12 @@ def segmentLabels(names: list[str]) -> list[int]:
 
 
 @dataclass(frozen=True)
-class TrackingMethod:
-    """How the frame-to-frame displacements are computed.
+class TrackingMethod(EngineMethod):
+    """How the frame-to-frame displacements are computed (see :class:`DeepUltrasoundCommonLib.EngineMethod`)."""
 
-    Attributes:
-        method: one of :data:`METHODS`.
-        model: with ``"network"``: an installed model name or bundle folder (``""``: the engine's default model).
-        device: where the network runs: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-    """
-
-    method: str = "network"
-    model: str = ""
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"Unknown tracking method '{self.method}': choose one of {', '.join(METHODS)}")
-
-    def describe(self) -> str:
-        if self.method != "network":
-            return self.method
-        return f"model {self.model}" if self.model else "the default model"
+    METHODS: ClassVar[tuple[str, ...]] = METHODS
+    NOUN: ClassVar[str] = "tracking"
+    CLASSICAL: ClassVar[str] = "{method}"
 
 
 def trackingArguments(

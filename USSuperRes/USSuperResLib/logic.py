@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from DeepUltrasoundCommonLib import VolumeGeometry
+from DeepUltrasoundCommonLib import EngineMethod, VolumeGeometry
 
 #: how the lines are made: a network (a model bundle) or a classical interpolation across lines
 METHODS = ("network", "cubic", "linear")
@@ -35,27 +36,13 @@ def superResolvedGeometry(geometry: VolumeGeometry, factor: int) -> VolumeGeomet
 
 
 @dataclass(frozen=True)
-class SuperResolutionMethod:
-    """How the lines are made.
+class SuperResolutionMethod(EngineMethod):
+    """How the lines are made (see :class:`DeepUltrasoundCommonLib.EngineMethod`); with ``"network"`` and no model,
+    the engine's model of the factor."""
 
-    Attributes:
-        method: one of :data:`METHODS`.
-        model: with ``"network"``: an installed model name or bundle folder (``""``: the engine's model of the factor).
-        device: where the network runs: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-    """
-
-    method: str = "network"
-    model: str = ""
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"Unknown super-resolution method '{self.method}': choose one of {', '.join(METHODS)}")
-
-    def describe(self) -> str:
-        if self.method != "network":
-            return f"{self.method} interpolation"
-        return f"model {self.model}" if self.model else "the default model"
+    METHODS: ClassVar[tuple[str, ...]] = METHODS
+    NOUN: ClassVar[str] = "super-resolution"
+    CLASSICAL: ClassVar[str] = "{method} interpolation"
 
 
 def superResolutionArguments(
