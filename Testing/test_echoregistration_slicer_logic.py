@@ -62,6 +62,9 @@ STRAIN_COLUMNS = [
     "gls_endo_percent",
     "gls_mid_percent",
     "radial_percent",
+    "similarity",
+    "folding_percent",
+    "flagged",
 ]
 
 
@@ -292,6 +295,8 @@ def test_sequence_tracking_gives_labels_transforms_and_strain_browsed_with_the_s
     summary = session.process(proxy, labelMap(scene, labels0, pose(spacing, 0)), 0, FARNEBACK)
 
     assert summary.startswith(f"{FRAMES} frames tracked from frame 0 (farneback): ED frame 0")
+    flagged = truth.quality.flagged_frames
+    assert (f"FLAGGED frames {flagged}:" in summary) if flagged else summary.endswith("; no frame flagged")
     labelSequence, transforms = session.labelSequence, session.displacementSequence
     assert (labelSequence.GetName(), transforms.GetName()) == ("Echo labels", "Echo displacement")
     assert labelSequence.GetNumberOfDataNodes() == FRAMES and transforms.GetNumberOfDataNodes() == FRAMES

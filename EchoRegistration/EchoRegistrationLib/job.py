@@ -44,7 +44,8 @@ class Tracking:
         labels: ``(T, H, W)`` uint8 CAMUS labels of every frame.
         displacement: ``(T, 2, H, W)`` float32 pixels (channel 0 lateral) of each frame onto the labelled frame.
         strainColumns: the columns of ``strain.csv`` in order, each the column's text values, one per frame.
-        figures: the contents of ``summary.json`` (ED and ES frames, EF, strain at ES, units, method).
+        figures: the contents of ``summary.json`` (ED and ES frames, EF, strain at ES, units, method, flagged
+            frames).
     """
 
     labels: np.ndarray
@@ -60,8 +61,15 @@ class Tracking:
             f"EF {_figure(figures, 'ejection_fraction_percent', ' %')}, "
             f"GLS at ES {_figure(figures, 'gls_endo_percent', ' %')} (endocardial), "
             f"{_figure(figures, 'gls_mid_percent', ' %')} (mid-wall), "
-            f"radial strain {_figure(figures, 'radial_percent', ' %')}"
+            f"radial strain {_figure(figures, 'radial_percent', ' %')}; {self.flagText()}"
         )
+
+    def flagText(self) -> str:
+        """Which frames the engine's quality figure flagged (their labels and strain may be wrong), or none."""
+        flagged = self.figures.get("flagged_frames", [])
+        if not flagged:
+            return "no frame flagged"
+        return f"FLAGGED frames {flagged}: low similarity or folding, do not trust their labels and strain"
 
 
 class TrackingJob(EngineJob):

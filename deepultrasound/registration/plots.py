@@ -1,8 +1,9 @@
 """The strain plot of a tracked sequence, for people to read (matplotlib object API on Agg, written atomically).
 
-Top: endocardial and mid-wall GLS and radial strain (%) over time; bottom: the LV volume (area-length)
-and cavity area. End-diastole and end-systole are marked on both; the EF and the peak figures stand
-beside the curves.
+Top: endocardial and mid-wall GLS and radial strain (%) over time; middle: the LV volume (area-length)
+and cavity area; bottom (when the frames' quality is given): each frame's similarity with the flag
+threshold. End-diastole and end-systole are marked on all; frames flagged by the quality figure are
+shaded; the EF and the figures at end-systole stand beside the curves.
 """
 
 from __future__ import annotations
@@ -15,16 +16,25 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from deepultrasound.io import atomic_write
+from deepultrasound.registration.quality import MIN_SIMILARITY, FrameQuality
 from deepultrasound.registration.strain import StrainCurves
 
 
 def save_strain_plot(
-    path: str | os.PathLike[str], curves: StrainCurves, times: np.ndarray, time_label: str = "time (s)", title: str = ""
+    path: str | os.PathLike[str],
+    curves: StrainCurves,
+    times: np.ndarray,
+    time_label: str = "time (s)",
+    title: str = "",
+    quality: FrameQuality | None = None,
 ) -> Path:
-    """Write the PNG of ``curves`` over ``times`` ``(T,)`` (described by ``time_label``); returns the path."""
-    figure = Figure(figsize=(9.0, 6.5), layout="constrained")
+    """Write the PNG of ``curves`` (and ``quality``) over ``times`` ``(T,)`` (described by ``time_label``)."""
+    figure = Figure(figsize=(9.0, 8.0 if quality is not None else 6.5), layout="constrained")
     FigureCanvasAgg(figure)
-    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    rows = figure.subplots(
+        3 if quality is not None else 2, 1, sharex=True, height_ratios=(3, 2, 1.2)[: 2 + (quality is not None)]
+    )
+    top, bottom = rows[0], rows[1]
     top.plot(times, curves.gls_endo, "-o", markersize=3, label="GLS endocardial")
     top.plot(times, curves.gls_mid, "-s", markersize=3, label="GLS mid-wall")
     top.plot(times, curves.radial, "-^", markersize=3, label="radial (wall thickness)")
@@ -37,8 +47,10 @@ def save_strain_plot(
     area = bottom.twinx()
     area.plot(times, curves.lv_area, "--", color="tab:gray", label=f"LV area ({curves.units}$^2$)")
     area.set_ylabel(f"LV cavity area ({curves.units}$^2$)")
-    bottom.set_xlabel(time_label)
-    for axes in (top, bottom):
+    if quality is not None:
+        _plot_quality(rows[2], quality, times)
+    rows[-1].set_xlabel(time_label)
+    for axes in rows:
         for index in (curves.ed, curves.es):
             axes.axvline(times[index], color="k", linestyle=":", linewidth=1.0)
         axes.grid(alpha=0.3)
@@ -61,3 +73,18 @@ def save_strain_plot(
     with atomic_write(path) as staged:
         figure.savefig(staged, format="png", dpi=100, bbox_inches="tight")
     return path
+
+
+def _plot_quality(axes: object, quality: FrameQuality, times: np.ndarray) -> None:
+    """Similarity per frame with the flag threshold; flagged frames shaded here and on the other panels."""
+    axes.plot(times, quality.similarity, "-o", color="tab:purple", markersize=3, label="similarity")
+    axes.axhline(MIN_SIMILARITY, color="tab:red", linestyle="--", linewidth=0.8, label="flag below")
+    axes.set_ylabel("similarity")
+    axes.set_ylim(min(0.0, float(np.nanmin(quality.similarity, initial=0.0))), 1.05)
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
+    for index in quality.flagged_frames:
+        for panel in axes.figure.axes:
+            panel.axvspan(times[index] - step / 2, times[index] + step / 2, color="tab:red", alpha=0.15, linewidth=0)
+    if quality.flagged_frames:
+        axes.set_title("shaded: flagged frames (do not trust)", fontsize=9, color="tab:red", loc="left")
+    axes.legend(loc="lower left", fontsize=8)

@@ -5,8 +5,8 @@ SEQUENCE: a 2D+t image (frames along the third axis: CAMUS ``_sequence``/``_half
 carry no pixel size, so lengths are in pixels); colour frames are converted to grey by luma (said
 on stderr); at least 2 frames of at least 32 x 32 pixels. FRAME_LABELS: the CAMUS label map (0-3) of
 frame I (0-based, default 0), of the frames' size. The labels are propagated by
-:func:`~deepultrasound.registration.tracking.track_sequence` (frame-to-frame fields composed and
-corrected against the labelled frame).
+:func:`~deepultrasound.registration.tracking.track_sequence` (each frame registered to the
+labelled frame, then corrected against it).
 
 OUTDIR receives, each file written atomically once everything is computed:
 
@@ -15,9 +15,12 @@ OUTDIR receives, each file written atomically once everything is computed:
   frame t's point ``x`` lies at ``x + d(x)`` in the labelled frame;
 - ``strain.csv``: per frame ``frame, time_s, phase`` (ED, ES, or ED+ES when the LV area does not
   change), LV cavity area, area-length volume,
-  endocardial and mid-wall GLS and radial strain in % from end-diastole;
-- ``strain.png``: the curves with ED and ES marked and the EF beside them;
-- ``summary.json``: method, labelled frame, ED/ES frames, EF and the strain figures at ES, units.
+  endocardial and mid-wall GLS and radial strain in % from end-diastole, and the frame's quality:
+  similarity, folding % and ``flagged`` (1: do not trust this frame;
+  :mod:`~deepultrasound.registration.quality`);
+- ``strain.png``: the curves with ED and ES marked, the EF beside them and the flagged frames shaded;
+- ``summary.json``: method, labelled frame, ED/ES frames, EF and the strain figures at ES, units, and the
+  flagged frames with the thresholds that flagged them.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from deepultrasound.io import Image, atomic_write, read_image, read_video, write
 from deepultrasound.registration.images import check_frames, check_labels, displacement_in_mm
 from deepultrasound.registration.inference import pair_method
 from deepultrasound.registration.plots import save_strain_plot
+from deepultrasound.registration.quality import MAX_FOLDING_PERCENT, MIN_SIMILARITY
 from deepultrasound.registration.register_command import add_method_options
-from deepultrasound.registration.strain import StrainCurves
 from deepultrasound.registration.tracking import TrackResult, track_sequence
 
 logger = logging.getLogger(__name__)
@@ -70,8 +73,9 @@ def read_frames(path: Path) -> tuple[Image, str]:
     return check_frames(image, "sequence"), units
 
 
-def write_csv(path: Path, curves: StrainCurves, times: np.ndarray) -> None:
+def write_csv(path: Path, result: TrackResult, times: np.ndarray) -> None:
     """One row per frame (see the module docstring); atomic."""
+    curves, quality = result.curves, result.quality
     area, volume = ("mm2", "ml") if curves.units == "mm" else (f"{curves.units}2", f"k{curves.units}3")
     with atomic_write(path) as staged, staged.open("w", newline="") as file:
         writer = csv.writer(file)
@@ -85,17 +89,40 @@ def write_csv(path: Path, curves: StrainCurves, times: np.ndarray) -> None:
                 "gls_endo_percent",
                 "gls_mid_percent",
                 "radial_percent",
+                "similarity",
+                "folding_percent",
+                "flagged",
             ]
         )
         for t, moment in enumerate(times):
             phase = "+".join(name for name, index in (("ED", curves.ed), ("ES", curves.es)) if index == t)
-            values = (curves.lv_area[t], curves.lv_volume[t], curves.gls_endo[t], curves.gls_mid[t], curves.radial[t])
-            writer.writerow([t, f"{moment:.4f}", phase, *(f"{value:.4f}" for value in values)])
+            values = (
+                curves.lv_area[t],
+                curves.lv_volume[t],
+                curves.gls_endo[t],
+                curves.gls_mid[t],
+                curves.radial[t],
+                quality.similarity[t],
+                quality.folding_percent[t],
+            )
+            flagged = int(quality.flagged[t])
+            writer.writerow([t, f"{moment:.4f}", phase, *(f"{value:.4f}" for value in values), flagged])
 
 
 def _figure(value: float) -> float | None:
     """``value`` rounded for ``summary.json``; None where it is not a number (JSON has no NaN)."""
     return round(float(value), 3) if math.isfinite(value) else None
+
+
+def _flag_text(result: TrackResult) -> str:
+    """``"no frame flagged"`` or which frames are flagged and why they may be wrong."""
+    flagged = result.quality.flagged_frames
+    if not flagged:
+        return "no frame flagged"
+    return (
+        f"FLAGGED frames {flagged} (similarity < {MIN_SIMILARITY} or folding > {MAX_FOLDING_PERCENT} %): "
+        "their labels and strain may be wrong"
+    )
 
 
 def summary(result: TrackResult, method: str) -> dict[str, object]:
@@ -112,6 +139,8 @@ def summary(result: TrackResult, method: str) -> dict[str, object]:
         "gls_mid_percent": _figure(curves.gls_mid[curves.es]),
         "radial_percent": _figure(curves.radial[curves.es]),
         "units": curves.units,
+        "flagged_frames": result.quality.flagged_frames,
+        "quality_thresholds": {"min_similarity": MIN_SIMILARITY, "max_folding_percent": MAX_FOLDING_PERCENT},
     }
 
 
@@ -135,15 +164,19 @@ def run(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     write_image(args.output / "labels.mha", dataclasses.replace(sequence, array=result.labels))
     write_image(args.output / "displacement.mha", displacement_in_mm(result.displacements, sequence))
-    write_csv(args.output / "strain.csv", result.curves, times)
+    write_csv(args.output / "strain.csv", result, times)
     save_strain_plot(
-        args.output / "strain.png", result.curves, times, title=f"{args.sequence.name}: {described}, frame {args.frame}"
+        args.output / "strain.png",
+        result.curves,
+        times,
+        quality=result.quality,
+        title=f"{args.sequence.name}: {described}, frame {args.frame}",
     )
     with atomic_write(args.output / "summary.json") as staged:
         staged.write_text(json.dumps(figures, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     print(
         f"wrote {args.output}/{{{','.join(OUTPUT_FILES)}}}: {len(frames)} frames tracked from frame {args.frame} by "
         f"{described} in {seconds:.1f} s; ED {result.curves.ed}, ES {result.curves.es}, EF "
-        f"{result.curves.ejection_fraction:.1f} %, GLS {result.curves.gls:.1f} %"
+        f"{result.curves.ejection_fraction:.1f} %, GLS {result.curves.gls:.1f} %; {_flag_text(result)}"
     )
     return 0
