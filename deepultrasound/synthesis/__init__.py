@@ -8,4 +8,7 @@
 - ``data``           label-map and image pairs: CAMUS, the echo simulator, linear-probe scenes;
                      label augmentation
 - ``training_task``  the ``us-diffusion`` training task (registered through ``capability.py``)
+- ``inference``      model lookup, label maps made ready for a model (classes, grid, fan), batched sampling
+- ``command``        ``deepultrasound synth``: a label map -> images on its grid
+- ``dataset_command`` ``deepultrasound synth-dataset``: a folder of label maps -> a CAMUS-like dataset
 """
