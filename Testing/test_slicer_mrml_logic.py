@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # In Slicer every scripted module folder is on sys.path; do the same here for the Lib packages.
-for moduleDir in ("DeepUltrasoundCommon", "DeepUSE", "USSynth", "USSuperRes"):
+for moduleDir in ("DeepUltrasoundCommon", "DeepUSE", "USSuperRes"):
     sys.path.insert(0, str(ROOT / moduleDir))
 
 from DeepUltrasoundCommonLib import (  # noqa: E402
@@ -26,7 +26,6 @@ from DeepUltrasoundCommonLib import (  # noqa: E402
     volumeToArray,
 )
 from DeepUSELib import framePairs, rfFramesFromVolume, writeStrainFrames  # noqa: E402
-from USSynthLib import labelSummary, synthesisInput, writeSynthesizedImages  # noqa: E402
 
 OBLIQUE = VolumeGeometry.fromSpacingOrigin(
     spacing=(0.3, 0.05, 2.0),
@@ -239,21 +238,3 @@ def test_deepuse_needs_two_finite_frames(mrml_scene):
     arrayToVolume(np.zeros((2, 8, 8, 2), dtype=np.float32), rf, OBLIQUE)
     with pytest.raises(ValueError, match="vector volume"):
         rfFramesFromVolume(rf)
-
-
-def test_ussynth_labels_in_images_out_on_the_label_grid(mrml_scene):
-    labels = np.zeros((2, 12, 10), dtype=np.uint8)
-    labels[0, 2:6, 3:7] = 1
-    labels[1, 4:9, 1:4] = 4
-    labelVolume = newVolume(mrml_scene, "vtkMRMLLabelMapVolumeNode", "labels")
-    arrayToVolume(labels, labelVolume, OBLIQUE)
-    read, geometry = synthesisInput(labelVolume)
-    assert labelSummary(read) == "2 frame(s) of 12 x 10, labels 0, 1, 4"
-    output = newVolume(mrml_scene, name="synthetic")
-    writeSynthesizedImages(read * 10.0, output, geometry)
-    stored, outputGeometry = volumeToArray(output)
-    np.testing.assert_array_equal(stored, labels * 10.0)
-    assert outputGeometry.isClose(OBLIQUE)
-    arrayToVolume(np.zeros((1, 4, 4), dtype=np.uint8), labelVolume, OBLIQUE)
-    with pytest.raises(ValueError, match="only background"):
-        synthesisInput(labelVolume)

@@ -1,20 +1,34 @@
-"""USSynth: ultrasound images synthesised from anatomy label maps."""
+"""USSynth: ultrasound images synthesised from anatomy label maps.
 
-from typing import Annotated
+A label map or segmentation (one 2-D label frame per slice) conditions a label-conditioned (SPADE) diffusion
+model in a ``deepultrasound synth`` process started with Slicer's Python (progress and Cancel); the N samples
+of each frame lie on the label map's grid: the output volume holds sample 0, and several samples are browsed
+as a Sequence whose proxy is the output volume (see ``USSynthLib.samples``).
+
+Batch use without the GUI goes through :class:`USSynthLogic`::
+
+    logic = USSynthLogic()
+    logic.process(labelMap, outputVolume, SynthesisSettings(samples=4, seed=1))
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
 
 import numpy as np
 import slicer
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
-from DeepUltrasoundCommonLib.moduleWidget import DeepUltrasoundWidget
-from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode
+from DeepUltrasoundCommonLib.moduleWidget import BackgroundJobWidget
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
 )
-from USSynthLib import labelSummary, synthesisInput, writeSynthesizedImages
+from slicer.util import VTKObservationMixin
+from USSynthLib import PROBES, SynthesisJob, SynthesisSettings, samplesBrowsing, storeSamples, synthesisInput
 
 #
 # USSynth
@@ -30,16 +44,15 @@ class USSynth(ScriptedLoadableModule):
         self.parent.contributors = ["DeepUltrasound contributors"]
         self.parent.helpText = _(
             "Synthetic ultrasound images from anatomy label maps with a label-conditioned (SPADE) diffusion "
-            "model, for building training sets for segmentation. One image per label frame, on its grid. "
+            "model, for building training sets for segmentation. Choose a label map or segmentation (one frame per "
+            "slice, 0 is background), the number of samples and the model, and press Apply. Every sample lies on "
+            "the label map's grid; several samples are browsed with the Sequences toolbar. "
             '<a href="https://github.com/deepultrasound/SlicerDeepUltrasound#ussynth">Documentation</a>.'
         )
         self.parent.acknowledgementText = _(
             "Based on Stojanovski et al., 'Echo from noise' (2023) and Dominguez et al., 'Diffusion as sound "
             "propagation' (2024)."
         )
-        # Hidden until its engine (deepultrasound.synthesis) exists: shown, it would offer a multi-GB
-        # install and then only report that the engine is not available.
-        self.parent.hidden = True
 
 
 #
@@ -50,17 +63,23 @@ class USSynth(ScriptedLoadableModule):
 @parameterNodeWrapper
 class USSynthParameterNode:
     """
-    labelVolume - anatomy labels, one 2-D frame per slice (0 is background).
-    syntheticVolume - output: synthetic B-mode images on the label map's grid.
-    seed - random seed of the sampler (same seed, labels and model: same images).
-    samplingSteps - denoising steps of the diffusion sampler.
-    modelName - model bundle chosen in the model list.
+    labels - anatomy labels: a label map or a segmentation (its label values), one 2-D frame per slice.
+    syntheticVolume - output: sample 0 on the label map's grid (the proxy of the samples' sequence when several).
+    samples - images drawn per label frame.
+    samplingSteps - denoising steps of the sampler; 0: the model's.
+    guidance - classifier-free guidance weight; 0: the model's.
+    seed - random seed of the sampler (same seed, labels, model and settings: same images).
+    probe - "linear" or "sector" B-map probe (the Default model: the installed one of it); "default": the model's.
+    modelName - model bundle chosen in the model list ("": the engine's default synthesis model).
     """
 
-    labelVolume: vtkMRMLLabelMapVolumeNode
+    labels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
     syntheticVolume: vtkMRMLScalarVolumeNode
+    samples: Annotated[int, WithinRange(1, 64)] = 1
+    samplingSteps: Annotated[int, WithinRange(0, 1000)] = 0
+    guidance: Annotated[float, WithinRange(0.0, 20.0)] = 0.0
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
-    samplingSteps: Annotated[int, WithinRange(1, 1000)] = 50
+    probe: Annotated[str, Choice(list(PROBES))] = "default"
     modelName: str = ""
 
 
@@ -69,27 +88,25 @@ class USSynthParameterNode:
 #
 
 
-class USSynthWidget(DeepUltrasoundWidget):
+class USSynthWidget(BackgroundJobWidget):
     bundleTask = "synthesis"
+    jobTitle = _("Synthesis")
 
     def createLogic(self):
         return USSynthLogic()
 
     def missingInputs(self, parameterNode: USSynthParameterNode) -> str:
-        if not parameterNode.labelVolume:
-            return _("Select a label map")
-        if not parameterNode.syntheticVolume:
-            return _("Select or create an output image volume")
+        if not parameterNode.labels:
+            return _("Select a label map or a segmentation")
         return ""
 
-    def apply(self, parameterNode: USSynthParameterNode) -> str:
-        return self.logic.process(
-            parameterNode.labelVolume,
-            parameterNode.syntheticVolume,
-            parameterNode.seed,
-            parameterNode.samplingSteps,
-            parameterNode.modelName,
-        )
+    def showJobResult(self, job) -> None:
+        """Sample 0 in the slice views over a label map input; the samples' browser in the Sequences toolbar."""
+        labelMap = job.labelsNode if job.labelsNode.IsA("vtkMRMLLabelMapVolumeNode") else False
+        slicer.util.setSliceViewerLayers(background=job.outputVolume, label=labelMap, fit=True)
+        browsing = samplesBrowsing(job.outputVolume)
+        if browsing is not None:
+            slicer.modules.sequences.setToolBarActiveBrowserNode(browsing[0])
 
 
 #
@@ -97,34 +114,74 @@ class USSynthWidget(DeepUltrasoundWidget):
 #
 
 
-class USSynthLogic(ScriptedLoadableModuleLogic):
-    """Label-conditioned synthesis on MRML volumes; runs without the widget (scripts, tests)."""
+class USSynthLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
+    """Label-conditioned synthesis on MRML nodes; runs without the widget (scripts, tests).
+
+    Closing the scene cancels a running synthesis.
+
+    Attributes:
+        job: the synthesis running in the background, or None.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        VTKObservationMixin.__init__(self)
+        self.job = None
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+
+    def onSceneStartClose(self, caller=None, event=None) -> None:
+        self.cancel()
 
     def getParameterNode(self) -> USSynthParameterNode:
         return USSynthParameterNode(super().getParameterNode())
 
     def process(
         self,
-        labelVolume: vtkMRMLLabelMapVolumeNode,
+        labelsNode: slicer.vtkMRMLNode,
         syntheticVolume: vtkMRMLScalarVolumeNode,
-        seed: int,
-        samplingSteps: int,
-        modelName: str,
+        settings: SynthesisSettings,
+        waitForCompletion: bool = True,
     ) -> str:
-        """Check the label map, then synthesise one image per label frame into ``syntheticVolume``.
+        """Synthesise ``settings.samples`` images per label frame of ``labelsNode`` into ``syntheticVolume``.
+
+        Runs in a background process (:attr:`job`): without ``waitForCompletion`` this returns "" at once;
+        poll the job and call :meth:`finish` when it has ended, or :meth:`cancel`.
 
         Raises:
-            ValueError: invalid labels, no output or model, or no synthesis model in this version.
+            ValueError: no labels, only background, no output volume; the engine refused the input or failed
+                (the message holds its last output lines, e.g. that no synthesis model is installed).
         """
-        labels, _geometry = synthesisInput(labelVolume)
-        if syntheticVolume is None:
-            raise ValueError("Select or create an output image volume")
-        if not modelName:
-            raise ValueError("Choose a model bundle: press 'Refresh models' to list the installed ones")
-        raise ValueError(
-            f"Synthesis from {labelSummary(labels)} with model '{modelName}' (seed {seed}, {samplingSteps} steps) "
-            "is not available yet in this version of DeepUltrasound"
+        self.cancel()
+        self.job = SynthesisJob(labelsNode, syntheticVolume, settings).start()
+        return self.finish() if waitForCompletion else ""
+
+    def processParameterNode(self, parameterNode: USSynthParameterNode, waitForCompletion: bool = True) -> str:
+        """:meth:`process` on the parameter node's inputs (creates the output volume when none is selected)."""
+        labelsNode = parameterNode.labels
+        if labelsNode is not None and parameterNode.syntheticVolume is None:
+            name = f"{labelsNode.GetName()} synthetic"
+            parameterNode.syntheticVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        return self.process(
+            labelsNode,
+            parameterNode.syntheticVolume,
+            SynthesisSettings.fromParameterNode(parameterNode),
+            waitForCompletion,
         )
+
+    def finish(self) -> str:
+        """Wait for :attr:`job` and read its samples into the output nodes; its summary.
+
+        Raises:
+            ValueError: the synthesis failed; the message holds the process's last output lines.
+        """
+        job, self.job = self.job, None
+        return job.finish().summary()
+
+    def cancel(self) -> None:
+        """End the synthesis running in the background, if any (the whole process tree)."""
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
 
 
 #
@@ -133,29 +190,38 @@ class USSynthLogic(ScriptedLoadableModuleLogic):
 
 
 class USSynthTest(ScriptedLoadableModuleTest):
+    """Labels from a segmentation and samples browsed on the label grid, in the application (no model needed)."""
+
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_LabelsInImagesOnTheirGrid()
+        self.test_SegmentationSamplesBrowsedOnTheLabelGrid()
 
-    def test_LabelsInImagesOnTheirGrid(self):
-        """Labels are read as int32 with their geometry; images are stored on the label grid."""
+    def test_SegmentationSamplesBrowsedOnTheLabelGrid(self):
+        """A segmentation keeps its label values; three samples are browsed in the output volume on that grid."""
         labels = np.zeros((2, 40, 30), dtype=np.uint8)
         labels[:, 10:20, 5:25] = 1
         labels[1, 25:30, 10:15] = 3
         geometry = VolumeGeometry.fromSpacingOrigin(spacing=(0.5, 0.5, 1.0), origin=(1.0, 2.0, 3.0))
-        labelVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "Labels")
-        arrayToVolume(labels, labelVolume, geometry)
+        labelMap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "Labels")
+        arrayToVolume(labels, labelMap, geometry)
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Anatomy")
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(labelMap)
+        self.assertTrue(
+            slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelMap, segmentation)
+        )
 
-        readLabels, labelGeometry = synthesisInput(labelVolume)
+        readLabels, labelGeometry = synthesisInput(segmentation)
         np.testing.assert_array_equal(readLabels, labels)
-        self.assertEqual(labelSummary(readLabels), "2 frame(s) of 40 x 30, labels 0, 1, 3")
+        self.assertTrue(labelGeometry.isClose(geometry))
 
-        syntheticVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Synthetic")
-        writeSynthesizedImages(readLabels.astype(np.float32) * 50.0, syntheticVolume, labelGeometry)
-        images, imageGeometry = volumeToArray(syntheticVolume)
-        self.assertEqual(images.shape, (2, 40, 30))
-        self.assertTrue(imageGeometry.isClose(geometry))
+        samples = np.stack([labels * 0.1 + 0.01 * n for n in range(3)]).astype(np.float32)
+        output = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Synthetic")
+        browser = storeSamples(samples, output, labelGeometry)
+        browser.SetSelectedItemNumber(2)
+        shown, shownGeometry = volumeToArray(output)
+        np.testing.assert_allclose(shown, samples[2])
+        self.assertTrue(shownGeometry.isClose(geometry))
         self.delayDisplay("USSynth test passed")
