@@ -81,7 +81,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--synthetic", type=int, default=20, help="held-out simulated pairs (default: 20)")
     parser.add_argument(
-        "--sequences", type=int, default=3, help="held-out simulated cines tracked ED -> ES for GLS (default: 3)"
+        "--sequences", type=int, default=8, help="held-out simulated cines tracked ED -> ES for GLS (default: 8)"
     )
     parser.add_argument("--frames", type=int, default=8, help="frames of each tracked cine (default: 8)")
     parser.add_argument(
