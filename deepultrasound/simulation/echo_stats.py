@@ -87,7 +87,7 @@ def autocorrelation(image: np.ndarray, mask: np.ndarray, patch: int = _PATCH) ->
     return acf / acf[patch - 1, patch - 1]
 
 
-def _half_width(profile: np.ndarray) -> float:
+def half_width(profile: np.ndarray) -> float:
     """Lag (fractional) where a profile starting at 1 first falls to 0.5."""
     below = np.nonzero(profile < 0.5)[0]
     if below.size == 0:
@@ -111,8 +111,8 @@ def speckle_size(images: list[np.ndarray], labels: list[np.ndarray], fans: list[
     acf = np.mean(acfs, axis=0)
     centre = _PATCH - 1
     return {
-        "axial_px": 2.0 * _half_width(acf[centre:, centre]),
-        "lateral_px": 2.0 * _half_width(acf[centre, centre:]),
+        "axial_px": 2.0 * half_width(acf[centre:, centre]),
+        "lateral_px": 2.0 * half_width(acf[centre, centre:]),
         "frames": len(acfs),
     }
 

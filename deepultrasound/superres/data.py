@@ -21,7 +21,7 @@ Sources:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +38,8 @@ from deepultrasound.spatial.bmode import bmode_db, envelope
 from deepultrasound.superres.degradation import degrade
 
 Split = Literal["train", "val"]
+SceneDraw = Callable[[np.random.Generator, float, float], Phantom]
+"""Draws a scene ``(rng, depth_mm, width_mm) -> Phantom`` for :func:`simulate_scan`."""
 SOURCES = ("simulated", "real")
 """Where an image comes from; a sample's ``source`` is the index of its source here."""
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003}
@@ -103,6 +105,7 @@ def simulate_scan(
     shape: tuple[int, int],
     scatterers_per_cell: float = 6.0,
     pitch_wavelengths: tuple[float, float] = (0.15, 0.6),
+    scene: SceneDraw | None = None,
 ) -> SimulatedScan:
     """A simulated beam-space B-mode image of ``shape`` (rows, lines) at a high line density.
 
@@ -110,7 +113,7 @@ def simulate_scan(
     1.5-3, focus at 30-70 % of a depth of 20-50 mm, line pitch within ``pitch_wavelengths`` (default 0.15-0.6
     wavelengths: dense and parallel-beamformed acquisitions alike), residual
     attenuation after time-gain compensation 0-0.3 dB/cm/MHz, electronic noise 30-50 dB below
-    the echo, dynamic range 50-70 dB, and a scene (:func:`_random_scene`). RF is computed at
+    the echo, dynamic range 50-70 dB, and a scene (``scene``, default :func:`_random_scene`). RF is computed at
     about 6 samples per wavelength and its envelope averaged down to ``shape[0]`` rows.
     """
     rows, lines = shape
@@ -131,7 +134,7 @@ def simulate_scan(
 
     count = int(scatterers_per_cell * depth * width / transducer.resolution_cell_mm2())
     x, z = rng.uniform(0, width, count), rng.uniform(0, depth, count)
-    phantom = _random_scene(rng, depth, width)
+    phantom = (scene or _random_scene)(rng, depth, width)
     amplitude = rng.standard_normal(count) * phantom.echogenicity_at(x, z)
     amplitude *= attenuation_gain(z, rng.uniform(0.0, 0.3), transducer.center_frequency_mhz)
     rf = beamformed_rf(x, z, amplitude, transducer, (rows * oversampling, lines), (pitch, dz))

@@ -11,4 +11,7 @@
 - ``inference``      model lookup, label maps made ready for a model (classes, grid, fan), batched sampling
 - ``command``        ``deepultrasound synth``: a label map -> images on its grid
 - ``dataset_command`` ``deepultrasound synth-dataset``: a folder of label maps -> a CAMUS-like dataset
+- ``bench``          ``deepultrasound bench synth``: segmenters trained on synthetic vs real images, realism,
+                     sampling speed; its data (``bench_data``), segmenter (``segmentation``), realism
+                     metrics (``realism``) and picture (``plots``)
 """

@@ -12,3 +12,4 @@ COMMANDS = {
     ),
 }
 TASKS = {"us-diffusion": "deepultrasound.synthesis.training_task"}
+BENCH_SUITES = {"synth": "deepultrasound.synthesis.bench"}

@@ -40,7 +40,7 @@ from deepultrasound.runtime.inference_specs import LabelClass
 from deepultrasound.simulation.echo import EchoConfig, EchoSimulator
 from deepultrasound.simulation.echo_stats import fan_mask_of
 from deepultrasound.simulation.phantom import Layer, Phantom
-from deepultrasound.superres.data import simulate_scan
+from deepultrasound.superres.data import SceneDraw, simulate_scan
 from deepultrasound.synthesis.bmaps import Probe, depth_from_labels
 
 Pair = dict[str, torch.Tensor]
@@ -168,18 +168,19 @@ def linear_labels(phantom: Phantom, shape: tuple[int, int]) -> np.ndarray:
     return labels
 
 
-def linear_pairs(seed: int, count: int, size: int) -> list[Pair]:
+def linear_pairs(seed: int, count: int, size: int, scene: SceneDraw | None = None) -> list[Pair]:
     """``count`` simulated linear-probe scenes of ``(size, size)`` pixels with their :class:`LinearLabel` maps.
 
     Pair ``k`` depends on ``(seed, k)`` only; line pitch :data:`LINEAR_PITCH_WAVELENGTHS`, the rest
-    drawn by :func:`~deepultrasound.superres.data.simulate_scan`.
+    drawn by :func:`~deepultrasound.superres.data.simulate_scan` (its scene by ``scene``, default the
+    simulator's own).
     """
     if count < 0 or size < 8:
         raise InputError(f"count must be >= 0 and size >= 8, got {count} and {size}")
     pairs = []
     for index in range(count):
         scan_seed = int(np.random.default_rng([seed, index]).integers(2**31))
-        scan = simulate_scan(scan_seed, (size, size), pitch_wavelengths=LINEAR_PITCH_WAVELENGTHS)
+        scan = simulate_scan(scan_seed, (size, size), pitch_wavelengths=LINEAR_PITCH_WAVELENGTHS, scene=scene)
         pairs.append(
             {
                 "image": torch.from_numpy(np.clip(scan.bmode, 0.0, 1.0))[None],

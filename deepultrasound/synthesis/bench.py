@@ -1,0 +1,289 @@
+"""``deepultrasound bench synth``: what synthetic images are worth: downstream segmentation, realism, speed.
+
+Models: ``--model NAME=BUNDLE`` (repeatable; e.g. ``echo=...`` and ``echo-no-bmap=...`` for the
+B-map ablation, every model of one data getting rows with the same settings); default the installed
+sector (``echo``) and linear (``linear``) models. A bundle that cannot be found or does not fit its
+data is left out with a note. A sector model is evaluated on CAMUS (``--train-patients`` of the
+training split, default all 80; ``--test-patients`` held out, default 20), a linear one on
+simulated scenes of a configuration it never saw (``--linear-train``, ``--linear-test``); see
+:mod:`~deepultrasound.synthesis.bench_data` for the data, the segmentation classes and the scored
+structures. Everything runs on the model's grid (64 px for the shipped models).
+
+**(a) Downstream segmentation.** For each model, a segmenter
+(:mod:`~deepultrasound.synthesis.segmentation`) is trained on images the model synthesises (DDIM,
+``--steps`` and ``--guidance``, default the bundle's; noise from ``--seed``) from the training
+label maps, and one on the real images of the same maps, with the same budget (``--seg-steps``,
+``--seg-batch``), augmentation, initial weights and batch order. Both are tested on the real test
+images: mean Dice per structure and the ratio synthetic / real.
+
+**(b) Realism** (:mod:`~deepultrasound.synthesis.realism`) of the images synthesised from the test
+label maps against the real test images: depth-profile error (image units), envelope SNR and
+speckle FWHM (pixels), the envelope recovered for ``--dynamic-range`` dB (default 60, the
+simulator's default display range), and the Frechet distance on the bottleneck features of the
+real-trained segmenter. Rows ``held_out_real`` (the reference itself: its SNR and speckle) and
+``real_train`` (the real training images: what a perfect model would reach).
+
+**(c) Sampling throughput**: images per second of DDIM-25, DDIM-50 and DDPM (``--ddpm-steps``,
+default the schedule's training steps) at batch ``--batch`` on ``--device``, median of ``--repeats``
+runs after an untimed one-step run, guidance as in (a); null for a sampler that needs more steps
+than the schedule has.
+
+JSON (last stdout line): ``models`` (bundle, data, B-maps, steps, guidance); per data (``echo``,
+``linear``): ``data`` (counts, patients or seeds and configuration), ``segmentation`` -> ``real``
+and each model -> ``dice`` and (models) ``ratio_to_real`` per structure; ``realism`` -> row ->
+``profile_error``, ``snr``, ``speckle_axial_px``, ``speckle_lateral_px``, ``frechet`` (null where
+undefined); ``throughput`` -> model -> ``ddim_25``, ``ddim_50``, ``ddpm`` (images/s),
+``ddpm_steps``, ``batch``; ``figure`` (with ``--figures DIR``: ``synth_<data>.png``, label maps,
+real images and each model's images); then ``notes`` and ``seconds`` (wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from deepultrasound.errors import DeepUltrasoundError, InputError
+from deepultrasound.registration.data import VALIDATION_PATIENTS, default_camus_root
+from deepultrasound.runtime import choose_device
+from deepultrasound.spatial.bmode import DEFAULT_DYNAMIC_RANGE_DB
+from deepultrasound.synthesis.bench_data import (
+    CLASSES,
+    STRUCTURES,
+    BenchData,
+    echo_data,
+    linear_data,
+    regions,
+)
+from deepultrasound.synthesis.data import DATA_LABELS, DATA_PROBES, OUTSIDE_FAN, LabelAugmentation, label_classes
+from deepultrasound.synthesis.inference import Synthesizer, resolve_model
+from deepultrasound.synthesis.plots import save_synthesis_grid
+from deepultrasound.synthesis.realism import Regions, realism
+from deepultrasound.synthesis.segmentation import (
+    SegmenterSettings,
+    bottleneck_features,
+    predict,
+    structure_dice,
+    train_segmenter,
+)
+
+HELP = "USSynth: segmenters trained on synthetic vs real images, realism against held-out images, sampling speed"
+DATA_OF_PROBE = {probe: kind for kind, probe in DATA_PROBES.items()}
+SAMPLERS = {"ddim_25": ("ddim", 25), "ddim_50": ("ddim", 50), "ddpm": ("ddpm", None)}
+"""Timed samplers: key -> (sampler, steps); DDPM's steps are ``--ddpm-steps``."""
+REALISM = ("profile_error", "snr", "speckle_axial_px", "speckle_lateral_px", "frechet")
+FIGURE_ROWS = 4
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the suite's options."""
+    add = parser.add_argument
+    add(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=BUNDLE",
+        help="a model's rows (repeatable; default: the installed sector model as 'echo' and linear one as 'linear')",
+    )
+    add("--camus", type=Path, default=None, help="CAMUS folder (default: the shared camus_train)")
+    add("--train-patients", type=int, default=None, help="CAMUS training patients (default: all of the split)")
+    add("--test-patients", type=int, default=VALIDATION_PATIENTS, help="held-out CAMUS patients (default: 20)")
+    add("--linear-train", type=int, default=320, help="linear training scenes (default: 320)")
+    add("--linear-test", type=int, default=80, help="linear test scenes (default: 80)")
+    add("--steps", type=int, default=None, help="DDIM steps of the synthesis (default: the bundle's)")
+    add("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the bundle's)")
+    add("--seg-steps", type=int, default=2000, help="segmenter training steps (default: 2000)")
+    add("--seg-batch", type=int, default=16, help="segmenter batch size (default: 16)")
+    add("--batch", type=int, default=8, help="synthesis batch size, also of the throughput (default: 8)")
+    add("--ddpm-steps", type=int, default=None, help="DDPM steps timed (default: the schedule's training steps)")
+    add("--repeats", type=int, default=3, help="timed runs per sampler, median reported (default: 3)")
+    add("--dynamic-range", type=float, default=DEFAULT_DYNAMIC_RANGE_DB, help="dB of the B-mode (default: 60)")
+    add("--seed", type=int, default=0, help="seed of synthesis noise and segmenters (default: 0)")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    add("--figures", type=Path, default=None, help="write synth_<data>.png (maps, real, synthetic) here")
+
+
+def _check(model: Synthesizer, kind: str, others: dict[str, Synthesizer]) -> None:
+    """Refuse a model whose classes are not its data's, whose grid is not square or differs from ``others``'."""
+    expected = [label.model_dump() for label in label_classes(DATA_LABELS[kind])]
+    if [label.model_dump() for label in model.spec.label_classes] != expected:
+        raise InputError(f"its label classes are not those of the {kind} data")
+    if model.size[0] != model.size[1]:
+        raise InputError(f"its grid {model.size} is not square")
+    sizes = {other.size for other in others.values()}
+    if sizes and model.size not in sizes:
+        raise InputError(f"its grid {model.size} differs from the {sizes.pop()} of the other {kind} rows")
+
+
+def _models(args: argparse.Namespace, device: str) -> tuple[dict[str, dict[str, Synthesizer]], list[str]]:
+    """The models by data kind and row name, and notes on those left out."""
+    wanted: list[tuple[str, str | None, str | None]] = []  # (name, bundle, probe)
+    for entry in args.model:
+        name, sep, bundle = entry.partition("=")
+        if not sep or not name or not bundle:
+            raise InputError(f"--model takes NAME=BUNDLE, e.g. echo=runs/ussynth_echo_64/bundle; got {entry!r}")
+        wanted.append((name, bundle, None))
+    wanted = wanted or [(kind, None, probe) for kind, probe in DATA_PROBES.items()]
+    kinds: dict[str, dict[str, Synthesizer]] = {}
+    notes = []
+    for name, bundle, probe in wanted:
+        try:
+            model = Synthesizer(resolve_model(bundle, probe), device=device)
+            kind = DATA_OF_PROBE[model.spec.bmap.probe]
+            _check(model, kind, kinds.get(kind, {}))
+        except DeepUltrasoundError as error:
+            notes.append(f"{name}: left out ({error})")
+            continue
+        kinds.setdefault(kind, {})[name] = model
+    return kinds, notes
+
+
+def _synthesise(model: Synthesizer, labels: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
+    """``(N, 1, S, S)`` images synthesised by DDIM from label maps ``(N, S, S)`` (``--batch`` at a time)."""
+    options = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "batch": args.batch}
+    return torch.from_numpy(model(labels.numpy(), sampler="ddim", progress=True, **options))[:, None]
+
+
+def _throughput(model: Synthesizer, labels: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
+    """Images per second of each of :data:`SAMPLERS` (median of ``--repeats`` runs) at batch ``--batch``."""
+    batch = labels[torch.arange(args.batch) % len(labels)].numpy()
+    ddpm_steps = args.ddpm_steps or model.spec.schedule.num_train_timesteps
+    figures: dict[str, Any] = {"batch": args.batch, "ddpm_steps": ddpm_steps}
+    for key, (sampler, steps) in SAMPLERS.items():
+        steps = steps or ddpm_steps
+        if steps > model.spec.schedule.num_train_timesteps:
+            figures[key] = None  # more steps than the schedule has
+            continue
+        options = {"guidance": args.guidance, "sampler": sampler, "seed": args.seed, "batch": args.batch}
+        model(batch, steps=1, **options)  # warm-up: first-call allocations are not timed
+        seconds = []
+        for _ in tqdm(range(args.repeats), desc=f"{model.name}: {key}", unit="run", leave=False):
+            started = time.perf_counter()
+            model(batch, steps=steps, **options)
+            seconds.append(time.perf_counter() - started)
+        figures[key] = args.batch / float(np.median(seconds))
+    return figures
+
+
+def _dice(segmenter: torch.nn.Module, data: BenchData) -> dict[str, float | None]:
+    """Mean Dice per structure of ``segmenter`` on the real test images."""
+    truth = CLASSES[data.kind][data.stack("test", "labels")]
+    return structure_dice(predict(segmenter, data.stack("test", "image")), truth, STRUCTURES[data.kind])
+
+
+def _data(kind: str, size: int, args: argparse.Namespace) -> BenchData:
+    if kind == "linear":
+        return linear_data(size, args.linear_train, args.linear_test)
+    root = args.camus if args.camus is not None else default_camus_root()
+    return echo_data(root, size, args.train_patients, args.test_patients)
+
+
+def _evaluate(kind: str, models: dict[str, Synthesizer], args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """(a), (b) and (c) for the models of one data kind."""
+    data = _data(kind, next(iter(models.values())).size[0], args)
+    train_labels, test_labels = data.stack("train", "labels"), data.stack("test", "labels")
+    real_train, real_test = data.stack("train", "image"), data.stack("test", "image")
+    settings = SegmenterSettings(
+        steps=args.seg_steps,
+        batch_size=args.seg_batch,
+        seed=args.seed,
+        augmentation=LabelAugmentation(fill_label=OUTSIDE_FAN if kind == "echo" else None),
+        device=device,
+    )
+    real_segmenter = train_segmenter(data.train, CLASSES[kind], settings, f"{kind} segmenter on real images")
+    test_regions = regions(kind, test_labels)
+    reference = (real_test[:, 0].numpy(), test_regions, bottleneck_features(real_segmenter, real_test))
+
+    def realism_of(images: torch.Tensor, image_regions: Regions = test_regions) -> dict[str, float | None]:
+        features = bottleneck_features(real_segmenter, images)
+        return realism(images[:, 0].numpy(), image_regions, features, reference, args.dynamic_range)
+
+    real_dice = _dice(real_segmenter, data)
+    result: dict[str, Any] = {
+        "data": {**data.description, "train_images": len(data.train), "test_images": len(data.test)},
+        "segmentation": {"real": {"dice": real_dice}},
+        "realism": {
+            "held_out_real": realism(reference[0], test_regions, dynamic_range_db=args.dynamic_range),
+            "real_train": realism_of(real_train, regions(kind, train_labels)),
+        },
+        "throughput": {},
+    }
+    shown = {}
+    for name, model in models.items():
+        pairs = [{**pair, "image": image} for pair, image in zip(data.train, _synthesise(model, train_labels, args))]
+        dice = _dice(train_segmenter(pairs, CLASSES[kind], settings, f"{name} segmenter on synthetic images"), data)
+        ratio = {
+            key: value / real_dice[key] if value is not None and real_dice[key] else None for key, value in dice.items()
+        }
+        result["segmentation"][name] = {"dice": dice, "ratio_to_real": ratio}
+        synthetic_test = _synthesise(model, test_labels, args)
+        shown[name] = synthetic_test[:FIGURE_ROWS, 0].numpy()
+        result["realism"][name] = realism_of(synthetic_test)
+        result["throughput"][name] = _throughput(model, test_labels, args)
+    if args.figures is not None:
+        rows = slice(FIGURE_ROWS)
+        grid = args.figures / f"synth_{kind}.png"
+        result["figure"] = str(save_synthesis_grid(grid, test_labels[rows].numpy(), reference[0][rows], shown))
+    return result
+
+
+def _cell(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _print(kind: str, figures: dict[str, Any]) -> None:
+    structures = list(STRUCTURES[kind])
+    print(f"\n{kind}: Dice on {figures['data']['test_images']} real test images (ratio synthetic / real)")
+    print(f"{'trained on':<20}" + "".join(f"{name:>22}" for name in structures))
+    for name, row in figures["segmentation"].items():
+        ratios = row.get("ratio_to_real")
+        cells = [_cell(row["dice"][key]) + (f" ({_cell(ratios[key], 2)})" if ratios else "") for key in structures]
+        print(f"{name:<20}" + "".join(f"{cell:>22}" for cell in cells))
+    print(f"\n{kind}: realism against the real test images (profile error in image units, speckle in pixels)")
+    print(f"{'images':<20}" + "".join(f"{column:>20}" for column in REALISM))
+    for name, row in figures["realism"].items():
+        print(f"{name:<20}" + "".join(f"{_cell(row.get(column), 4):>20}" for column in REALISM))
+    print(f"\n{kind}: sampling throughput, images/s")
+    for name, row in figures["throughput"].items():
+        speeds = ", ".join(f"{key} {_cell(row[key])}" for key in SAMPLERS)
+        print(f"{name:<20}batch {row['batch']}: {speeds} (DDPM {row['ddpm_steps']} steps)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the suite; prints the tables and returns the figures."""
+    counts = (args.seg_steps, args.seg_batch, args.batch, args.repeats, args.test_patients)
+    if min(counts) < 1 or min(args.linear_train, args.linear_test) < 1 or (args.train_patients or 1) < 1:
+        raise InputError("--seg-steps, --seg-batch, --batch, --repeats and the image counts must be >= 1")
+    started = time.perf_counter()
+    device = str(choose_device(None if args.device == "auto" else args.device))
+    kinds, notes = _models(args, device)
+    settings = ("steps", "guidance", "seg_steps", "seg_batch", "batch", "repeats", "seed", "dynamic_range")
+    figures: dict[str, Any] = {
+        "device": device,
+        "settings": {key: getattr(args, key) for key in settings},
+        "models": {
+            name: {
+                "bundle": model.name,
+                "data": kind,
+                "image_size": list(model.size),
+                "bmap": model.spec.bmap.enabled,
+                "steps": args.steps or model.spec.sampling_steps,
+                "guidance": model.spec.guidance_scale if args.guidance is None else args.guidance,
+            }
+            for kind, group in kinds.items()
+            for name, model in group.items()
+        },
+    }
+    for kind, group in kinds.items():
+        figures[kind] = _evaluate(kind, group, args, device)
+        _print(kind, figures[kind])
+    for note in notes:
+        print(f"note: {note}")
+    figures["notes"] = notes
+    figures["seconds"] = time.perf_counter() - started
+    return figures

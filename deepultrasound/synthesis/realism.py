@@ -1,0 +1,176 @@
+"""Realism figures of a set of B-mode images against a reference set (e.g. synthetic against held-out real).
+
+Images are ``(N, H, W)`` B-mode in [0, 1] with, per image, :class:`Regions` (where the figures look):
+
+- **depth-intensity profile** (:func:`depth_profile`): mean intensity per bin of normalised depth
+  (0 at the probe, 1 at the deepest imaged point) inside the imaged region, pooled over images;
+  :func:`profile_error` is the mean absolute difference of two profiles over the bins both have,
+  in image units (B-mode in [0, 1]).
+- **envelope SNR** (:func:`envelope_snr`): mean / std of the envelope inside a tissue region, per
+  image, averaged over images. The envelope is recovered from the log compression
+  (:func:`envelope_from_bmode`): B-mode ``b`` in [0, 1] spans ``dynamic_range_db`` below the
+  brightest sample, so ``envelope = 10 ** ((b - 1) dynamic_range_db / 20)`` relative to it.
+  Fully developed speckle (a Rayleigh envelope) has SNR ``sqrt(pi / (4 - pi))`` = 1.91.
+- **speckle size** (:func:`speckle_fwhm`): axial (rows) and lateral (columns) full width at half
+  maximum, in pixels, of the mean autocorrelation of the envelope over ``patch x patch`` tiles that
+  lie wholly in tissue (:func:`~deepultrasound.simulation.echo_stats.autocorrelation`).
+- **Frechet distance** (:func:`frechet_distance`) between two sets of feature vectors (MONAI's
+  ``FIDMetric``, which takes precomputed features; the features come from a network trained here,
+  since no pretrained feature network can be downloaded).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.metrics import FIDMetric
+from scipy.ndimage import binary_erosion
+
+from deepultrasound.errors import InputError
+from deepultrasound.simulation.echo_stats import autocorrelation, half_width
+from deepultrasound.spatial.bmode import DEFAULT_DYNAMIC_RANGE_DB
+
+DEPTH_BINS = 16
+"""Bins of normalised depth of :func:`depth_profile`."""
+SPECKLE_PATCH = 8
+"""Side (pixels) of the tissue tiles whose autocorrelation gives the speckle size (64-pixel images hold several)."""
+RAYLEIGH_SNR = math.sqrt(math.pi / (4.0 - math.pi))
+"""Mean / std of a Rayleigh-distributed envelope (fully developed speckle): 1.913."""
+_MIN_SNR_PIXELS = 16
+"""An image whose SNR region holds fewer pixels gives no SNR."""
+
+
+@dataclass(frozen=True)
+class Regions:
+    """Where the figures of ``N`` images of ``(H, W)`` pixels look, each array ``(N, H, W)``.
+
+    Attributes:
+        inside: bool, the imaged region (the fan of a sector scan; every pixel of a linear scan).
+        depth: float in [0, 1], normalised depth (0 at the probe).
+        signal: bool, the tissue region whose envelope SNR is measured (e.g. the myocardium).
+        tissue: bool, the tissue region whose speckle size is measured.
+    """
+
+    inside: np.ndarray
+    depth: np.ndarray
+    signal: np.ndarray
+    tissue: np.ndarray
+
+    def __post_init__(self) -> None:
+        shapes = {name: np.shape(getattr(self, name)) for name in ("inside", "depth", "signal", "tissue")}
+        if len(set(shapes.values())) != 1 or len(shapes["inside"]) != 3:
+            raise InputError(f"regions must be (N, H, W) arrays of one shape, got {shapes}")
+
+
+def check_images(images: np.ndarray, regions: Regions) -> np.ndarray:
+    """``images`` as float64 ``(N, H, W)``, refused unless finite, in [0, 1] and of the regions' shape."""
+    array = np.asarray(images, np.float64)
+    if array.shape != regions.inside.shape:
+        raise InputError(f"images {array.shape} and their regions {regions.inside.shape} differ in shape")
+    if not np.isfinite(array).all() or array.min(initial=0.0) < 0.0 or array.max(initial=0.0) > 1.0:
+        raise InputError("B-mode images must hold finite values in [0, 1]")
+    return array
+
+
+def envelope_from_bmode(bmode: np.ndarray, dynamic_range_db: float = DEFAULT_DYNAMIC_RANGE_DB) -> np.ndarray:
+    """Envelope relative to the brightest sample, same shape as ``bmode`` (in [0, 1]), by undoing the log
+    compression over ``dynamic_range_db`` (see the module docstring)."""
+    if not (math.isfinite(dynamic_range_db) and dynamic_range_db > 0):
+        raise InputError(f"the dynamic range must be a positive number of dB, got {dynamic_range_db}")
+    return 10.0 ** ((np.asarray(bmode, np.float64) - 1.0) * dynamic_range_db / 20.0)
+
+
+def depth_profile(images: np.ndarray, regions: Regions, bins: int = DEPTH_BINS) -> np.ndarray:
+    """``(bins,)`` mean intensity of the pixels inside the imaged region per equal bin of normalised depth,
+    pooled over the images; NaN for a bin without pixels."""
+    values = check_images(images, regions)[regions.inside]
+    index = np.clip((regions.depth[regions.inside] * bins).astype(int), 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    sums = np.bincount(index, weights=values, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan)
+
+
+def profile_error(profile: np.ndarray, reference: np.ndarray) -> float | None:
+    """Mean absolute difference of two depth profiles over the bins both have (None if they share none)."""
+    both = np.isfinite(profile) & np.isfinite(reference)
+    return float(np.abs(profile[both] - reference[both]).mean()) if both.any() else None
+
+
+def envelope_snr(envelopes: np.ndarray, regions: Regions) -> float | None:
+    """Mean over images of mean / std of the envelope ``(N, H, W)`` in each image's ``signal`` region.
+
+    Images whose region holds fewer than 16 pixels or has no spread are left out; None if all are.
+    """
+    ratios = []
+    for envelope, region in zip(np.asarray(envelopes, np.float64), regions.signal):
+        values = envelope[region]
+        if values.size >= _MIN_SNR_PIXELS and values.std() > 0:
+            ratios.append(values.mean() / values.std())
+    return float(np.mean(ratios)) if ratios else None
+
+
+def speckle_fwhm(envelopes: np.ndarray, regions: Regions, patch: int = SPECKLE_PATCH) -> tuple[float, float] | None:
+    """(axial, lateral) FWHM in pixels of the mean autocorrelation of the envelopes ``(N, H, W)`` over their
+    tissue tiles of ``patch x patch`` pixels; None if no tile lies wholly in tissue or all are uniform."""
+    with np.errstate(invalid="ignore"):  # an image whose tiles are all uniform has no speckle: 0 / 0
+        correlations = [
+            correlation
+            for envelope, tissue in zip(np.asarray(envelopes, np.float64), regions.tissue)
+            if (correlation := autocorrelation(envelope, tissue, patch)) is not None and np.isfinite(correlation).all()
+        ]
+    if not correlations:
+        return None
+    mean = np.mean(correlations, axis=0)
+    centre = patch - 1
+    return 2.0 * half_width(mean[centre:, centre]), 2.0 * half_width(mean[centre, centre:])
+
+
+def frechet_distance(features: torch.Tensor, reference: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two sets of feature vectors ``(N, F)`` and ``(M, F)``
+    (MONAI ``FIDMetric``; squared feature units)."""
+    if features.ndim != 2 or reference.ndim != 2 or features.shape[1] != reference.shape[1]:
+        raise InputError(
+            f"features must be (N, F) and (M, F), got {tuple(features.shape)} and {tuple(reference.shape)}"
+        )
+    if min(len(features), len(reference)) < 2:
+        raise InputError("a Frechet distance needs at least two feature vectors per set")
+    return max(0.0, float(FIDMetric()(features.double(), reference.double())))
+
+
+def eroded(mask: np.ndarray, pixels: int = 1) -> np.ndarray:
+    """``(N, H, W)`` bool masks eroded by ``pixels`` in-plane (tiles then keep clear of region borders)."""
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = True  # no erosion across images
+    return binary_erosion(mask, structure, iterations=pixels) if pixels else np.asarray(mask, bool)
+
+
+def realism(
+    images: np.ndarray,
+    regions: Regions,
+    features: torch.Tensor | None = None,
+    reference: tuple[np.ndarray, Regions, torch.Tensor | None] | None = None,
+    dynamic_range_db: float = DEFAULT_DYNAMIC_RANGE_DB,
+) -> dict[str, float | None]:
+    """The figures of ``images`` ``(N, H, W)``: ``snr``, ``speckle_axial_px``, ``speckle_lateral_px`` and, with a
+    ``reference`` (its images, regions and features), ``profile_error`` and ``frechet`` (with both features).
+    A figure that is undefined (no tissue, too few images) is None."""
+    envelopes = envelope_from_bmode(check_images(images, regions), dynamic_range_db)
+    speckle = speckle_fwhm(envelopes, regions)
+    figures: dict[str, float | None] = {
+        "snr": envelope_snr(envelopes, regions),
+        "speckle_axial_px": None if speckle is None else speckle[0],
+        "speckle_lateral_px": None if speckle is None else speckle[1],
+    }
+    if reference is not None:
+        reference_images, reference_regions, reference_features = reference
+        figures["profile_error"] = profile_error(
+            depth_profile(images, regions), depth_profile(reference_images, reference_regions)
+        )
+        usable = features is not None and reference_features is not None
+        usable = usable and min(len(features), len(reference_features)) >= 2
+        figures["frechet"] = frechet_distance(features, reference_features) if usable else None
+    return figures
