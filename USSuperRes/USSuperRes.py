@@ -18,6 +18,7 @@ from typing import Annotated
 import numpy as np
 import slicer
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
+from DeepUltrasoundCommonLib.engineJob import BackgroundJobLogic
 from DeepUltrasoundCommonLib.moduleWidget import BackgroundJobWidget
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
@@ -27,7 +28,6 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
 )
-from slicer.util import VTKObservationMixin
 from USSuperResLib import (
     COMPARE_VIEWS,
     METHODS,
@@ -128,7 +128,7 @@ class USSuperResWidget(BackgroundJobWidget):
 #
 
 
-class USSuperResLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
+class USSuperResLogic(ScriptedLoadableModuleLogic, BackgroundJobLogic):
     """Lateral super-resolution on MRML volumes; runs without the widget (scripts, tests).
 
     Closing the scene cancels a running super-resolution.
@@ -139,12 +139,7 @@ class USSuperResLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        VTKObservationMixin.__init__(self)
-        self.job = None
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-
-    def onSceneStartClose(self, caller=None, event=None) -> None:
-        self.cancel()
+        BackgroundJobLogic.__init__(self)
 
     def getParameterNode(self) -> USSuperResParameterNode:
         return USSuperResParameterNode(super().getParameterNode())
@@ -166,9 +161,7 @@ class USSuperResLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
             ValueError: no input voxels or no output volume; the engine refused the input or failed
                 (the message holds its last output lines).
         """
-        self.cancel()
-        self.job = SuperResolutionJob(inputVolume, outputVolume, factor, method).start()
-        return self.finish() if waitForCompletion else ""
+        return self.runJob(lambda: SuperResolutionJob(inputVolume, outputVolume, factor, method), waitForCompletion)
 
     def processParameterNode(self, parameterNode: USSuperResParameterNode, waitForCompletion: bool = True) -> str:
         """:meth:`process` on the parameter node's inputs (creates the output volume when none is selected)."""
@@ -178,21 +171,6 @@ class USSuperResLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
             parameterNode.outputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
         method = SuperResolutionMethod(parameterNode.method, parameterNode.modelName)
         return self.process(inputVolume, parameterNode.outputVolume, parameterNode.factor, method, waitForCompletion)
-
-    def finish(self) -> str:
-        """Wait for :attr:`job` and read its result into the output volume; its summary.
-
-        Raises:
-            ValueError: the computation failed; the message holds the process's last output lines.
-        """
-        job, self.job = self.job, None
-        return job.finish().summary()
-
-    def cancel(self) -> None:
-        """End the super-resolution running in the background, if any (the whole process tree)."""
-        if self.job is not None:
-            self.job.cancel()
-            self.job = None
 
 
 #

@@ -18,6 +18,7 @@ from typing import Annotated, Union
 import numpy as np
 import slicer
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray
+from DeepUltrasoundCommonLib.engineJob import BackgroundJobLogic
 from DeepUltrasoundCommonLib.moduleWidget import BackgroundJobWidget
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -27,7 +28,6 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
 )
-from slicer.util import VTKObservationMixin
 from USSynthLib import PROBES, SynthesisJob, SynthesisSettings, samplesBrowsing, storeSamples, synthesisInput
 
 #
@@ -114,7 +114,7 @@ class USSynthWidget(BackgroundJobWidget):
 #
 
 
-class USSynthLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
+class USSynthLogic(ScriptedLoadableModuleLogic, BackgroundJobLogic):
     """Label-conditioned synthesis on MRML nodes; runs without the widget (scripts, tests).
 
     Closing the scene cancels a running synthesis.
@@ -125,12 +125,7 @@ class USSynthLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        VTKObservationMixin.__init__(self)
-        self.job = None
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-
-    def onSceneStartClose(self, caller=None, event=None) -> None:
-        self.cancel()
+        BackgroundJobLogic.__init__(self)
 
     def getParameterNode(self) -> USSynthParameterNode:
         return USSynthParameterNode(super().getParameterNode())
@@ -151,9 +146,7 @@ class USSynthLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
             ValueError: no labels, only background, no output volume; the engine refused the input or failed
                 (the message holds its last output lines, e.g. that no synthesis model is installed).
         """
-        self.cancel()
-        self.job = SynthesisJob(labelsNode, syntheticVolume, settings).start()
-        return self.finish() if waitForCompletion else ""
+        return self.runJob(lambda: SynthesisJob(labelsNode, syntheticVolume, settings), waitForCompletion)
 
     def processParameterNode(self, parameterNode: USSynthParameterNode, waitForCompletion: bool = True) -> str:
         """:meth:`process` on the parameter node's inputs (creates the output volume when none is selected)."""
@@ -167,21 +160,6 @@ class USSynthLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
             SynthesisSettings.fromParameterNode(parameterNode),
             waitForCompletion,
         )
-
-    def finish(self) -> str:
-        """Wait for :attr:`job` and read its samples into the output nodes; its summary.
-
-        Raises:
-            ValueError: the synthesis failed; the message holds the process's last output lines.
-        """
-        job, self.job = self.job, None
-        return job.finish().summary()
-
-    def cancel(self) -> None:
-        """End the synthesis running in the background, if any (the whole process tree)."""
-        if self.job is not None:
-            self.job.cancel()
-            self.job = None
 
 
 #

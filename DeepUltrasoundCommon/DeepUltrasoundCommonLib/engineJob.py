@@ -9,13 +9,15 @@ derives from it and says which files and arguments (:meth:`EngineJob.writeInputs
 results go into its nodes (:meth:`EngineJob.readResults`). :func:`writeVolumeFile` and
 :func:`readVolumeFile` move a volume node to and from a file (NRRD, with its geometry);
 :func:`writeArrayFile` and :func:`readVolumeArray` move voxels and geometry to and from a file
-without touching any node the user sees.
+without touching any node the user sees. :class:`BackgroundJobLogic` is the part of a module's logic
+that holds its one job: started, finished or cancelled, and cancelled when the scene closes.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -201,3 +203,43 @@ class EngineJob:
         if self.process.wait(timeoutS) is None:
             self.cancel()
         return self.finish()
+
+
+class BackgroundJobLogic:
+    """A module logic's engine job: one at a time, in the background, cancelled when the scene closes.
+
+    The logic's ``process`` calls :meth:`runJob`; without waiting, a widget polls :attr:`job` and calls
+    :meth:`finish` when it has ended, or :meth:`cancel`.
+
+    Attributes:
+        job: the job running in the background, or None.
+    """
+
+    def __init__(self) -> None:
+        self.job: EngineJob | None = None
+        slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+
+    def onSceneStartClose(self, caller=None, event=None) -> None:
+        self.cancel()
+
+    def runJob(self, makeJob: Callable[[], EngineJob], waitForCompletion: bool) -> str:
+        """Cancel the running job, start the one ``makeJob`` makes (which checks its inputs first); its summary
+        (:meth:`finish`) when ``waitForCompletion``, else ""."""
+        self.cancel()
+        self.job = makeJob().start()
+        return self.finish() if waitForCompletion else ""
+
+    def finish(self) -> str:
+        """Wait for :attr:`job` and read its results into the output nodes; its summary.
+
+        Raises:
+            ValueError: the computation failed; the message holds the process's last output lines.
+        """
+        job, self.job = self.job, None
+        return job.finish().summary()
+
+    def cancel(self) -> None:
+        """End the job running in the background, if any (the whole process tree)."""
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
