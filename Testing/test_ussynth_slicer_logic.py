@@ -30,6 +30,7 @@ for moduleDir in ("DeepUltrasoundCommon", "USSynth"):
     sys.path.insert(0, str(ROOT / moduleDir))
 
 from DeepUltrasoundCommonLib import EngineMethod, VolumeGeometry, arrayToVolume, volumeToArray  # noqa: E402
+from DeepUltrasoundCommonLib.engineJob import BackgroundJobLogic  # noqa: E402
 from USSynthLib import (  # noqa: E402
     SAMPLES_ATTRIBUTE,
     SynthesisJob,
@@ -348,6 +349,19 @@ def test_cancel_ends_the_process_and_removes_its_files(scene, fakePython):
     with pytest.raises(ValueError, match="Synthesis failed"):
         job.finish()
     assert output.GetImageData() is None
+
+
+def test_the_logic_cancels_its_background_job_when_the_scene_closes(scene, fakePython, monkeypatch):
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)  # the application's scene, which the logic observes
+    logic = BackgroundJobLogic()
+    output = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "synthetic")
+    settings = SynthesisSettings(samples=2, steps=100000, method=EngineMethod(model=FAKE_MODEL))
+    labels = labelMap(scene, labelFrames())
+    started = logic.runJob(lambda: SynthesisJob(labels, output, settings, python=fakePython), waitForCompletion=False)
+    job = logic.job
+    assert started == "" and job.running
+    scene.Clear(0)
+    assert logic.job is None and not job.running
 
 
 # The engine itself --------------------------------------------------------------------------------
