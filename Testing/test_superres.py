@@ -142,6 +142,17 @@ def test_untrained_skip_path_is_the_cubic_baseline():
         torch.testing.assert_close(generator(low), upsample_lines(low, 4, "cubic"))
 
 
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_without_batch_norm_an_image_is_upsampled_alike_whatever_shares_its_batch(batch_norm):
+    torch.manual_seed(0)
+    generator = SRResNet(4, channels=4, blocks=2, batch_norm=batch_norm).train()  # training mode: batch statistics
+    image, other = torch.rand(1, 1, 12, 8), torch.rand(1, 1, 12, 8) * 0.2
+    with torch.no_grad():
+        alone, together = generator(image), generator(torch.cat([image, other]))[:1]
+    assert torch.allclose(alone, together, atol=1e-6) != batch_norm
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in generator.modules()) == batch_norm
+
+
 def test_discriminator_scores_any_size():
     discriminator = SRGANDiscriminator(channels=4).eval()
     with torch.no_grad():
@@ -149,9 +160,10 @@ def test_discriminator_scores_any_size():
         assert discriminator(torch.rand(1, 1, 33, 17)).shape == (1, 1)
 
 
-def test_generator_exports_with_parity_at_other_sizes(tmp_path):
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_generator_exports_with_parity_at_other_sizes(tmp_path, batch_norm):
     torch.manual_seed(0)
-    generator = SRResNet(4, channels=4, blocks=1)
+    generator = SRResNet(4, channels=4, blocks=1, batch_norm=batch_norm)
     path = save_bundle(
         tmp_path / "srresnet",
         generator,
@@ -160,7 +172,7 @@ def test_generator_exports_with_parity_at_other_sizes(tmp_path):
         task="superres",
         architecture=GENERATOR,
         architecture_module="deepultrasound.superres.networks",
-        architecture_args={"factor": 4, "channels": 4, "blocks": 1},
+        architecture_args={"factor": 4, "channels": 4, "blocks": 1, "batch_norm": batch_norm},
         example_inputs=(torch.rand(1, 1, 16, 8),),
         input_names=["image"],
         output_names=["fine"],

@@ -45,9 +45,11 @@ TILE = 16
 """Small tiles, so that test images span several of them."""
 
 
-def export_untrained(directory: Path, factor: int, formats: list[str]) -> Path:
-    """An untrained 4-channel, 1-block SRResNet of ``factor``, exported as the trainer exports it."""
-    args = {"factor": factor, "channels": 4, "blocks": 1}
+def export_untrained(directory: Path, factor: int, formats: list[str], blur: float = 0.0, name: str = "") -> Path:
+    """An untrained 4-channel, 1-block SRResNet of ``factor`` for a degradation with ``blur`` (sigma, fine lines),
+    exported as the trainer exports it (as ``name``, default ``tiny-xF``)."""
+    name = name or f"tiny-x{factor}"
+    args = {"factor": factor, "channels": 4, "blocks": 1, "blur_sigma_lines": blur}
     task_cls = get_task("superres")
     task = task_cls(task_cls.parse_args(args), seed=0)
     config = parse_config(
@@ -55,19 +57,20 @@ def export_untrained(directory: Path, factor: int, formats: list[str]) -> Path:
             "task": "superres",
             "task_args": args,
             "stages": [{"steps": 1}],
-            "bundle": {"name": f"tiny-x{factor}", "formats": formats},
+            "bundle": {"name": name, "formats": formats},
         }
     )
     torch.manual_seed(0)
-    return export_bundle(task, task.build_networks(), config, {}, directory / f"tiny-x{factor}")
+    return export_bundle(task, task.build_networks(), config, {}, directory / name)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
-    """A folder of installed models: x4 with an ONNX graph (the CPU runs it in ONNX Runtime), x2 weights only."""
+    """A folder of installed models: x4 with an ONNX graph (the CPU runs it in ONNX Runtime), x2 weights only and
+    trained for a degradation with a beam-profile blur of sigma 1 fine line."""
     folder = tmp_path_factory.mktemp("models")
     export_untrained(folder, 4, ["onnx"])
-    export_untrained(folder, 2, [])
+    export_untrained(folder, 2, [], blur=1.0)
     return folder
 
 
@@ -256,6 +259,7 @@ def test_cli_writes_the_upsampled_sequence(models, tmp_path, capsys):
     assert written.spacing == pytest.approx((0.05, 0.05, 0.1)) and written.origin == pytest.approx((4.0, 1.0, 0.0))
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert "3 x 24 x 20 -> 3 x 24 x 80 uint16" in summary and "tiny-x4" in summary and summary.endswith(" s")
+    assert "trained for line decimation alone" in summary  # the degradation the model undoes is named
 
 
 def test_cli_cubic_is_upsample_lines(tmp_path):
@@ -330,8 +334,9 @@ def test_cli_user_errors_are_one_line_with_exit_status_2(models, tmp_path, capsy
 
 # -- bench ------------------------------------------------------------------------------------------------
 def test_bench_superres_scores_every_method_against_the_full_resolution_image(models, capsys):
-    """One held-out simulated image at x2: the cubic row equals PSNR/SSIM computed here from the degradation,
-    the model row is there with its gain over cubic, and the last stdout line is the JSON of the figures."""
+    """One held-out simulated image at x2: the cubic row equals PSNR/SSIM computed here from the model's
+    degradation (its blur, then decimation), the model row is there with its gain over cubic, and the last stdout
+    line is the JSON of the figures."""
     code = main(
         ["bench", "superres", "--factors", "2", "--simulated", "1", "--real", "1"]
         + ["--data", str(models / "no BUSI here"), "--model", f"2={models / 'tiny-x2'}"]
@@ -339,13 +344,26 @@ def test_bench_superres_scores_every_method_against_the_full_resolution_image(mo
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
     assert code == 0 and figures["suite"] == "superres" and figures["tiles"] is None
+    assert figures["factors"]["2"]["blur_sigma_lines"] == 1.0
     simulated = figures["factors"]["2"]["simulated"]
     assert simulated["images"] == 1 and set(simulated["methods"]) == {"linear", "cubic", "tiny-x2"}
     (image,) = simulated_images(0, "val", 1, (256, 128))
     truth = torch.from_numpy(image)[None, None]
-    cubic = upsample_lines(degrade(truth, 2), 2, "cubic")[..., :128].clamp(0, 1)
+    cubic = upsample_lines(degrade(truth, 2, 1.0), 2, "cubic")[..., :128].clamp(0, 1)
     assert simulated["methods"]["cubic"]["psnr"] == pytest.approx(float(psnr(cubic, truth, 1.0)), abs=1e-4)
     assert simulated["methods"]["cubic"]["ssim"] == pytest.approx(float(ssim(cubic, truth, 1.0)), abs=1e-5)
     gain = simulated["gain_over_cubic"]["tiny-x2"]["psnr"]
     assert gain == pytest.approx(simulated["methods"]["tiny-x2"]["psnr"] - simulated["methods"]["cubic"]["psnr"])
     assert "no BUSI folder" in figures["factors"]["2"]["real"]["skipped"]
+
+
+def test_bench_superres_refuses_models_of_different_degradations_unless_one_is_set(models, tmp_path, capsys):
+    sharp = export_untrained(tmp_path, 2, [], name="tiny-x2-sharp")
+    common = ["bench", "superres", "--factors", "2", "--simulated", "1", "--data", str(tmp_path / "none")]
+    common += ["--model", f"2={models / 'tiny-x2'}", "--model", f"2={sharp}"]
+
+    assert main(common) != 0
+    assert "different degradations" in capsys.readouterr().err
+    assert main([*common, "--blur-sigma", "0"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["factors"]["2"]
+    assert figures["blur_sigma_lines"] == 0 and {"tiny-x2", "tiny-x2-sharp"} <= set(figures["simulated"]["methods"])

@@ -151,14 +151,16 @@ class RegistrationInference(_Section):
 
 
 class SuperResolutionInference(_Section):
-    """One-axis super-resolution: the upsampled axis, the factor and the sub-sampling phase of the
-    degradation model (which of each ``factor`` lines the low-resolution image kept)."""
+    """One-axis super-resolution: the upsampled axis, the factor, the sub-sampling phase of the
+    degradation model (which of each ``factor`` lines the low-resolution image kept) and its
+    beam-profile blur (Gaussian sigma in fine lines before the decimation; 0: none)."""
 
     kind: Literal["superres"] = "superres"
     version: Literal[1] = 1
     axis: Literal["lateral"] = "lateral"
     factor: int = Field(ge=2)
     phase: int = Field(0, ge=0)
+    blur_sigma_lines: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _phase_below_factor(self) -> SuperResolutionInference:

@@ -1,8 +1,10 @@
 """``deepultrasound bench superres``: lateral super-resolution against linear and cubic interpolation.
 
 For each factor F (``--factors``, default 2 4), every full-resolution image is degraded by the
-training degradation (:func:`~deepultrasound.superres.degradation.degrade`: one line in F kept,
-phase 0, no blur) and upsampled back by every method; the estimate is compared with the image:
+models' training degradation (:func:`~deepultrasound.superres.degradation.degrade`: the beam-profile
+blur recorded in the factor's bundles, then one line in F kept, phase 0; ``--blur-sigma`` sets
+another blur, and it is 0 for a factor without models) and upsampled back by every method from the
+same low-resolution image; the estimate is compared with the full-resolution image:
 
 - **simulated**: ``--simulated`` held-out simulated beam-space B-mode images (default 16, 256 x 128,
   the validation split of :func:`~deepultrasound.superres.data.simulated_images` with ``--seed``,
@@ -19,7 +21,7 @@ super-resolution bundle of the factor (``--model F=BUNDLE`` adds or replaces one
 tile) and in one piece, each in a fresh process: seconds and the peak resident memory the run adds
 to the loaded model (``resource`` max RSS).
 
-JSON (last stdout line): ``factors`` -> per factor ``simulated`` / ``real`` -> ``images`` and
+JSON (last stdout line): ``factors`` -> per factor ``blur_sigma_lines`` and ``simulated`` / ``real`` -> ``images`` and
 ``methods`` -> per method ``psnr``, ``ssim``, ``seconds_per_image``; ``gain_over_cubic`` per model
 (``psnr`` dB and ``ssim``); ``tiles`` (or null).
 """
@@ -65,6 +67,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="F=BUNDLE",
         help="evaluate this bundle at factor F (repeatable; default: the installed models of each factor)",
     )
+    parser.add_argument(
+        "--blur-sigma",
+        type=float,
+        default=None,
+        metavar="LINES",
+        help="beam-profile blur before the decimation, Gaussian sigma in fine lines (default: the models' own)",
+    )
     parser.add_argument("--tiles", action="store_true", help="also time a tiled and an untiled 2000 x 128 x4 frame")
     parser.add_argument("--device", default="cpu", help="device of the models (default: cpu)")
 
@@ -81,6 +90,22 @@ def _models(args: argparse.Namespace) -> dict[int, dict[str, Path]]:
     return models
 
 
+def _blur_of(factor: int, models: dict[str, SuperResolver], override: float | None) -> float:
+    """The degradation's blur at ``factor``: ``override``, else the one all of the factor's models were trained
+    with (0 without models)."""
+    if override is not None:
+        if not np.isfinite(override) or override < 0:
+            raise InputError(f"--blur-sigma must be a non-negative number of fine lines, got {override}")
+        return override
+    blurs = {name: model.blur_sigma_lines for name, model in models.items()}
+    if len(set(blurs.values())) > 1:
+        raise InputError(
+            f"the x{factor} models were trained for different degradations (blur sigma in fine lines: {blurs}); "
+            "compare them on one with --blur-sigma, or run them separately"
+        )
+    return next(iter(blurs.values()), 0.0)
+
+
 def _estimate(method: str | SuperResolver, low: np.ndarray, factor: int, width: int) -> np.ndarray:
     """``low`` ``(H, w)`` upsampled by a classical method or a model, cropped to ``width`` lines, clipped."""
     if isinstance(method, str):
@@ -90,12 +115,14 @@ def _estimate(method: str | SuperResolver, low: np.ndarray, factor: int, width: 
     return np.clip(fine[:, :width], 0.0, DATA_RANGE)
 
 
-def _score(images: list[np.ndarray], factor: int, methods: dict[str, str | SuperResolver], label: str) -> dict:
-    """PSNR, SSIM and seconds per image of every method on ``images`` degraded by ``factor``."""
+def _score(
+    images: list[np.ndarray], factor: int, blur: float, methods: dict[str, str | SuperResolver], label: str
+) -> dict:
+    """PSNR, SSIM and seconds per image of every method on ``images`` degraded by ``factor`` after a ``blur``."""
     scores = {name: {"psnr": [], "ssim": [], "seconds": []} for name in methods}
     for image in tqdm(images, desc=f"x{factor} {label}", unit="image", leave=False):
         truth = torch.from_numpy(image)[None, None]
-        low = degrade(torch.from_numpy(image), factor).numpy()
+        low = degrade(torch.from_numpy(image), factor, blur).numpy()
         for name, method in methods.items():
             started = time.perf_counter()
             estimate = _estimate(method, low, factor, image.shape[1])
@@ -167,18 +194,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     simulated = simulated_images(args.seed, "val", args.simulated, SIMULATED_SHAPE)
     results: dict[str, Any] = {}
     for factor in args.factors:
-        methods: dict[str, str | SuperResolver] = {name: name for name in METHODS}
-        for name, path in models.get(factor, {}).items():
-            methods[name] = SuperResolver(path, factor, device=args.device)
-        model_names = [name for name in methods if name not in METHODS]
-        entry: dict[str, Any] = {}
+        found = models.get(factor, {})
+        networks = {name: SuperResolver(path, factor, device=args.device) for name, path in found.items()}
+        blur = _blur_of(factor, networks, args.blur_sigma)
+        methods: dict[str, str | SuperResolver] = {**{name: name for name in METHODS}, **networks}
+        entry: dict[str, Any] = {"blur_sigma_lines": blur}
+        print(f"x{factor}: blur sigma {blur:g} fine lines, then one line in {factor} kept")
         for label, images in (("simulated", simulated), ("real", real)):
             if not images:
                 entry[label] = {"skipped": real_note}
                 print(f"x{factor} {label}: skipped ({real_note})")
                 continue
-            part = _score(images, factor, methods, label)
-            part["gain_over_cubic"] = _gains(part, model_names)
+            part = _score(images, factor, blur, methods, label)
+            part["gain_over_cubic"] = _gains(part, list(networks))
             _print_part(factor, label, part)
             entry[label] = part
         results[str(factor)] = entry

@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.method is None:
         model = SuperResolver(resolve_model(args.model, args.factor), args.factor, args.tile, args.backend, args.device)
-        options, used = {"model": model}, f"model {model.name} ({model.predictor.backend}, {model.predictor.device})"
+        sigma = model.blur_sigma_lines / args.factor
+        beam = f"a lateral beam profile of sigma {sigma:.2g} input lines" if sigma else "line decimation alone"
+        options = {"model": model}
+        used = f"model {model.name} ({model.predictor.backend}, {model.predictor.device}; trained for {beam})"
     else:
         options, used = {"method": args.method}, f"{args.method} interpolation"
     fine = superresolve_image(image, args.factor, progress=True, **options)

@@ -42,17 +42,21 @@ class LateralPixelShuffle(nn.Module):
         return x.reshape(batch, out_channels, height, width * self.factor)
 
 
-class ResidualBlock(nn.Module):
-    """SRResNet block: conv-BN-PReLU-conv-BN plus the input, ``(B, C, H, W)`` -> same."""
+def _norm(channels: int, batch_norm: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
 
-    def __init__(self, channels: int) -> None:
+
+class ResidualBlock(nn.Module):
+    """SRResNet block: conv-BN-PReLU-conv-BN plus the input, ``(B, C, H, W)`` -> same (without BN: EDSR's block)."""
+
+    def __init__(self, channels: int, batch_norm: bool = True) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1),
-            nn.BatchNorm2d(channels),
+            _norm(channels, batch_norm),
             nn.PReLU(channels),
             nn.Conv2d(channels, channels, 3, padding=1),
-            nn.BatchNorm2d(channels),
+            _norm(channels, batch_norm),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,9 +86,20 @@ class SRResNet(nn.Module):
         blocks: residual blocks (16 in SRResNet).
         in_channels: image channels (1: grey B-mode or envelope).
         skip: add the cubic interpolation of the input to the output.
+        batch_norm: BatchNorm in the residual blocks and after the body, as SRResNet; without it the
+            blocks are EDSR's (Lim et al. 2017), which removed BatchNorm from super-resolution networks
+            because its batch statistics differ between training patches and whole test images.
     """
 
-    def __init__(self, factor: int = 4, channels: int = 64, blocks: int = 16, in_channels: int = 1, skip: bool = True):
+    def __init__(
+        self,
+        factor: int = 4,
+        channels: int = 64,
+        blocks: int = 16,
+        in_channels: int = 1,
+        skip: bool = True,
+        batch_norm: bool = True,
+    ):
         super().__init__()
         check_factor(factor)
         if channels < 1 or blocks < 0 or in_channels < 1:
@@ -96,9 +111,9 @@ class SRResNet(nn.Module):
         self.skip = skip
         self.head = nn.Sequential(nn.Conv2d(in_channels, channels, 9, padding=4), nn.PReLU(channels))
         self.body = nn.Sequential(
-            *(ResidualBlock(channels) for _ in range(blocks)),
+            *(ResidualBlock(channels, batch_norm) for _ in range(blocks)),
             nn.Conv2d(channels, channels, 3, padding=1),
-            nn.BatchNorm2d(channels),
+            _norm(channels, batch_norm),
         )
         upsampling = []
         for step in _upsampling_steps(factor):

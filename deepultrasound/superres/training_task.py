@@ -109,6 +109,7 @@ class SuperResolutionArgs(PatchArgs):
     blur_sigma_lines: float = Field(0.0, ge=0, description="Gaussian beam-profile blur before decimation, fine lines")
     channels: int = Field(64, ge=1, description="generator feature channels")
     blocks: int = Field(16, ge=0, description="generator residual blocks")
+    batch_norm: bool = Field(True, description="BatchNorm in the generator's blocks (SRResNet); false: EDSR's blocks")
     loss: Literal["l1", "mse"] = Field("l1", description="pixel loss against the full-resolution patch")
     adversarial_weight: float = Field(
         0.0, ge=0, description="weight of the generator's adversarial loss; > 0 trains an SRGAN discriminator"
@@ -179,8 +180,9 @@ class SuperResolutionTask(Task):
             networks[CRITIC] = SRGANDiscriminator(self.args.discriminator_channels)
         return networks
 
-    def _generator_args(self) -> dict[str, int]:
-        return {"factor": self.args.factor, "channels": self.args.channels, "blocks": self.args.blocks}
+    def _generator_args(self) -> dict[str, int | bool]:
+        args = self.args
+        return {"factor": args.factor, "channels": args.channels, "blocks": args.blocks, "batch_norm": args.batch_norm}
 
     def build_frozen_networks(self) -> dict[str, nn.Module]:
         if self.args.feature_bundle is None:
@@ -281,5 +283,7 @@ class SuperResolutionTask(Task):
             output_names=["fine"],
             normalisation=dict(NORMALISATION),
             task="superres",
-            inference=SuperResolutionInference(axis="lateral", factor=factor, phase=PHASE),
+            inference=SuperResolutionInference(
+                axis="lateral", factor=factor, phase=PHASE, blur_sigma_lines=self.args.blur_sigma_lines
+            ),
         )
