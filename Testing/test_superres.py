@@ -197,7 +197,7 @@ def test_simulated_scans_are_deterministic_b_mode():
 
 def test_patches_pair_a_crop_with_its_degradation_deterministically():
     images = [np.random.default_rng(i).random((40, 30), dtype=np.float32) for i in range(2)]
-    train = SuperResolutionPatches(images, (16, 12), 4, 0.0, 10, Augmentation(gain=0, depth_gain=0), 7, "real")
+    train = SuperResolutionPatches(images, (16, 12), 4, (0.0, 0.0), 10, Augmentation(gain=0, depth_gain=0), 7, "real")
     sample = train[5]
     assert torch.equal(sample["high"], train[5]["high"]) and int(sample["source"]) == 1
     assert torch.equal(sample["low"], sample["high"][..., ::4])
@@ -205,8 +205,24 @@ def test_patches_pair_a_crop_with_its_degradation_deterministically():
     crops = windows.reshape(-1, 16, 12)
     high = sample["high"][0]
     assert any(torch.equal(high, c) or torch.equal(high.flip(-1), c) for c in crops)  # flips are left-right only
-    val = SuperResolutionPatches(images, (16, 12), 4, 0.0, 2, None, 7, "simulated")
+    val = SuperResolutionPatches(images, (16, 12), 4, (0.0, 0.0), 2, None, 7, "simulated")
     assert torch.equal(val[0]["high"][0], torch.from_numpy(images[0][12:28, 9:21]))  # the centred crop
+
+
+def test_training_patches_draw_their_blur_from_the_range_and_validation_takes_the_highest():
+    images = [np.random.default_rng(3).random((40, 64), dtype=np.float32)]
+    augmentation = Augmentation(gain=0, depth_gain=0)
+    train = SuperResolutionPatches(images, (16, 48), 4, (1.0, 3.0), 6, augmentation, 7, "real")
+    candidates = torch.linspace(1.0, 3.0, 2001)  # every 0.001 fine line of the range
+    drawn = []
+    for sample in (train[i] for i in range(6)):
+        errors = [(degrade(sample["high"], 4, float(s)) - sample["low"]).abs().max() for s in candidates]
+        best = int(torch.stack(errors).argmin())
+        assert errors[best] < 1e-3  # the sample's low-resolution patch is the degradation at one blur of the range
+        drawn.append(float(candidates[best]))
+    assert max(drawn) - min(drawn) > 0.5  # and the blur varies between patches
+    val = SuperResolutionPatches(images, (16, 48), 4, (1.0, 3.0), 1, None, 7, "real")
+    torch.testing.assert_close(val[0]["low"], degrade(val[0]["high"], 4, 3.0))
 
 
 def test_gain_augmentation_stays_in_the_display_range():

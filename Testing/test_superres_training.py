@@ -92,7 +92,7 @@ def test_a_tiny_run_trains_validates_with_images_and_exports(busi_like, tmp_path
     bundle = load_bundle(result.bundle)
     inference = bundle.manifest.inference
     assert (inference.kind, inference.axis, inference.factor, inference.phase) == ("superres", "lateral", 4, 0)
-    assert inference.blur_sigma_lines == 0.5  # the degradation the model learnt to undo travels with it
+    assert inference.blur_sigma_lines == (0.5, 0.5)  # the degradation the model learnt to undo travels with it
     assert bundle.manifest.task == "superres" and bundle.manifest.outputs[0].shape[-1] == "W*4"
 
 
@@ -103,10 +103,10 @@ def test_a_run_without_training_images_is_refused(busi_like):
         task.build_datasets(task.args)
 
 
-@pytest.mark.parametrize("factor", [2, 4])
-def test_the_committed_configs_are_valid_and_blur_by_three_quarters_of_a_coarse_line(factor):
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_the_committed_configs_are_valid_and_blur_up_to_three_quarters_of_a_coarse_line(factor):
     path = Path(__file__).resolve().parents[1] / "deepultrasound" / "configs" / f"superres_srresnet_x{factor}.yaml"
     loaded = load_config(path)
     args = get_task(loaded.task).parse_args(loaded.task_args)
     assert (loaded.task, args.factor, args.loss) == ("superres", factor, "mse")
-    assert args.blur_sigma_lines == 0.75 * factor
+    assert args.blur_sigma_lines == (0.0, 0.75 * factor)

@@ -152,20 +152,26 @@ class RegistrationInference(_Section):
 
 class SuperResolutionInference(_Section):
     """One-axis super-resolution: the upsampled axis, the factor, the sub-sampling phase of the
-    degradation model (which of each ``factor`` lines the low-resolution image kept) and its
-    beam-profile blur (Gaussian sigma in fine lines before the decimation; 0: none)."""
+    degradation model (which of each ``factor`` lines the low-resolution image kept) and the range
+    of its beam-profile blur the model was trained on (lowest, highest Gaussian sigma in fine lines
+    before the decimation; 0: none)."""
 
     kind: Literal["superres"] = "superres"
     version: Literal[1] = 1
     axis: Literal["lateral"] = "lateral"
     factor: int = Field(ge=2)
     phase: int = Field(0, ge=0)
-    blur_sigma_lines: float = Field(0.0, ge=0)
+    blur_sigma_lines: tuple[float, float] = (0.0, 0.0)
 
     @model_validator(mode="after")
     def _phase_below_factor(self) -> SuperResolutionInference:
         if self.phase >= self.factor:
             raise ValueError(f"phase {self.phase} must be below factor {self.factor}")
+        lowest, highest = self.blur_sigma_lines
+        if not 0 <= lowest <= highest:
+            raise ValueError(
+                f"blur_sigma_lines must be (lowest, highest) with 0 <= lowest <= highest, got {lowest, highest}"
+            )
         return self
 
 

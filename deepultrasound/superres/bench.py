@@ -1,10 +1,11 @@
 """``deepultrasound bench superres``: lateral super-resolution against linear and cubic interpolation.
 
-For each factor F (``--factors``, default 2 4), every full-resolution image is degraded by the
-models' training degradation (:func:`~deepultrasound.superres.degradation.degrade`: the beam-profile
-blur recorded in the factor's bundles, then one line in F kept, phase 0; ``--blur-sigma`` sets
-another blur, and it is 0 for a factor without models) and upsampled back by every method from the
-same low-resolution image; the estimate is compared with the full-resolution image:
+For each factor F (``--factors``, default 2 4), every full-resolution image is degraded
+(:func:`~deepultrasound.superres.degradation.degrade`: a Gaussian beam-profile blur, then one line
+in F kept, phase 0) and upsampled back by every method from the same low-resolution image; the
+estimate is compared with the full-resolution image. The blur is the highest of the range the
+factor's models were trained on (0 for a factor without models); ``--blur-sigma`` sets another one,
+e.g. 0 for pure line decimation. Images:
 
 - **simulated**: ``--simulated`` held-out simulated beam-space B-mode images (default 16, 256 x 128,
   the validation split of :func:`~deepultrasound.superres.data.simulated_images` with ``--seed``,
@@ -15,7 +16,8 @@ same low-resolution image; the estimate is compared with the full-resolution ima
 Figures per method: PSNR (dB) and SSIM (Gaussian window 11, sigma 1.5) with ``data_range`` 1 (images
 are B-mode in [0, 1]; estimates clipped to it), means over images, and seconds per image (median;
 noisy on a shared machine). Methods: ``linear``, ``cubic`` (Keys, a = -0.5) and every installed
-super-resolution bundle of the factor (``--model F=BUNDLE`` adds or replaces one).
+super-resolution bundle of the factor; ``--model F=BUNDLE`` (a folder or an installed model's name,
+repeatable) evaluates the given bundles at F instead of the installed ones.
 
 ``--tiles`` also upsamples a 2000 x 128 frame x4 to 2000 x 512 with the x4 model, tiled (default
 tile) and in one piece, each in a fresh process: seconds and the peak resident memory the run adds
@@ -45,7 +47,13 @@ from deepultrasound.losses.metrics import psnr, ssim
 from deepultrasound.runtime import load_bundle
 from deepultrasound.superres.data import BUSI_FOLDER, real_images, simulated_images
 from deepultrasound.superres.degradation import METHODS, degrade, upsample_lines
-from deepultrasound.superres.inference import DEFAULT_TILE, SuperResolver, installed_models, superresolve
+from deepultrasound.superres.inference import (
+    DEFAULT_TILE,
+    SuperResolver,
+    installed_models,
+    resolve_model,
+    superresolve,
+)
 
 HELP = "lateral super-resolution: models vs linear and cubic interpolation on held-out simulated and real images"
 DATA_RANGE = 1.0
@@ -65,42 +73,47 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="F=BUNDLE",
-        help="evaluate this bundle at factor F (repeatable; default: the installed models of each factor)",
+        help="evaluate this bundle (folder or installed name) at factor F instead of the installed models of F; "
+        "repeatable",
     )
     parser.add_argument(
         "--blur-sigma",
         type=float,
         default=None,
         metavar="LINES",
-        help="beam-profile blur before the decimation, Gaussian sigma in fine lines (default: the models' own)",
+        help="beam-profile blur before the decimation, Gaussian sigma in fine lines (default: the highest the "
+        "models were trained on)",
     )
     parser.add_argument("--tiles", action="store_true", help="also time a tiled and an untiled 2000 x 128 x4 frame")
     parser.add_argument("--device", default="cpu", help="device of the models (default: cpu)")
 
 
 def _models(args: argparse.Namespace) -> dict[int, dict[str, Path]]:
-    """Bundles to evaluate per factor by manifest name: the installed ones, with ``--model F=BUNDLE`` added (a
-    bundle of the same name replaces the installed one)."""
-    models = {factor: {name: path for path, name in found} for factor, found in installed_models().items()}
+    """Bundles to evaluate per factor by manifest name: those of ``--model F=BUNDLE`` where a factor has any,
+    else the installed ones."""
+    given: dict[int, dict[str, Path]] = {}
     for entry in args.model:
-        factor, _, path = entry.partition("=")
-        if not factor.isdigit() or not path:
+        factor, _, model = entry.partition("=")
+        if not factor.isdigit() or not model:
             raise InputError(f"--model takes F=BUNDLE, e.g. 4=runs/superres_x4/bundle; got {entry!r}")
-        models.setdefault(int(factor), {})[load_bundle(path).manifest.name] = Path(path)
-    return models
+        path = resolve_model(model, int(factor))
+        given.setdefault(int(factor), {})[load_bundle(path).manifest.name] = path
+    installed = {factor: {name: path for path, name in found} for factor, found in installed_models().items()}
+    return {**installed, **given}
 
 
 def _blur_of(factor: int, models: dict[str, SuperResolver], override: float | None) -> float:
-    """The degradation's blur at ``factor``: ``override``, else the one all of the factor's models were trained
-    with (0 without models)."""
+    """The degradation's blur at ``factor``: ``override``, else the highest one all of the factor's models were
+    trained on (0 without models)."""
     if override is not None:
         if not np.isfinite(override) or override < 0:
             raise InputError(f"--blur-sigma must be a non-negative number of fine lines, got {override}")
         return override
-    blurs = {name: model.blur_sigma_lines for name, model in models.items()}
+    blurs = {name: model.blur_sigma_lines[1] for name, model in models.items()}
     if len(set(blurs.values())) > 1:
         raise InputError(
-            f"the x{factor} models were trained for different degradations (blur sigma in fine lines: {blurs}); "
+            f"the x{factor} models were trained for different degradations (highest blur sigma in fine lines: "
+            f"{blurs}); "
             "compare them on one with --blur-sigma, or run them separately"
         )
     return next(iter(blurs.values()), 0.0)

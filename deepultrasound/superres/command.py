@@ -54,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.method is None:
         model = SuperResolver(resolve_model(args.model, args.factor), args.factor, args.tile, args.backend, args.device)
-        sigma = model.blur_sigma_lines / args.factor
-        beam = f"a lateral beam profile of sigma {sigma:.2g} input lines" if sigma else "line decimation alone"
+        lowest, highest = (sigma / args.factor for sigma in model.blur_sigma_lines)
+        if highest == 0:
+            beam = "line decimation alone"
+        else:
+            span = f"{highest:.2g}" if lowest == highest else f"{lowest:.2g} to {highest:.2g}"
+            beam = f"lateral beam profiles of sigma {span} input lines"
         options = {"model": model}
         used = f"model {model.name} ({model.predictor.backend}, {model.predictor.device}; trained for {beam})"
     else:

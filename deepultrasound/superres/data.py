@@ -206,13 +206,15 @@ class SuperResolutionPatches(Dataset):
     ``"source"``: a () int64 index into :data:`SOURCES`.
 
     Sample ``i`` crops image ``i mod N`` (of the ``N`` images given) at a position drawn from
-    (seed, i), augments it (training) and degrades it. Validation samples (``augmentation=None``)
-    are the centred crop of each image, once.
+    (seed, i), augments it (training) and degrades it with a blur drawn uniformly from the range
+    (also from (seed, i)). Validation samples (``augmentation=None``) are the centred crop of each
+    image, once, degraded with the highest blur of the range.
 
     Args:
         images: full-resolution ``(H, W)`` float32 images in [0, 1], each at least the patch size.
         patch_size: (rows, lines) of the full-resolution patch.
-        factor: lateral factor F; ``blur_sigma_lines``: beam-profile blur before decimation.
+        factor: lateral factor F.
+        blur_sigma_lines: (lowest, highest) sigma of the beam-profile blur before decimation, fine lines.
         samples: dataset length (training: patches per epoch; validation: ``len(images)``).
         augmentation: training augmentation, or None for fixed, centred validation crops.
         seed: base of every random draw.
@@ -224,7 +226,7 @@ class SuperResolutionPatches(Dataset):
         images: Sequence[np.ndarray],
         patch_size: tuple[int, int],
         factor: int,
-        blur_sigma_lines: float,
+        blur_sigma_lines: tuple[float, float],
         samples: int,
         augmentation: Augmentation | None,
         seed: int,
@@ -259,9 +261,12 @@ class SuperResolutionPatches(Dataset):
             top = int(torch.randint(height - rows + 1, (1,), generator=generator))
             left = int(torch.randint(width - lines + 1, (1,), generator=generator))
         high = image[None, top : top + rows, left : left + lines]
+        lowest, highest = self.blur_sigma_lines
+        blur = highest
         if self.augmentation is not None:
             high = self.augmentation(high, generator)
-        return {"high": high, "low": degrade(high, self.factor, self.blur_sigma_lines), "source": self.source}
+            blur = lowest + (highest - lowest) * float(torch.rand((), generator=generator, dtype=torch.float64))
+        return {"high": high, "low": degrade(high, self.factor, blur), "source": self.source}
 
 
 def simulated_images(seed: int, split: Split, count: int, shape: tuple[int, int]) -> list[np.ndarray]:

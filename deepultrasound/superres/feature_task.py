@@ -70,7 +70,7 @@ class BModeFeatureTask(Task):
         return {NETWORK: BModeAutoEncoder(self.args.channels)}
 
     def build_datasets(self, args: BModeFeatureArgs) -> tuple[Dataset, Dataset | None]:
-        return patch_datasets(args, self.seed, PATCH_FACTOR, 0.0, self.name)
+        return patch_datasets(args, self.seed, PATCH_FACTOR, (0.0, 0.0), self.name)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         high = batch["high"]

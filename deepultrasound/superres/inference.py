@@ -231,8 +231,8 @@ class SuperResolver:
 
     Attributes:
         factor: the lateral factor F.
-        blur_sigma_lines: the beam-profile blur of the degradation the model was trained to undo (Gaussian
-            sigma in fine lines; 0: pure line decimation).
+        blur_sigma_lines: (lowest, highest) beam-profile blur of the degradations the model was trained to
+            undo (Gaussian sigma in fine lines; 0: pure line decimation).
         margin: (rows, lines) of context run with each tile: :func:`receptive_radius`.
         name: the bundle's name and version, for logs.
 
@@ -274,7 +274,7 @@ class SuperResolver:
         if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
             raise InputError(f"the tile size must be a positive number of pixels, got {tile!r}")
         self.factor = inference.factor
-        self.blur_sigma_lines = inference.blur_sigma_lines
+        self.blur_sigma_lines: tuple[float, float] = tuple(inference.blur_sigma_lines)
         self.tile = int(tile)
         self.margin = receptive_radius(build_architecture(manifest.architecture, manifest.architecture_args))
         self.name = f"{manifest.name} {manifest.version}"

@@ -106,7 +106,11 @@ class SuperResolutionArgs(PatchArgs):
     """
 
     factor: int = Field(4, ge=2, le=8, description="lateral factor F: one line in F is kept")
-    blur_sigma_lines: float = Field(0.0, ge=0, description="Gaussian beam-profile blur before decimation, fine lines")
+    blur_sigma_lines: float | tuple[float, float] = Field(
+        (0.0, 0.0),
+        description="Gaussian beam-profile blur before decimation, sigma in fine lines: one value, or a range "
+        "[lowest, highest] drawn from per training patch (validation uses the highest)",
+    )
     channels: int = Field(64, ge=1, description="generator feature channels")
     blocks: int = Field(16, ge=0, description="generator residual blocks")
     batch_norm: bool = Field(True, description="BatchNorm in the generator's blocks (SRResNet); false: EDSR's blocks")
@@ -121,6 +125,14 @@ class SuperResolutionArgs(PatchArgs):
     )
     feature_levels: int = Field(2, ge=1, description="encoder levels the perceptual loss compares, from the first")
 
+    @field_validator("blur_sigma_lines")
+    @classmethod
+    def _blur_range(cls, blur: float | tuple[float, float]) -> tuple[float, float]:
+        lowest, highest = (blur, blur) if isinstance(blur, (int, float)) else blur
+        if not 0 <= lowest <= highest:
+            raise ValueError(f"blur_sigma_lines must be >= 0 and a range [lowest, highest] in order, got {blur}")
+        return (float(lowest), float(highest))
+
     @field_validator("feature_bundle")
     @classmethod
     def _features_need_a_bundle(cls, bundle: str | None, info: ValidationInfo) -> str | None:
@@ -131,9 +143,10 @@ class SuperResolutionArgs(PatchArgs):
 
 
 def patch_datasets(
-    args: PatchArgs, seed: int, factor: int, blur_sigma_lines: float, task: str
+    args: PatchArgs, seed: int, factor: int, blur_sigma_lines: tuple[float, float], task: str
 ) -> tuple[Dataset, Dataset | None]:
-    """(training, validation) patch sets of ``args`` for a lateral factor and blur (:class:`SuperResolutionPatches`).
+    """(training, validation) patch sets of ``args`` for a lateral factor and a blur range
+    (:class:`SuperResolutionPatches`).
 
     Training: ``samples_per_epoch`` augmented patches shared among the sources in proportion to
     their image counts; validation: the centred crop of each held-out image, or None without any.
