@@ -333,13 +333,13 @@ def test_cli_user_errors_are_one_line_with_exit_status_2(models, tmp_path, capsy
 
 
 # -- bench ------------------------------------------------------------------------------------------------
-def test_bench_superres_scores_every_method_against_the_full_resolution_image(models, capsys):
+def test_bench_superres_scores_every_method_against_the_full_resolution_image(models, tmp_path, capsys):
     """One held-out simulated image at x2: the cubic row equals PSNR/SSIM computed here from the model's
     degradation (its blur, then decimation), the model row is there with its gain over cubic, and the last stdout
     line is the JSON of the figures."""
     code = main(
         ["bench", "superres", "--factors", "2", "--simulated", "1", "--real", "1"]
-        + ["--data", str(models / "no BUSI here"), "--model", f"2={models / 'tiny-x2'}"]
+        + ["--data", str(models / "no BUSI here"), "--model", f"2={models / 'tiny-x2'}", "--figures", str(tmp_path)]
     )
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
@@ -355,6 +355,8 @@ def test_bench_superres_scores_every_method_against_the_full_resolution_image(mo
     gain = simulated["gain_over_cubic"]["tiny-x2"]["psnr"]
     assert gain == pytest.approx(simulated["methods"]["tiny-x2"]["psnr"] - simulated["methods"]["cubic"]["psnr"])
     assert "no BUSI folder" in figures["factors"]["2"]["real"]["skipped"]
+    picture = np.asarray(PILImage.open(figures["factors"]["2"]["figure"]))
+    assert picture.shape[1] > picture.shape[0] > 100  # one row (no real image), five panels side by side
 
 
 def test_bench_superres_refuses_models_of_different_degradations_unless_one_is_set(models, tmp_path, capsys):

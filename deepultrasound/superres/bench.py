@@ -19,13 +19,17 @@ noisy on a shared machine). Methods: ``linear``, ``cubic`` (Keys, a = -0.5) and 
 super-resolution bundle of the factor; ``--model F=BUNDLE`` (a folder or an installed model's name,
 repeatable) evaluates the given bundles at F instead of the installed ones.
 
+``--figures DIR`` writes ``superres_x<F>.png`` per factor: the first simulated and the first real
+image (a centred crop of at most 160 x 128), low-resolution input (each line repeated F times), every
+method's estimate and the truth, with each panel's PSNR on the whole image.
+
 ``--tiles`` also upsamples a 2000 x 128 frame x4 to 2000 x 512 with the x4 model, tiled (default
 tile) and in one piece, each in a fresh process: seconds and the peak resident memory the run adds
 to the loaded model (``resource`` max RSS).
 
-JSON (last stdout line): ``factors`` -> per factor ``blur_sigma_lines`` and ``simulated`` / ``real`` -> ``images`` and
-``methods`` -> per method ``psnr``, ``ssim``, ``seconds_per_image``; ``gain_over_cubic`` per model
-(``psnr`` dB and ``ssim``); ``tiles`` (or null).
+JSON (last stdout line): ``factors`` -> per factor ``blur_sigma_lines``, ``figure`` (with ``--figures``)
+and ``simulated`` / ``real`` -> ``images`` and ``methods`` -> per method ``psnr``, ``ssim``,
+``seconds_per_image``; ``gain_over_cubic`` per model (``psnr`` dB and ``ssim``); ``tiles`` (or null).
 """
 
 from __future__ import annotations
@@ -54,12 +58,15 @@ from deepultrasound.superres.inference import (
     resolve_model,
     superresolve,
 )
+from deepultrasound.superres.plots import save_comparison
 
 HELP = "lateral super-resolution: models vs linear and cubic interpolation on held-out simulated and real images"
 DATA_RANGE = 1.0
 SIMULATED_SHAPE = (256, 128)
 TILE_CHECK_SHAPE = (2000, 128)
 TILE_CHECK_FACTOR = 4
+FIGURE_CROP = (160, 128)
+"""Largest (rows, lines) of the figure's panels: a centred crop, so that speckle stays visible."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +91,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="beam-profile blur before the decimation, Gaussian sigma in fine lines (default: the highest the "
         "models were trained on)",
     )
+    parser.add_argument("--figures", type=Path, default=None, help="write superres_x<F>.png (input, estimates, truth)")
     parser.add_argument("--tiles", action="store_true", help="also time a tiled and an untiled 2000 x 128 x4 frame")
     parser.add_argument("--device", default="cpu", help="device of the models (default: cpu)")
 
@@ -156,6 +164,32 @@ def _score(
     }
 
 
+def _crop(image: np.ndarray) -> np.ndarray:
+    """The centred crop of at most :data:`FIGURE_CROP` of ``image`` ``(H, W)``."""
+    top, left = ((size - min(size, crop)) // 2 for size, crop in zip(image.shape, FIGURE_CROP))
+    return image[top : top + FIGURE_CROP[0], left : left + FIGURE_CROP[1]]
+
+
+def _figure(
+    folder: Path, factor: int, blur: float, methods: dict[str, str | SuperResolver], images: dict[str, np.ndarray]
+) -> Path:
+    """``superres_x<F>.png`` of the first image of each set (see the module docstring)."""
+    rows: dict[str, dict[str, np.ndarray]] = {}
+    scores: dict[str, dict[str, float]] = {}
+    for label, image in images.items():
+        truth = torch.from_numpy(image)[None, None]
+        low = degrade(torch.from_numpy(image), factor, blur).numpy()
+        panels = {"low resolution": np.repeat(low, factor, axis=1)[:, : image.shape[1]]}
+        panels |= {name: _estimate(method, low, factor, image.shape[1]) for name, method in methods.items()}
+        scores[label] = {
+            name: float(psnr(torch.from_numpy(estimate.astype(np.float32))[None, None], truth, DATA_RANGE))
+            for name, estimate in panels.items()
+            if name != "low resolution"
+        }
+        rows[label] = {name: _crop(panel) for name, panel in (panels | {"full resolution": image}).items()}
+    return save_comparison(folder / f"superres_x{factor}.png", rows, scores)
+
+
 def _gains(part: dict[str, Any], models: list[str]) -> dict[str, dict[str, float]]:
     cubic = part["methods"]["cubic"]
     return {
@@ -222,6 +256,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             part["gain_over_cubic"] = _gains(part, list(networks))
             _print_part(factor, label, part)
             entry[label] = part
+        if args.figures is not None:
+            first = {label: images[0] for label, images in (("simulated", simulated), ("real", real)) if images}
+            entry["figure"] = str(_figure(args.figures, factor, blur, methods, first))
+            print(f"x{factor}: figure {entry['figure']}")
         results[str(factor)] = entry
     tiles = None
     if args.tiles:
