@@ -27,6 +27,7 @@ from deepultrasound.spatial.bmode import bmode_db, envelope
 from deepultrasound.synthesis.bench_data import STRUCTURES, UNSEEN_SEEDS, unseen_scene
 from deepultrasound.synthesis.bmaps import SectorGeometry
 from deepultrasound.synthesis.data import LabelAugmentation, LinearLabel, linear_pairs
+from deepultrasound.synthesis.inference import Synthesizer
 from deepultrasound.synthesis.realism import (
     RAYLEIGH_SNR,
     Regions,
@@ -38,6 +39,7 @@ from deepultrasound.synthesis.realism import (
     realism,
     speckle_fwhm,
 )
+from deepultrasound.synthesis.sample_cache import SampleCache
 from deepultrasound.synthesis.segmentation import (
     CHANNELS,
     SegmenterSettings,
@@ -216,7 +218,7 @@ def tiny_bundles(speckled_camus, tmp_path_factory) -> dict[str, Path]:
 def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles, speckled_camus, tmp_path, capsys):
     argv = ["bench", "synth", "--camus", speckled_camus, "--test-patients", "2", "--linear-train", "4"]
     argv += ["--linear-test", "2", "--seg-steps", "2", "--seg-batch", "2", "--batch", "2", "--steps", "2"]
-    argv += ["--ddpm-steps", "2", "--repeats", "1", "--device", "cpu", "--figures", tmp_path]
+    argv += ["--ddpm-steps", "2", "--repeats", "1", "--device", "cpu", "--figures", tmp_path, "--cache", tmp_path]
     argv += ["--model", f"echo={tiny_bundles['echo']}", "--model", f"linear={tiny_bundles['linear']}"]
     argv += ["--model", f"ghost={tmp_path / 'no_such_bundle'}"]
     assert main([str(arg) for arg in argv]) == 0
@@ -247,3 +249,26 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
     assert echo["realism"]["real_train"]["profile_error"] < echo["realism"]["echo"]["profile_error"]
     assert echo["realism"]["held_out_real"]["snr"] > 0
     assert figures["linear"]["data"]["seeds"] == list(UNSEEN_SEEDS)
+
+
+def test_a_stack_synthesised_in_parts_resumes_from_its_stored_chunks_and_equals_one_call(tiny_bundles, tmp_path):
+    model = Synthesizer(tiny_bundles["linear"], device="cpu")
+    first, second, third = model.label_values[:3]
+    labels = np.full((5, *model.size), first, np.int64)
+    labels[:, 8:24, 10:22] = second
+    labels[2:, 4:8, 4:8] = third
+    options = {"sampler": "ddim", "steps": 3, "seed": 4, "batch": 2}
+    whole = model(labels, **options)
+    cache = SampleCache(tmp_path)
+    np.testing.assert_allclose(cache.synthesise(model, labels, **options), whole, atol=1e-6)
+
+    # a run stopped after its first chunk: that chunk is taken from the file (marked here), the rest synthesised
+    path = cache.path(model, labels, {"guidance": None, **options})
+    stored = np.load(path)
+    assert stored.shape == (5, *model.size)
+    np.save(path, np.full((2, *model.size), 0.25, np.float32))
+    resumed = cache.synthesise(model, labels, **options)
+    assert (resumed[:2] == 0.25).all()
+    np.testing.assert_allclose(resumed[2:], whole[2:], atol=1e-6)
+    assert np.load(path).shape == (5, *model.size)
+    assert cache.path(model, labels, {"guidance": None, **options, "seed": 5}) != path  # other settings, other file

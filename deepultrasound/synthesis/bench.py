@@ -16,6 +16,10 @@ label maps, and one on the real images of the same maps, with the same budget (`
 ``--seg-batch``), augmentation, initial weights and batch order. Both are tested on the real test
 images: mean Dice per structure and the ratio synthetic / real.
 
+The synthesised images are kept in ``--cache`` (default ``runs/bench_synth_cache``) chunk by chunk,
+keyed by model, label maps and sampling settings (:mod:`~deepultrasound.synthesis.sample_cache`):
+a run stopped part way resumes from them and gives the figures of an uninterrupted one.
+
 **(b) Realism** (:mod:`~deepultrasound.synthesis.realism`) of the images synthesised from the test
 label maps against the real test images: depth-profile error (image units), envelope SNR and
 speckle FWHM (pixels), the envelope recovered for ``--dynamic-range`` dB (default 60, the
@@ -64,6 +68,7 @@ from deepultrasound.synthesis.data import DATA_LABELS, DATA_PROBES, OUTSIDE_FAN,
 from deepultrasound.synthesis.inference import Synthesizer, resolve_model
 from deepultrasound.synthesis.plots import save_synthesis_grid
 from deepultrasound.synthesis.realism import Regions, realism
+from deepultrasound.synthesis.sample_cache import SampleCache
 from deepultrasound.synthesis.segmentation import (
     SegmenterSettings,
     bottleneck_features,
@@ -78,6 +83,8 @@ SAMPLERS = {"ddim_25": ("ddim", 25), "ddim_50": ("ddim", 50), "ddpm": ("ddpm", N
 """Timed samplers: key -> (sampler, steps); DDPM's steps are ``--ddpm-steps``."""
 REALISM = ("profile_error", "snr", "speckle_axial_px", "speckle_lateral_px", "frechet")
 FIGURE_ROWS = 4
+DEFAULT_CACHE = Path("runs/bench_synth_cache")
+"""Where the synthesised images are kept (relative to the working folder), so that an interrupted run resumes."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +113,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=0, help="seed of synthesis noise and segmenters (default: 0)")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     add("--figures", type=Path, default=None, help="write synth_<data>.png (maps, real, synthetic) here")
+    add(
+        "--cache",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help=f"synthesised images kept here chunk by chunk; a rerun resumes from them (default: {DEFAULT_CACHE})",
+    )
 
 
 def _check(model: Synthesizer, kind: str, others: dict[str, Synthesizer]) -> None:
@@ -144,9 +157,11 @@ def _models(args: argparse.Namespace, device: str) -> tuple[dict[str, dict[str, 
 
 
 def _synthesise(model: Synthesizer, labels: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
-    """``(N, 1, S, S)`` images synthesised by DDIM from label maps ``(N, S, S)`` (``--batch`` at a time)."""
+    """``(N, 1, S, S)`` images synthesised by DDIM from label maps ``(N, S, S)`` (``--batch`` at a time), each
+    chunk kept in ``--cache`` as it is done."""
     options = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "batch": args.batch}
-    return torch.from_numpy(model(labels.numpy(), sampler="ddim", progress=True, **options))[:, None]
+    images = SampleCache(args.cache).synthesise(model, labels.numpy(), sampler="ddim", progress=True, **options)
+    return torch.from_numpy(images)[:, None]
 
 
 def _throughput(model: Synthesizer, labels: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:

@@ -16,6 +16,7 @@ square grid ``(S, S)`` (the manifest's ``image_size``) and returns images ``(B, 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -220,6 +221,7 @@ class Synthesizer:
         size: the model's grid (S_rows, S_columns).
         label_values: the class values a label map may hold.
         name: the bundle's name and version.
+        digest: SHA-256 of the manifest (which holds the SHA-256 of every file of the bundle): the model's identity.
         device: where the network runs.
 
     Raises:
@@ -245,6 +247,7 @@ class Synthesizer:
         self.size: tuple[int, int] = tuple(self.spec.image_size)
         self.label_values: list[int] = [label.value for label in self.spec.label_classes]
         self.name = f"{manifest.name} {manifest.version}"
+        self.digest = hashlib.sha256(manifest.model_dump_json().encode()).hexdigest()
         self.device = choose_device(device)
         self.model = bundle.build_torch_model(self.device)
 
@@ -258,6 +261,7 @@ class Synthesizer:
         seed: int = 0,
         progress: bool = False,
         batch: int = DEFAULT_BATCH,
+        first_chunk: int = 0,
     ) -> np.ndarray:
         """Images ``(B, S, S)`` float32 in [0, 1] from label maps ``(B, S, S)`` on the model's grid.
 
@@ -268,6 +272,8 @@ class Synthesizer:
             seed: >= 0; the images depend on it, the labels and ``batch`` only.
             progress: show progress bars over images and denoising steps.
             batch: most images denoised at once; chunk ``c`` draws its noise from ``(seed, c)``.
+            first_chunk: the chunk index of the first map (>= 0): a stack synthesised part by part, each
+                part starting at chunk ``start // batch``, equals the stack synthesised in one call.
 
         Pixels of a sector model's outside-the-fan class are set to 0, as the training images hold there.
 
@@ -286,12 +292,14 @@ class Synthesizer:
             raise InputError(f"steps must lie in 1..{self.spec.schedule.num_train_timesteps}, got {steps}")
         if sampler is not None and sampler not in SAMPLERS:
             raise InputError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
-        if seed < 0 or batch < 1:
-            raise InputError(f"the seed must be >= 0 and the batch >= 1, got {seed} and {batch}")
+        if seed < 0 or batch < 1 or first_chunk < 0:
+            raise InputError(
+                f"the seed and first chunk must be >= 0 and the batch >= 1, got {seed}, {first_chunk} and {batch}"
+            )
         maps = torch.from_numpy(_integer_labels(labels))
         images = np.empty(labels.shape, np.float32)
         with tqdm(total=len(maps), desc=self.name, unit="image", disable=not progress, leave=False) as bar:
-            for chunk, start in enumerate(range(0, len(maps), batch)):
+            for chunk, start in enumerate(range(0, len(maps), batch), start=first_chunk):
                 chunk_seed = int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
                 generated = sample(
                     self.model,
