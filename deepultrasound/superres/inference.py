@@ -16,7 +16,8 @@ through each pixel shuffle (rounded up): x4 with 16 blocks, 43 rows and 40 lines
 and 20; the cubic skip path reaches 2 lines.
 
 **Narrow frames.** Frames narrower than the network's receptive field (``2 r + 1`` lines) are padded
-with copies of their edge lines to that width and the output cropped back (a logged warning).
+with copies of their edge lines to that width and the output cropped back (a logged warning, once
+per width and resolver).
 
 **Values** (:class:`ValueMapping`): the networks take and return B-mode in [0, 1] (manifest
 normalisation ``bmode_unit``). uint8 input is mapped by its dtype range (value / 255, the display
@@ -276,6 +277,7 @@ class SuperResolver:
         self.factor = inference.factor
         self.blur_sigma_lines: tuple[float, float] = tuple(inference.blur_sigma_lines)
         self.tile = int(tile)
+        self._padded_widths: set[int] = set()
         self.margin = receptive_radius(build_architecture(manifest.architecture, manifest.architecture_args))
         self.name = f"{manifest.name} {manifest.version}"
         self.predictor = create_predictor(bundle, backend=backend, device=device)
@@ -294,7 +296,8 @@ class SuperResolver:
         """``frames`` ``(K, H, W)`` B-mode in [0, 1] -> ``(K, H, W F)`` float32, ``progress()`` called per tile."""
         _, _, lines = frames.shape
         pad = max(0, self.min_lines - lines)
-        if pad:
+        if pad and lines not in self._padded_widths:  # once per width: a data set of such images warns once
+            self._padded_widths.add(lines)
             logger.warning(
                 "the image has %d line(s), fewer than the %d of the network's receptive field: padded with copies of "
                 "its edge lines to %d and the output cropped back",
