@@ -138,20 +138,28 @@ def _estimate(method: str | SuperResolver, low: np.ndarray, factor: int, width: 
 
 def _score(
     images: list[np.ndarray], factor: int, blur: float, methods: dict[str, str | SuperResolver], label: str
-) -> dict:
-    """PSNR, SSIM and seconds per image of every method on ``images`` degraded by ``factor`` after a ``blur``."""
+) -> tuple[dict, dict[str, np.ndarray], dict[str, float]]:
+    """PSNR, SSIM and seconds per image of every method on ``images`` degraded by ``factor`` after a ``blur``; and
+    the first image's panels (its low-resolution input with each line repeated F times, every method's
+    estimate, the truth) and their PSNRs, for :func:`_figure`."""
     scores = {name: {"psnr": [], "ssim": [], "seconds": []} for name in methods}
+    panels: dict[str, np.ndarray] = {}
     for image in tqdm(images, desc=f"x{factor} {label}", unit="image", leave=False):
         truth = torch.from_numpy(image)[None, None]
         low = degrade(torch.from_numpy(image), factor, blur).numpy()
+        estimates = {}
         for name, method in methods.items():
             started = time.perf_counter()
-            estimate = _estimate(method, low, factor, image.shape[1])
+            estimates[name] = _estimate(method, low, factor, image.shape[1])
             scores[name]["seconds"].append(time.perf_counter() - started)
-            estimate = torch.from_numpy(estimate.astype(np.float32))[None, None]
+            estimate = torch.from_numpy(estimates[name].astype(np.float32))[None, None]
             scores[name]["psnr"].append(float(psnr(estimate, truth, DATA_RANGE)))
             scores[name]["ssim"].append(float(ssim(estimate, truth, DATA_RANGE)))
-    return {
+        if not panels:
+            low_panel = np.repeat(low, factor, axis=1)[:, : image.shape[1]]
+            panels = {"low resolution": low_panel, **estimates, "full resolution": image}
+    first_psnr = {name: values["psnr"][0] for name, values in scores.items()}
+    part = {
         "images": len(images),
         "methods": {
             name: {
@@ -162,6 +170,7 @@ def _score(
             for name, values in scores.items()
         },
     }
+    return part, panels, first_psnr
 
 
 def _crop(image: np.ndarray) -> np.ndarray:
@@ -171,22 +180,10 @@ def _crop(image: np.ndarray) -> np.ndarray:
 
 
 def _figure(
-    folder: Path, factor: int, blur: float, methods: dict[str, str | SuperResolver], images: dict[str, np.ndarray]
+    folder: Path, factor: int, panels: dict[str, dict[str, np.ndarray]], scores: dict[str, dict[str, float]]
 ) -> Path:
-    """``superres_x<F>.png`` of the first image of each set (see the module docstring)."""
-    rows: dict[str, dict[str, np.ndarray]] = {}
-    scores: dict[str, dict[str, float]] = {}
-    for label, image in images.items():
-        truth = torch.from_numpy(image)[None, None]
-        low = degrade(torch.from_numpy(image), factor, blur).numpy()
-        panels = {"low resolution": np.repeat(low, factor, axis=1)[:, : image.shape[1]]}
-        panels |= {name: _estimate(method, low, factor, image.shape[1]) for name, method in methods.items()}
-        scores[label] = {
-            name: float(psnr(torch.from_numpy(estimate.astype(np.float32))[None, None], truth, DATA_RANGE))
-            for name, estimate in panels.items()
-            if name != "low resolution"
-        }
-        rows[label] = {name: _crop(panel) for name, panel in (panels | {"full resolution": image}).items()}
+    """``superres_x<F>.png`` of the first image of each set: its panels (:func:`_score`), cropped, and PSNRs."""
+    rows = {label: {name: _crop(panel) for name, panel in row.items()} for label, row in panels.items()}
     return save_comparison(folder / f"superres_x{factor}.png", rows, scores)
 
 
@@ -247,18 +244,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         methods: dict[str, str | SuperResolver] = {**{name: name for name in METHODS}, **networks}
         entry: dict[str, Any] = {"blur_sigma_lines": blur}
         print(f"x{factor}: blur sigma {blur:g} fine lines, then one line in {factor} kept")
+        panels, first_psnr = {}, {}
         for label, images in (("simulated", simulated), ("real", real)):
             if not images:
                 entry[label] = {"skipped": real_note}
                 print(f"x{factor} {label}: skipped ({real_note})")
                 continue
-            part = _score(images, factor, blur, methods, label)
+            part, panels[label], first_psnr[label] = _score(images, factor, blur, methods, label)
             part["gain_over_cubic"] = _gains(part, list(networks))
             _print_part(factor, label, part)
             entry[label] = part
         if args.figures is not None:
-            first = {label: images[0] for label, images in (("simulated", simulated), ("real", real)) if images}
-            entry["figure"] = str(_figure(args.figures, factor, blur, methods, first))
+            entry["figure"] = str(_figure(args.figures, factor, panels, first_psnr))
             print(f"x{factor}: figure {entry['figure']}")
         results[str(factor)] = entry
     tiles = None
