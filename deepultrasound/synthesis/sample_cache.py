@@ -73,8 +73,7 @@ class SampleCache:
         with tqdm(total=len(labels), initial=done, desc=model.name, unit="image", disable=not progress) as bar:
             for start in range(done, len(labels), batch):
                 chunk = labels[start : start + batch]
-                options = {"sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed, "batch": batch}
-                images[start : start + len(chunk)] = model(chunk, first_chunk=start // batch, **options)
+                images[start : start + len(chunk)] = model(chunk, first_chunk=start // batch, **settings)
                 with atomic_write(path) as staged, staged.open("wb") as stream:
                     np.save(stream, images[: start + len(chunk)])
                 bar.update(len(chunk))
