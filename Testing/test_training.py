@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -188,6 +189,26 @@ def test_resume_refuses_a_different_config(reference_run):
     out, _ = reference_run
     with pytest.raises(ConfigError, match="different config"):
         Trainer(parse_config({**TINY, "seed": 4}), output_dir=out, progress=False, device="cpu").run()
+
+
+def test_kept_checkpoints_resume_with_other_cadences_to_the_same_model(tmp_path):
+    steps = {k: v for k, v in TINY.items() if k != "model_update_freq"}
+    steps.update(stages=[{"name": "main", "steps": 8}], checkpoint_every_steps=2, keep_checkpoint_every_steps=4)
+    whole = Trainer(parse_config(steps), output_dir=tmp_path / "whole", progress=False, device="cpu").run()
+    kept = sorted(path.name for path in (tmp_path / "whole" / "checkpoints").glob("checkpoint_step*.pt"))
+    assert kept == ["checkpoint_step000004.pt", "checkpoint_step000008.pt"]
+
+    resumed_checkpoints = tmp_path / "resumed" / "checkpoints"
+    resumed_checkpoints.mkdir(parents=True)
+    shutil.copy(tmp_path / "whole" / "checkpoints" / kept[0], resumed_checkpoints / "checkpoint_last.pt")
+    cadences = {**steps, "checkpoint_every_steps": 4, "keep_checkpoint_every_steps": None, "log_every_steps": 1}
+    resumed = Trainer(parse_config(cadences), output_dir=tmp_path / "resumed", progress=False, device="cpu").run()
+    assert resumed.resumed_from_step == 4
+    assert resumed.validation["val/endpoint_error_px"] == pytest.approx(
+        whole.validation["val/endpoint_error_px"], rel=1e-5
+    )
+    with pytest.raises(ConfigError, match="multiple of checkpoint_every_steps"):
+        parse_config({**steps, "keep_checkpoint_every_steps": 3})
 
 
 # -- torchrun (DDP, gloo) -----------------------------------------------------------------------------

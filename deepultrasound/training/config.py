@@ -25,13 +25,17 @@ shape for diffusion models::
     export_ema: true          # validate and export the EMA copies (default) or the online weights
     validation_every_steps: 1000   # validation metrics and sample images (OUTPUT/images/<step>/)
     checkpoint_every_steps: 500    # resumable at that step exactly
+    keep_checkpoint_every_steps: 5000   # also keep checkpoints/checkpoint_step005000.pt, ... (export any of them)
     log_every_steps: 100           # metrics.csv / TensorBoard rows of the mean losses since the last row
 
 Cadences: each of validation, checkpoints and log rows runs every N epochs (``validation_freq``,
 ``model_update_freq``, one log row per epoch) unless its ``*_every_steps`` counterpart is given;
 giving both for one cadence is an error. Whatever the cadences, the run validates, logs and
 saves a checkpoint after its last step. A stage given in ``steps`` may end part-way through an
-epoch of its data; the next stage starts a new epoch.
+epoch of its data; the next stage starts a new epoch. Kept checkpoints let two runs be compared at
+an equal budget (``deepultrasound export`` of each at the same step). A run resumes only with the
+config it was started with, except for the log and checkpoint cadences (:data:`RESUME_INDEPENDENT`),
+which do not change what is trained.
 
 Initial weights: ``init_from`` starts networks from an earlier run, e.g. an adversarial stage
 from a trained generator: ``init_from: {generator: runs/superres_x4/bundle}``.
@@ -54,6 +58,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from deepultrasound.errors import ConfigError, FileFormatError
+
+RESUME_INDEPENDENT = frozenset(
+    {"output_dir", "log_every_steps", "checkpoint_every_steps", "model_update_freq", "keep_checkpoint_every_steps"}
+)
+"""Config fields a run may resume with changed: where it writes and how often it logs and saves, not what it trains."""
 
 
 class _Strict(BaseModel):
@@ -149,6 +158,11 @@ class TrainConfig(_Strict):
         None, description="validate every this many epochs (default 1, unless validation_every_steps)"
     )
     checkpoint_every_steps: PositiveInt | None = Field(None, description="save a checkpoint every this many steps")
+    keep_checkpoint_every_steps: PositiveInt | None = Field(
+        None,
+        description="also keep the checkpoint of every this many steps as checkpoints/checkpoint_step<N>.pt "
+        "(a multiple of checkpoint_every_steps)",
+    )
     validation_every_steps: PositiveInt | None = Field(None, description="validate every this many steps")
     log_every_steps: PositiveInt | None = Field(
         None, description="one log row every this many steps (default: one per epoch)"
@@ -189,6 +203,12 @@ class TrainConfig(_Strict):
         ):
             if getattr(self, epochs) is not None and getattr(self, steps) is not None:
                 raise ValueError(f"give '{epochs}' (epochs) or '{steps}', not both")
+        kept = self.keep_checkpoint_every_steps
+        if kept is not None and (self.checkpoint_every_steps is None or kept % self.checkpoint_every_steps):
+            raise ValueError(
+                f"keep_checkpoint_every_steps ({kept}) must be a multiple of checkpoint_every_steps "
+                f"({self.checkpoint_every_steps})"
+            )
         if self.precision == "float64" and self.amp != "none":
             raise ValueError(f"amp '{self.amp}' needs precision float32")
         return self

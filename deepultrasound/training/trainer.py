@@ -17,6 +17,7 @@ Output folder layout::
     OUTPUT/config.yaml                 the validated config of the run
     OUTPUT/checkpoints/checkpoint_last.pt
     OUTPUT/checkpoints/checkpoint_best.pt   with ``best_metric``: the validation with its lowest value
+    OUTPUT/checkpoints/checkpoint_step<N>.pt   with ``keep_checkpoint_every_steps``: step N's checkpoint
     OUTPUT/metrics.csv                 one row per log or validation (step, epoch, stage, losses,
                                        validation metrics, lr/<optimiser>, seconds)
     OUTPUT/tensorboard/                TensorBoard event files (scalars and images against the step)
@@ -60,7 +61,7 @@ from deepultrasound.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from deepultrasound.training.config import StageConfig, TrainConfig
+from deepultrasound.training.config import RESUME_INDEPENDENT, StageConfig, TrainConfig
 from deepultrasound.training.logs import TrainingLog, image_array
 from deepultrasound.training.optimisation import DECAYING_SCHEDULES, Optimisation, build_optimizer, build_scheduler
 from deepultrasound.training.task import StepContext, Task, TaskArgs, ValidationContext, ValidationOutput, get_task
@@ -293,6 +294,10 @@ class Trainer:
     def best_checkpoint_path(self) -> Path:
         return self.output_dir / "checkpoints" / BEST_CHECKPOINT
 
+    def kept_checkpoint_path(self, step: int) -> Path:
+        """Where the checkpoint of ``step`` is kept (``keep_checkpoint_every_steps``)."""
+        return self.output_dir / "checkpoints" / f"checkpoint_step{step:06d}.pt"
+
     def _checkpoint_state(self, position: Position, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "config": self.config.model_dump(mode="json"),
@@ -307,9 +312,10 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any], dist_info: distributed.DistributedInfo) -> Position:
         saved = TrainConfig.model_validate(state["config"])
-        if saved.model_dump(exclude={"output_dir"}) != self.config.model_dump(exclude={"output_dir"}):
+        if saved.model_dump(exclude=RESUME_INDEPENDENT) != self.config.model_dump(exclude=RESUME_INDEPENDENT):
             raise ConfigError(
-                f"{self.checkpoint_path} was written with a different config; "
+                f"{self.checkpoint_path} was written with a different config (beyond the cadences "
+                f"{', '.join(sorted(RESUME_INDEPENDENT - {'output_dir'}))}); "
                 "use the same config to resume, or --no-resume to start again (this overwrites the checkpoint)"
             )
         if state["format"] != CHECKPOINT_FORMAT:
@@ -344,6 +350,9 @@ class Trainer:
             state = self._checkpoint_state(position, rng_states)
             if last:
                 save_checkpoint(self.checkpoint_path, state)
+                kept = self.config.keep_checkpoint_every_steps
+                if kept is not None and position.step % kept == 0:
+                    save_checkpoint(self.kept_checkpoint_path(position.step), state)
             if best:
                 save_checkpoint(self.best_checkpoint_path, state)
 
