@@ -165,8 +165,13 @@ def test_export_ema_chooses_the_exported_weights(tmp_path, export_ema):
     source = trainer.ema["denoiser"].module if export_ema else trainer.networks["denoiser"]
     assert_same_weights(exported, source.state_dict())
     # `deepultrasound export` of the last checkpoint makes the same choice
-    again = export_checkpoint(trainer.checkpoint_path, tmp_path / "exported")
-    assert_same_weights(load_bundle(again).build_torch_model().state_dict(), source.state_dict())
+    again = load_bundle(export_checkpoint(trainer.checkpoint_path, tmp_path / "exported"))
+    assert_same_weights(again.build_torch_model().state_dict(), source.state_dict())
+    # ... and its manifest has the figures the run logged by that step (read back from metrics.csv)
+    logged = {key: value for key, value in load_bundle(trainer.result.bundle).manifest.metrics.items() if "/" in key}
+    assert logged.keys() >= {"train/mse", "val/blurred_mse"}
+    assert {key: again.manifest.metrics[key] for key in logged} == logged
+    assert again.manifest.metrics["checkpoint_step"] == 4
 
 
 # -- accumulation, mixed precision ------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Export a trained network as a model bundle, at the end of training or from a checkpoint.
 
 ``deepultrasound export CHECKPOINT -o BUNDLE`` rebuilds the task from the config stored in the
-checkpoint, loads the weights (EMA copies where the task keeps them) and writes the bundle.
+checkpoint, loads the weights (EMA copies where the task keeps them) and writes the bundle; its
+manifest's metrics are the losses and validation figures the run had logged by the checkpoint's step
+(from ``metrics.csv`` beside the ``checkpoints`` folder, when it is there).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from deepultrasound.training.checkpoint import load_checkpoint
 from deepultrasound.training.config import TrainConfig
+from deepultrasound.training.logs import METRICS_CSV, logged_figures
 from deepultrasound.training.task import ComponentExport, Task, get_task
 
 PARITY_ATOL = 1e-3
@@ -67,7 +70,8 @@ def export_bundle(
 
 
 def export_checkpoint(checkpoint: Path, directory: Path) -> Path:
-    """Rebuild the task of a training checkpoint and export its bundle to ``directory``."""
+    """Rebuild the task of a training checkpoint and export its bundle to ``directory``, with the figures logged
+    by its step in ``OUTPUT/metrics.csv`` when the checkpoint is in ``OUTPUT/checkpoints``."""
     from deepultrasound.training.checkpoint import restore_networks
 
     state = load_checkpoint(checkpoint)
@@ -83,6 +87,7 @@ def export_checkpoint(checkpoint: Path, directory: Path) -> Path:
     metrics: dict[str, Any] = {"checkpoint_epoch": int(state["next_epoch"])}
     if "position" in state:
         metrics["checkpoint_step"] = int(state["position"]["step"])
+        metrics.update(logged_figures(checkpoint.parent.parent / METRICS_CSV, metrics["checkpoint_step"]))
     return export_bundle(task, evaluated, config, metrics, directory)
 
 

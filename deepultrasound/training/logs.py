@@ -16,6 +16,8 @@ from torch.utils.tensorboard import SummaryWriter
 from deepultrasound.io.atomic import atomic_write
 
 _IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_NOT_FIGURES = ("step", "epoch", "stage", "seconds")
+METRICS_CSV = "metrics.csv"
 
 
 def image_array(name: str, image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -45,7 +47,7 @@ class TrainingLog:
 
     def __init__(self, directory: Path, resume_step: int = 0) -> None:
         self.directory = directory
-        self.csv_path = directory / "metrics.csv"
+        self.csv_path = directory / METRICS_CSV
         self.rows: list[dict[str, float | int | str]] = []
         if resume_step and self.csv_path.is_file():
             with self.csv_path.open(newline="") as stream:
@@ -80,3 +82,22 @@ class TrainingLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def logged_figures(csv_path: Path, step: int) -> dict[str, float]:
+    """The figures a run had logged by global step ``step``, as its bundle's manifest holds them: for each loss and
+    validation column of ``csv_path`` (a :class:`TrainingLog`'s ``metrics.csv``), its value in the last row at or
+    before ``step`` that has one; learning rates and timings left out. Empty when the file does not exist."""
+    if not csv_path.is_file():
+        return {}
+    figures: dict[str, float] = {}
+    with csv_path.open(newline="") as stream:
+        for row in csv.DictReader(stream):
+            if int(row["step"]) > step:
+                break
+            figures.update(
+                (key, float(value))
+                for key, value in row.items()
+                if value and key not in _NOT_FIGURES and not key.startswith("lr/")
+            )
+    return figures
