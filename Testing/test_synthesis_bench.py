@@ -218,12 +218,14 @@ def tiny_bundles(speckled_camus, tmp_path_factory) -> dict[str, Path]:
 def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles, speckled_camus, tmp_path, capsys):
     argv = ["bench", "synth", "--camus", speckled_camus, "--test-patients", "2", "--linear-train", "4"]
     argv += ["--linear-test", "2", "--seg-steps", "2", "--seg-batch", "2", "--batch", "2", "--steps", "2"]
-    argv += ["--ddpm-steps", "2", "--repeats", "1", "--device", "cpu", "--figures", tmp_path, "--cache", tmp_path]
+    argv += ["--ddpm-steps", "2", "--repeats", "1", "--ddpm-repeats", "2", "--device", "cpu"]
+    argv += ["--figures", tmp_path, "--cache", tmp_path]
     argv += ["--model", f"echo={tiny_bundles['echo']}", "--model", f"linear={tiny_bundles['linear']}"]
     argv += ["--model", f"ghost={tmp_path / 'no_such_bundle'}"]
     assert main([str(arg) for arg in argv]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["suite"] == "synth" and set(figures["models"]) == {"echo", "linear"}
+    assert figures["settings"]["repeats"] == 1 and figures["settings"]["ddpm_repeats"] == 2
     assert any(note.startswith("ghost: left out") for note in figures["notes"])
     for kind, model in (("echo", "echo"), ("linear", "linear")):
         part = figures[kind]

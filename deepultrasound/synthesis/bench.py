@@ -29,8 +29,9 @@ real-trained segmenter. Rows ``held_out_real`` (the reference itself: its SNR an
 
 **(c) Sampling throughput**: images per second of DDIM-25, DDIM-50 and DDPM (``--ddpm-steps``,
 default the schedule's training steps) at batch ``--batch`` on ``--device``, median of ``--repeats``
-runs after an untimed one-step run, guidance as in (a); null for a sampler that needs more steps
-than the schedule has.
+runs (DDPM: ``--ddpm-repeats``, default one run, its 1000 steps taking 20 times DDIM-50's time) after
+an untimed one-step run, guidance as in (a); null for a sampler that needs more steps than the
+schedule has.
 
 JSON (last stdout line): ``models`` (bundle, data, B-maps, steps, guidance); per data (``echo``,
 ``linear``): ``data`` (counts, patients or seeds and configuration), ``segmentation`` -> ``real``
@@ -108,7 +109,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--seg-batch", type=int, default=16, help="segmenter batch size (default: 16)")
     add("--batch", type=int, default=8, help="synthesis batch size, also of the throughput (default: 8)")
     add("--ddpm-steps", type=int, default=None, help="DDPM steps timed (default: the schedule's training steps)")
-    add("--repeats", type=int, default=3, help="timed runs per sampler, median reported (default: 3)")
+    add("--repeats", type=int, default=3, help="timed DDIM runs per sampler, median reported (default: 3)")
+    add("--ddpm-repeats", type=int, default=1, help="timed DDPM runs, median reported (default: 1)")
     add("--dynamic-range", type=float, default=DEFAULT_DYNAMIC_RANGE_DB, help="dB of the B-mode (default: 60)")
     add("--seed", type=int, default=0, help="seed of synthesis noise and segmenters (default: 0)")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -177,7 +179,8 @@ def _throughput(model: Synthesizer, labels: torch.Tensor, args: argparse.Namespa
         options = {"guidance": args.guidance, "sampler": sampler, "seed": args.seed, "batch": args.batch}
         model(batch, steps=1, **options)  # warm-up: first-call allocations are not timed
         seconds = []
-        for _ in tqdm(range(args.repeats), desc=f"{model.name}: {key}", unit="run", leave=False):
+        repeats = args.ddpm_repeats if sampler == "ddpm" else args.repeats
+        for _ in tqdm(range(repeats), desc=f"{model.name}: {key}", unit="run", leave=False):
             started = time.perf_counter()
             model(batch, steps=steps, **options)
             seconds.append(time.perf_counter() - started)
@@ -271,13 +274,25 @@ def _print(kind: str, figures: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the suite; prints the tables and returns the figures."""
-    counts = (args.seg_steps, args.seg_batch, args.batch, args.repeats, args.test_patients)
+    counts = (args.seg_steps, args.seg_batch, args.batch, args.repeats, args.ddpm_repeats, args.test_patients)
     if min(counts) < 1 or min(args.linear_train, args.linear_test) < 1 or (args.train_patients or 1) < 1:
-        raise InputError("--seg-steps, --seg-batch, --batch, --repeats and the image counts must be >= 1")
+        raise InputError(
+            "--seg-steps, --seg-batch, --batch, --repeats, --ddpm-repeats and the image counts must be >= 1"
+        )
     started = time.perf_counter()
     device = str(choose_device(None if args.device == "auto" else args.device))
     kinds, notes = _models(args, device)
-    settings = ("steps", "guidance", "seg_steps", "seg_batch", "batch", "repeats", "seed", "dynamic_range")
+    settings = (
+        "steps",
+        "guidance",
+        "seg_steps",
+        "seg_batch",
+        "batch",
+        "repeats",
+        "ddpm_repeats",
+        "seed",
+        "dynamic_range",
+    )
     figures: dict[str, Any] = {
         "device": device,
         "settings": {key: getattr(args, key) for key in settings},
