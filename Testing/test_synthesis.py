@@ -4,7 +4,8 @@ Truth: the B-maps and both schedulers are checked against per-pixel computations
 in float64 from the published formulas (products over steps, posteriors from ratios of
 ``alpha_bar B_bar``); with ``eps = 1`` the schedulers equal MONAI's bit for bit; the fan estimate
 against the simulator's sector of known apex, radius and opening angle; guidance scales 1 and 0
-against denoising loops that call the network directly; the CAMUS split against a folder whose
+against denoising loops that call the network directly; DDIM and DDPM sampling with the exact noise
+predictor of a one-image data set against that image; the CAMUS split against a folder whose
 patients are known; the linear-probe labels against a scene of known regions.
 """
 
@@ -354,6 +355,39 @@ def test_ddpm_sampling_runs_its_steps(tiny_model, two_label_maps):
     inference = spec(BMapSettings(enabled=True, probe="linear"))
     images = sample(tiny_model, two_label_maps, inference, sampler="ddpm", steps=3, progress=False)
     assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all()
+
+
+class OracleDenoiser(torch.nn.Module):
+    """The exact noise predictor of a data set of one image ``x*`` ``(1, 1, H, W)`` in [-1, 1] for a linear probe:
+    ``eps = (x_t - sqrt(a) x*) / sqrt(1 - a)`` with ``a = alpha_bar_t B_bar_t`` per pixel, tabulated here in float64
+    from the published formulas for MONAI's linear beta schedule of ``steps`` steps (1e-4 to 0.02)."""
+
+    null_label, multiple = 3, 1
+
+    def __init__(self, image: torch.Tensor, steps: int, eps: float) -> None:
+        super().__init__()
+        self.image = torch.nn.Parameter(image.double(), requires_grad=False)  # sample() finds the device by it
+        depth = np.linspace(0.0, 1.0, image.shape[-2])[:, None] * np.ones(image.shape[-1])
+        attenuation = np.array([published_attenuation(t, steps, eps) for t in range(steps)])
+        cumulative = np.cumprod(np.sqrt(1.0 - depth[None] * attenuation[:, None, None]), axis=0)
+        alpha_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, steps))[:, None, None] * cumulative
+        self.register_buffer("alpha_bar", torch.from_numpy(alpha_bar))
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        alpha_bar = self.alpha_bar[timesteps.long()][:, None]
+        return ((x.double() - alpha_bar.sqrt() * self.image) / (1.0 - alpha_bar).sqrt()).to(x.dtype)
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddim", 50), ("ddim", 25), ("ddpm", 40)])
+def test_sampling_with_the_exact_noise_predictor_returns_its_image(two_label_maps, sampler, steps):
+    # the whole loop (schedule, strides, B-maps of the label maps' depth, guidance, the last step) ends at x*
+    image = torch.rand((1, 1, 16, 16), generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    schedule = NoiseSchedule(name="linear_beta", num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02)
+    inference = spec(BMapSettings(enabled=True, probe="linear")).model_copy(update={"schedule": schedule})
+    oracle = OracleDenoiser(image, 1000, BMapSettings().eps)
+    images = sample(oracle, two_label_maps, inference, sampler=sampler, steps=steps, seed=1, progress=False)
+    expected = ((image + 1) / 2).expand(2, 1, 16, 16)
+    torch.testing.assert_close(images, expected, rtol=0, atol=2e-3)
 
 
 @pytest.mark.parametrize(
