@@ -213,16 +213,16 @@ def test_a_ddpm_step_is_the_per_pixel_posterior(inference_steps, timestep):
     np.testing.assert_allclose(previous.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("eta", [0.0, 0.7])
-def test_a_ddim_step_uses_the_per_pixel_alpha_bar(eta):
+@pytest.mark.parametrize("eta, timestep", [(0.0, 19), (0.7, 19), (0.0, 0)], ids=["deterministic", "eta", "last"])
+def test_a_ddim_step_uses_the_per_pixel_alpha_bar(eta, timestep):
     x_t, _, output, depth = tensors(2)
     scheduler = BMapDDIMScheduler(T, beta_start=BETAS[0], beta_end=BETAS[1], bmap_eps=0.97, clip_sample=False)
-    scheduler.set_timesteps(5)
-    timestep = 12
+    scheduler.set_timesteps(5)  # 19, 14, 10, 5, 0: the stride is not T // 5 = 4
     previous, original = scheduler.step(output, timestep, x_t, eta, torch.Generator().manual_seed(3), depth=depth)
 
     d, x, eps = depth.numpy(), x_t.numpy(), output.numpy()
-    ab_t, ab_s = direct_alpha_bar(d, timestep, 0.97), direct_alpha_bar(d, timestep - T // 5, 0.97)
+    earlier = [int(t) for t in scheduler.timesteps if t < timestep]
+    ab_t, ab_s = direct_alpha_bar(d, timestep, 0.97), direct_alpha_bar(d, max(earlier, default=-1), 0.97)
     x0 = (x - np.sqrt(1 - ab_t) * eps) / np.sqrt(ab_t)
     sigma = eta * np.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s))
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).numpy()
@@ -242,9 +242,9 @@ def test_eps_one_reproduces_monai_exactly(with_depth):
         monai, bmap = plain(T), ours(T, bmap_eps=1.0)
         timesteps = torch.tensor([0, 13])
         assert torch.equal(monai.add_noise(x0, noise, timesteps), bmap.add_noise(x0, noise, timesteps, depth))
-        if plain is DDIMScheduler:
-            monai.set_timesteps(4)
-            bmap.set_timesteps(4)
+        if plain is DDIMScheduler:  # all T steps: MONAI's stride T // n is then the schedule's
+            monai.set_timesteps(T)
+            bmap.set_timesteps(T)
         for t in (19, 6, 0):
             expected = monai.step(output, t, x0, generator=torch.Generator().manual_seed(t), **options)
             got = bmap.step(output, t, x0, generator=torch.Generator().manual_seed(t), depth=depth, **options)

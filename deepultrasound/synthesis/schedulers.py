@@ -7,9 +7,12 @@ for the depth map passed as ``depth`` ``(B, 1, H, W)`` (or ``(1, 1, H, W)`` for 
 The per-step ``alpha_t`` becomes ``alpha_t B_t(x)`` and ``beta_t`` becomes ``1 - alpha_t B_t(x)``,
 so every product and ratio of the plain process keeps its meaning pixel by pixel.
 
-With ``bmap_eps=1`` every ``B`` is 1 and the results equal MONAI's bit for bit (the arithmetic
-follows MONAI's order; for DDPM when all ``T`` steps run, see :meth:`BMapDDPMScheduler.step`);
-``depth`` may then be omitted. Samples are ``(B, C, H, W)``.
+Both step from a timestep to the previous one of the sampling schedule (MONAI's ``set_timesteps``
+spreads ``n`` steps evenly over ``T - 1 .. 0``, rounded), where MONAI's steps assume a stride of
+``t - 1`` (DDPM) or ``t - T // n`` (DDIM) that the schedule does not keep.
+
+With ``bmap_eps=1`` every ``B`` is 1 and, when all ``T`` steps run, the results equal MONAI's bit for
+bit (the arithmetic follows MONAI's order); ``depth`` may then be omitted. Samples are ``(B, C, H, W)``.
 """
 
 from __future__ import annotations
@@ -35,10 +38,17 @@ class _BMapMixin:
     clip_sample: bool
     clip_sample_values: list[float]
 
+    timesteps: torch.Tensor
+
     def _init_bmap(self, eps: float) -> None:
         if self.prediction_type != DDPMPredictionType.EPSILON:
             raise InputError(f"prediction_type {self.prediction_type!r} is not supported; the networks predict epsilon")
         self.bmap = BMapProcess(self.num_train_timesteps, eps)
+
+    def _previous_timestep(self, timestep: int) -> int:
+        """The largest timestep of the sampling schedule below ``timestep``; -1 after the last one."""
+        earlier = self.timesteps[self.timesteps < timestep]
+        return int(earlier.max()) if earlier.numel() else -1
 
     def _alpha_bar(self, timesteps: int | torch.Tensor, depth: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         """``alpha_bar_t B_bar_t(x)`` in the dtype and on the device of ``like`` ``(B, C, H, W)``: ``(B|1, 1, H, W)``
@@ -97,11 +107,6 @@ class BMapDDPMScheduler(_BMapMixin, DDPMScheduler):
         if self.variance_type not in (DDPMVarianceType.FIXED_SMALL, DDPMVarianceType.FIXED_LARGE):
             raise InputError(f"variance_type {self.variance_type!r} is not supported; use fixed_small or fixed_large")
         self._init_bmap(bmap_eps)
-
-    def _previous_timestep(self, timestep: int) -> int:
-        """The largest timestep of the sampling schedule below ``timestep``; -1 after the last one."""
-        earlier = self.timesteps[self.timesteps < timestep]
-        return int(earlier.max()) if earlier.numel() else -1
 
     def step(
         self,
@@ -178,12 +183,17 @@ class BMapDDIMScheduler(_BMapMixin, DDIMScheduler):
         generator: torch.Generator | None = None,
         depth: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One DDIM step from ``timestep`` to ``timestep - T // num_inference_steps`` (Song et al., eqs. 12 and 16).
+        """One DDIM step from ``timestep`` to the previous timestep of the sampling schedule (Song et al., eqs. 12
+        and 16; after the last one, to ``alpha_bar = 1`` with ``set_alpha_to_one``, else to ``alpha_bar_0``).
+
+        Deterministic DDIM (``eta = 0``) carries the predicted noise from step to step: where a network
+        under-estimates the noise of nearly clean images, that shortfall stays in the sample as grain, which
+        more steps make worse. DDPM (and ``eta = 1``) draws the noise afresh at each step and does not keep it.
 
         Returns:
             (the sample at the previous step, predicted ``x_0``), both ``(B, C, H, W)``.
         """
-        previous_timestep = timestep - self.num_train_timesteps // self.num_inference_steps
+        previous_timestep = self._previous_timestep(timestep)
         alpha_prod_t = self._alpha_bar(timestep, depth, sample)
         if previous_timestep >= 0:
             alpha_prod_t_prev = self._alpha_bar(previous_timestep, depth, sample)
