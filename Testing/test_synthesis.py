@@ -21,7 +21,7 @@ import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from scipy.ndimage import binary_erosion
 
-from deepultrasound.errors import InputError
+from deepultrasound.errors import ConfigError, InputError
 from deepultrasound.io.image import Image
 from deepultrasound.io.images import write_image
 from deepultrasound.io.shared_data import shared_data_dir
@@ -562,6 +562,17 @@ def test_a_two_step_run_exports_a_bundle_that_samples(camus_like, tmp_path):
     labels = torch.from_numpy(np.where(SectorGeometry((-0.5, 7.5), 16.0, 1.2).fan((16, 16)), 1, OUTSIDE_FAN))[None]
     images = sample(model, labels, inference, sampler="ddim", steps=2, progress=False)
     assert images.shape == (1, 1, 16, 16) and torch.isfinite(images).all()
+
+
+def test_a_run_resumes_with_other_sampling_defaults_but_not_with_other_training(camus_like, tmp_path):
+    Trainer(parse_config(tiny_config(camus_like, sampler="ddim")), output_dir=tmp_path, progress=False).run()
+    changed = {"sampler": "ddpm", "sampling_steps": 3, "guidance_scale": 2.0, "val_sampling_steps": 1}
+    with pytest.raises(ConfigError, match="task_args.sampler"):
+        Trainer(parse_config(tiny_config(camus_like, label_dropout=0.5)), output_dir=tmp_path, progress=False).run()
+    result = Trainer(parse_config(tiny_config(camus_like, **changed)), output_dir=tmp_path, progress=False).run()
+    assert result.resumed_from_step == 2
+    inference = load_bundle(result.bundle).manifest.inference
+    assert (inference.sampler, inference.sampling_steps, inference.guidance_scale) == ("ddpm", 3, 2.0)
 
 
 @pytest.mark.parametrize("name", ["ussynth_echo_64", "ussynth_linear_64", "ussynth_echo_64_no_bmap"])

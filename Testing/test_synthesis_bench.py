@@ -226,6 +226,7 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["suite"] == "synth" and set(figures["models"]) == {"echo", "linear"}
     assert figures["settings"]["repeats"] == 1 and figures["settings"]["ddpm_repeats"] == 2
+    assert {model["sampler"] for model in figures["models"].values()} == {"ddpm"}  # the bundles' default
     assert any(note.startswith("ghost: left out") for note in figures["notes"])
     for kind, model in (("echo", "echo"), ("linear", "linear")):
         part = figures[kind]
@@ -240,7 +241,7 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
             assert part["realism"][row]["frechet"] >= 0 and part["realism"][row]["profile_error"] >= 0
         speeds = part["throughput"][model]
         assert speeds["ddpm_steps"] == 2 and speeds["ddim_25"] > 0 and speeds["ddpm"] > 0
-        assert speeds["ddim_50"] is None  # more steps than the 30 of the schedule
+        assert speeds["ddim_50"] is None and speeds["ddpm_50"] is None  # more steps than the 30 of the schedule
         assert Path(part["figure"]).is_file()
     echo = figures["echo"]
     assert echo["data"] == {"train_patients": 2, "test_patients": ["patient0003", "patient0004"]} | {

@@ -245,7 +245,7 @@ def test_synth_writes_images_on_the_label_grid(models, echo, tmp_path, capsys):
     assert synth(tmp_path / "labels.nii.gz", tmp_path / "a.nii.gz", models) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith(f"wrote {tmp_path / 'a.nii.gz'}: labels 24 x 20 -> images 24 x 20 float32")
-    assert "model b-echo" in out[-1] and "ddim 2 steps" in out[-1]
+    assert "model b-echo" in out[-1] and "ddpm 2 steps" in out[-1]  # the model's default sampler
     assert any("resized to the model's grid of 16 x 16" in line for line in out[:-1])
     image = read_image(tmp_path / "a.nii.gz")
     assert image.array.shape == (24, 20) and image.array.dtype == np.float32

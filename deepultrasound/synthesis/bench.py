@@ -10,8 +10,8 @@ simulated scenes of a configuration it never saw (``--linear-train``, ``--linear
 structures. Everything runs on the model's grid (64 px for the shipped models).
 
 **(a) Downstream segmentation.** For each model, a segmenter
-(:mod:`~deepultrasound.synthesis.segmentation`) is trained on images the model synthesises (DDIM,
-``--steps`` and ``--guidance``, default the bundle's; noise from ``--seed``) from the training
+(:mod:`~deepultrasound.synthesis.segmentation`) is trained on images the model synthesises
+(``--sampler``, ``--steps`` and ``--guidance``, default the bundle's; noise from ``--seed``) from the training
 label maps, and one on the real images of the same maps, with the same budget (``--seg-steps``,
 ``--seg-batch``), augmentation, initial weights and batch order. Both are tested on the real test
 images: mean Dice per structure and the ratio synthetic / real.
@@ -27,17 +27,17 @@ simulator's default display range), and the Frechet distance on the bottleneck f
 real-trained segmenter. Rows ``held_out_real`` (the reference itself: its SNR and speckle) and
 ``real_train`` (the real training images: what a perfect model would reach).
 
-**(c) Sampling throughput**: images per second of DDIM-25, DDIM-50 and DDPM (``--ddpm-steps``,
+**(c) Sampling throughput**: images per second of DDIM-25, DDIM-50, DDPM-50 and DDPM (``--ddpm-steps``,
 default the schedule's training steps) at batch ``--batch`` on ``--device``, median of ``--repeats``
 runs (DDPM: ``--ddpm-repeats``, default one run, its 1000 steps taking 20 times DDIM-50's time) after
 an untimed one-step run, guidance as in (a); null for a sampler that needs more steps than the
 schedule has.
 
-JSON (last stdout line): ``models`` (bundle, data, B-maps, steps, guidance); per data (``echo``,
+JSON (last stdout line): ``models`` (bundle, data, B-maps, sampler, steps, guidance); per data (``echo``,
 ``linear``): ``data`` (counts, patients or seeds and configuration), ``segmentation`` -> ``real``
 and each model -> ``dice`` and (models) ``ratio_to_real`` per structure; ``realism`` -> row ->
 ``profile_error``, ``snr``, ``speckle_axial_px``, ``speckle_lateral_px``, ``frechet`` (null where
-undefined); ``throughput`` -> model -> ``ddim_25``, ``ddim_50``, ``ddpm`` (images/s),
+undefined); ``throughput`` -> model -> ``ddim_25``, ``ddim_50``, ``ddpm_50``, ``ddpm`` (images/s),
 ``ddpm_steps``, ``batch``; ``figure`` (with ``--figures DIR``: ``synth_<data>.png``, label maps,
 real images and each model's images); then ``notes`` and ``seconds`` (wall time).
 """
@@ -66,7 +66,7 @@ from deepultrasound.synthesis.bench_data import (
     regions,
 )
 from deepultrasound.synthesis.data import DATA_LABELS, DATA_PROBES, OUTSIDE_FAN, LabelAugmentation, label_classes
-from deepultrasound.synthesis.inference import Synthesizer, resolve_model
+from deepultrasound.synthesis.inference import SAMPLERS, Synthesizer, resolve_model
 from deepultrasound.synthesis.plots import save_synthesis_grid
 from deepultrasound.synthesis.realism import Regions, realism
 from deepultrasound.synthesis.sample_cache import SampleCache
@@ -80,7 +80,7 @@ from deepultrasound.synthesis.segmentation import (
 
 HELP = "USSynth: segmenters trained on synthetic vs real images, realism against held-out images, sampling speed"
 DATA_OF_PROBE = {probe: kind for kind, probe in DATA_PROBES.items()}
-SAMPLERS = {"ddim_25": ("ddim", 25), "ddim_50": ("ddim", 50), "ddpm": ("ddpm", None)}
+TIMED_SAMPLERS = {"ddim_25": ("ddim", 25), "ddim_50": ("ddim", 50), "ddpm_50": ("ddpm", 50), "ddpm": ("ddpm", None)}
 """Timed samplers: key -> (sampler, steps); DDPM's steps are ``--ddpm-steps``."""
 REALISM = ("profile_error", "snr", "speckle_axial_px", "speckle_lateral_px", "frechet")
 FIGURE_ROWS = 4
@@ -103,13 +103,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--test-patients", type=int, default=VALIDATION_PATIENTS, help="held-out CAMUS patients (default: 20)")
     add("--linear-train", type=int, default=320, help="linear training scenes (default: 320)")
     add("--linear-test", type=int, default=80, help="linear test scenes (default: 80)")
-    add("--steps", type=int, default=None, help="DDIM steps of the synthesis (default: the bundle's)")
+    add("--sampler", choices=SAMPLERS, default=None, help="sampler of the synthesis (default: the bundle's)")
+    add("--steps", type=int, default=None, help="denoising steps of the synthesis (default: the bundle's)")
     add("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the bundle's)")
     add("--seg-steps", type=int, default=2000, help="segmenter training steps (default: 2000)")
     add("--seg-batch", type=int, default=16, help="segmenter batch size (default: 16)")
     add("--batch", type=int, default=8, help="synthesis batch size, also of the throughput (default: 8)")
     add("--ddpm-steps", type=int, default=None, help="DDPM steps timed (default: the schedule's training steps)")
-    add("--repeats", type=int, default=3, help="timed DDIM runs per sampler, median reported (default: 3)")
+    add("--repeats", type=int, default=3, help="timed runs per sampler but DDPM, median reported (default: 3)")
     add("--ddpm-repeats", type=int, default=1, help="timed DDPM runs, median reported (default: 1)")
     add("--dynamic-range", type=float, default=DEFAULT_DYNAMIC_RANGE_DB, help="dB of the B-mode (default: 60)")
     add("--seed", type=int, default=0, help="seed of synthesis noise and segmenters (default: 0)")
@@ -159,19 +160,20 @@ def _models(args: argparse.Namespace, device: str) -> tuple[dict[str, dict[str, 
 
 
 def _synthesise(model: Synthesizer, labels: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
-    """``(N, 1, S, S)`` images synthesised by DDIM from label maps ``(N, S, S)`` (``--batch`` at a time), each
-    chunk kept in ``--cache`` as it is done."""
+    """``(N, 1, S, S)`` images synthesised from label maps ``(N, S, S)`` (``--batch`` at a time), each chunk kept
+    in ``--cache`` as it is done."""
     options = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "batch": args.batch}
-    images = SampleCache(args.cache).synthesise(model, labels.numpy(), sampler="ddim", progress=True, **options)
+    sampler = args.sampler or model.spec.sampler
+    images = SampleCache(args.cache).synthesise(model, labels.numpy(), sampler=sampler, progress=True, **options)
     return torch.from_numpy(images)[:, None]
 
 
 def _throughput(model: Synthesizer, labels: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
-    """Images per second of each of :data:`SAMPLERS` (median of ``--repeats`` runs) at batch ``--batch``."""
+    """Images per second of each of :data:`TIMED_SAMPLERS` (median of ``--repeats`` runs) at batch ``--batch``."""
     batch = labels[torch.arange(args.batch) % len(labels)].numpy()
     ddpm_steps = args.ddpm_steps or model.spec.schedule.num_train_timesteps
     figures: dict[str, Any] = {"batch": args.batch, "ddpm_steps": ddpm_steps}
-    for key, (sampler, steps) in SAMPLERS.items():
+    for key, (sampler, steps) in TIMED_SAMPLERS.items():
         steps = steps or ddpm_steps
         if steps > model.spec.schedule.num_train_timesteps:
             figures[key] = None  # more steps than the schedule has
@@ -179,7 +181,7 @@ def _throughput(model: Synthesizer, labels: torch.Tensor, args: argparse.Namespa
         options = {"guidance": args.guidance, "sampler": sampler, "seed": args.seed, "batch": args.batch}
         model(batch, steps=1, **options)  # warm-up: first-call allocations are not timed
         seconds = []
-        repeats = args.ddpm_repeats if sampler == "ddpm" else args.repeats
+        repeats = args.ddpm_repeats if key == "ddpm" else args.repeats
         for _ in tqdm(range(repeats), desc=f"{model.name}: {key}", unit="run", leave=False):
             started = time.perf_counter()
             model(batch, steps=steps, **options)
@@ -268,7 +270,7 @@ def _print(kind: str, figures: dict[str, Any]) -> None:
         print(f"{name:<20}" + "".join(f"{_cell(row.get(column), 4):>20}" for column in REALISM))
     print(f"\n{kind}: sampling throughput, images/s")
     for name, row in figures["throughput"].items():
-        speeds = ", ".join(f"{key} {_cell(row[key])}" for key in SAMPLERS)
+        speeds = ", ".join(f"{key} {_cell(row[key])}" for key in TIMED_SAMPLERS)
         print(f"{name:<20}batch {row['batch']}: {speeds} (DDPM {row['ddpm_steps']} steps)")
 
 
@@ -283,6 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = str(choose_device(None if args.device == "auto" else args.device))
     kinds, notes = _models(args, device)
     settings = (
+        "sampler",
         "steps",
         "guidance",
         "seg_steps",
@@ -302,6 +305,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "data": kind,
                 "image_size": list(model.size),
                 "bmap": model.spec.bmap.enabled,
+                "sampler": args.sampler or model.spec.sampler,
                 "steps": args.steps or model.spec.sampling_steps,
                 "guidance": model.spec.guidance_scale if args.guidance is None else args.guidance,
             }

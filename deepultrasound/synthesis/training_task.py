@@ -14,7 +14,8 @@ Data (``data``): ``"echo"``, the CAMUS training split (the last 20 patients are 
 and the echo simulator, sector probe; ``"linear"``, simulated linear-probe scenes
 (:mod:`deepultrasound.synthesis.data`). Validation: the noise MSE at fixed noise and timesteps on
 held-out simulated pairs (and, for echo, the first ``val_camus_patients`` held-out CAMUS patients),
-and images ``labels | real | synthetic`` from DDIM with ``val_sampling_steps`` steps.
+and images ``labels | real | synthetic`` from the default sampler with ``val_sampling_steps`` steps.
+The sampling defaults and ``val_sampling_steps`` may change when a run resumes (``inference_args``).
 
 Example configs: ``deepultrasound/configs/ussynth_echo_64.yaml``, ``ussynth_linear_64.yaml``,
 ``ussynth_echo_64_no_bmap.yaml``.
@@ -95,10 +96,12 @@ class DiffusionArgs(TaskArgs):
     num_head_channels: int = Field(32, ge=1, description="attention channels per head (lowest level)")
     norm_num_groups: int = Field(32, ge=1, description="group-norm groups; divides every entry of channels")
     spade_intermediate_channels: int = Field(128, ge=1)
-    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="the bundle's default sampler")
+    sampler: Literal["ddim", "ddpm"] = Field("ddpm", description="the bundle's default sampler")
     sampling_steps: int = Field(50, ge=1, description="the bundle's default number of denoising steps")
     guidance_scale: float = Field(1.5, ge=0, description="the bundle's default classifier-free guidance scale")
-    val_sampling_steps: int = Field(25, ge=0, description="DDIM steps of the validation images; 0: no images")
+    val_sampling_steps: int = Field(
+        25, ge=0, description="steps of the validation images (the default sampler); 0: none"
+    )
 
     @field_validator("image_size")
     @classmethod
@@ -114,6 +117,7 @@ class DiffusionTask(Task):
 
     name = "us-diffusion"
     Args = DiffusionArgs
+    inference_args = frozenset({"sampler", "sampling_steps", "guidance_scale", "val_sampling_steps"})
 
     def inference_spec(self) -> DiffusionInference:
         """The bundle's inference section for the top-level arguments."""
@@ -222,7 +226,6 @@ class DiffusionTask(Task):
                 network,
                 labels,
                 self.inference_spec(),
-                sampler="ddim",
                 steps=self.args.val_sampling_steps,
                 seed=self.seed,
                 depth=batch["depth"][:PANELS],

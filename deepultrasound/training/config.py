@@ -34,8 +34,8 @@ giving both for one cadence is an error. Whatever the cadences, the run validate
 saves a checkpoint after its last step. A stage given in ``steps`` may end part-way through an
 epoch of its data; the next stage starts a new epoch. Kept checkpoints let two runs be compared at
 an equal budget (``deepultrasound export`` of each at the same step). A run resumes only with the
-config it was started with, except for the log and checkpoint cadences (:data:`RESUME_INDEPENDENT`),
-which do not change what is trained.
+config it was started with, except for the log and checkpoint cadences (:data:`RESUME_INDEPENDENT`)
+and a task's ``inference_args`` (the bundle's sampling defaults, say), which do not change what is trained.
 
 Initial weights: ``init_from`` starts networks from an earlier run, e.g. an adversarial stage
 from a trained generator: ``init_from: {generator: runs/superres_x4/bundle}``.

@@ -182,6 +182,9 @@ class Task(abc.ABC):
 
     name: ClassVar[str]
     Args: ClassVar[type[TaskArgs]] = TaskArgs
+    inference_args: ClassVar[frozenset[str]] = frozenset()
+    """Top-level ``task_args`` that set only the exported bundle's inference defaults or what validation shows,
+    not what is trained: a run may resume with them changed."""
 
     def __init__(self, args: TaskArgs, seed: int) -> None:
         self.args = args

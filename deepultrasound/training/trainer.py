@@ -312,10 +312,13 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any], dist_info: distributed.DistributedInfo) -> Position:
         saved = TrainConfig.model_validate(state["config"])
-        if saved.model_dump(exclude=RESUME_INDEPENDENT) != self.config.model_dump(exclude=RESUME_INDEPENDENT):
+        independent = {**dict.fromkeys(RESUME_INDEPENDENT, True), "task_args": set(self.task.inference_args)}
+        if saved.model_dump(exclude=independent) != self.config.model_dump(exclude=independent):
+            changeable = sorted(RESUME_INDEPENDENT - {"output_dir"}) + [
+                f"task_args.{name}" for name in sorted(self.task.inference_args)
+            ]
             raise ConfigError(
-                f"{self.checkpoint_path} was written with a different config (beyond the cadences "
-                f"{', '.join(sorted(RESUME_INDEPENDENT - {'output_dir'}))}); "
+                f"{self.checkpoint_path} was written with a different config (beyond {', '.join(changeable)}); "
                 "use the same config to resume, or --no-resume to start again (this overwrites the checkpoint)"
             )
         if state["format"] != CHECKPOINT_FORMAT:
