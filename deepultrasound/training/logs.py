@@ -49,9 +49,8 @@ class TrainingLog:
         self.directory = directory
         self.csv_path = directory / METRICS_CSV
         self.rows: list[dict[str, float | int | str]] = []
-        if resume_step and self.csv_path.is_file():
-            with self.csv_path.open(newline="") as stream:
-                self.rows = [row for row in csv.DictReader(stream) if int(row["step"]) <= resume_step]
+        if resume_step:
+            self.rows = logged_rows(self.csv_path, resume_step)
         self.writer = SummaryWriter(
             log_dir=str(directory / "tensorboard"), purge_step=resume_step + 1 if resume_step else None
         )
@@ -84,20 +83,24 @@ class TrainingLog:
         self.writer.close()
 
 
+def logged_rows(csv_path: Path, step: int) -> list[dict[str, str]]:
+    """The rows of a :class:`TrainingLog`'s ``metrics.csv`` logged at or before global step ``step`` (empty
+    cells are ``""``); none when the file does not exist."""
+    if not csv_path.is_file():
+        return []
+    with csv_path.open(newline="") as stream:
+        return [row for row in csv.DictReader(stream) if int(row["step"]) <= step]
+
+
 def logged_figures(csv_path: Path, step: int) -> dict[str, float]:
     """The figures a run had logged by global step ``step``, as its bundle's manifest holds them: for each loss and
     validation column of ``csv_path`` (a :class:`TrainingLog`'s ``metrics.csv``), its value in the last row at or
     before ``step`` that has one; learning rates and timings left out. Empty when the file does not exist."""
-    if not csv_path.is_file():
-        return {}
     figures: dict[str, float] = {}
-    with csv_path.open(newline="") as stream:
-        for row in csv.DictReader(stream):
-            if int(row["step"]) > step:
-                break
-            figures.update(
-                (key, float(value))
-                for key, value in row.items()
-                if value and key not in _NOT_FIGURES and not key.startswith("lr/")
-            )
+    for row in logged_rows(csv_path, step):
+        figures.update(
+            (key, float(value))
+            for key, value in row.items()
+            if value and key not in _NOT_FIGURES and not key.startswith("lr/")
+        )
     return figures
