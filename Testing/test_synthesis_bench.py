@@ -218,7 +218,7 @@ def tiny_bundles(speckled_camus, tmp_path_factory) -> dict[str, Path]:
 def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles, speckled_camus, tmp_path, capsys):
     argv = ["bench", "synth", "--camus", speckled_camus, "--test-patients", "2", "--linear-train", "4"]
     argv += ["--linear-test", "2", "--seg-steps", "2", "--seg-batch", "2", "--batch", "2", "--steps", "2"]
-    argv += ["--ddpm-steps", "2", "--repeats", "1", "--ddpm-repeats", "2", "--device", "cpu"]
+    argv += ["--ddpm-steps", "2", "--repeats", "1", "--ddpm-repeats", "2", "--timed", "linear", "--device", "cpu"]
     argv += ["--figures", tmp_path, "--cache", tmp_path]
     argv += ["--model", f"echo={tiny_bundles['echo']}", "--model", f"linear={tiny_bundles['linear']}"]
     argv += ["--model", f"ghost={tmp_path / 'no_such_bundle'}"]
@@ -239,10 +239,11 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
                 part["realism"][row]
             )
             assert part["realism"][row]["frechet"] >= 0 and part["realism"][row]["profile_error"] >= 0
-        speeds = part["throughput"][model]
-        assert speeds["ddpm_steps"] == 2 and speeds["ddim_25"] > 0 and speeds["ddpm"] > 0
-        assert speeds["ddim_50"] is None and speeds["ddpm_50"] is None  # more steps than the 30 of the schedule
         assert Path(part["figure"]).is_file()
+    assert figures["echo"]["throughput"] == {}  # not --timed
+    speeds = figures["linear"]["throughput"]["linear"]
+    assert speeds["ddpm_steps"] == 2 and speeds["ddim_25"] > 0 and speeds["ddpm"] > 0
+    assert speeds["ddim_50"] is None and speeds["ddpm_50"] is None  # more steps than the 30 of the schedule
     echo = figures["echo"]
     assert echo["data"] == {"train_patients": 2, "test_patients": ["patient0003", "patient0004"]} | {
         "train_images": 8,
@@ -252,6 +253,12 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
     assert echo["realism"]["real_train"]["profile_error"] < echo["realism"]["echo"]["profile_error"]
     assert echo["realism"]["held_out_real"]["snr"] > 0
     assert figures["linear"]["data"]["seeds"] == list(UNSEEN_SEEDS)
+
+
+def test_bench_synth_refuses_to_time_a_model_it_was_not_given(tiny_bundles, tmp_path, capsys):
+    argv = ["bench", "synth", "--model", f"linear={tiny_bundles['linear']}", "--timed", "echo", "--device", "cpu"]
+    assert main([*argv, "--cache", str(tmp_path)]) != 0
+    assert "--timed echo: no such model (models: linear)" in capsys.readouterr().err
 
 
 def test_a_stack_synthesised_in_parts_resumes_from_its_stored_chunks_and_equals_one_call(tiny_bundles, tmp_path):

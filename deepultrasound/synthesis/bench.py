@@ -27,8 +27,9 @@ simulator's default display range), and the Frechet distance on the bottleneck f
 real-trained segmenter. Rows ``held_out_real`` (the reference itself: its SNR and speckle) and
 ``real_train`` (the real training images: what a perfect model would reach).
 
-**(c) Sampling throughput**: images per second of DDIM-25, DDIM-50, DDPM-50 and DDPM (``--ddpm-steps``,
-default the schedule's training steps) at batch ``--batch`` on ``--device``, median of ``--repeats``
+**(c) Sampling throughput** of the ``--timed`` models (default every one; ``none``: none): images per second of DDIM-25,
+DDIM-50, DDPM-50 and DDPM (``--ddpm-steps``, default the schedule's training steps) at batch ``--batch`` on
+``--device``, median of ``--repeats``
 runs (DDPM: ``--ddpm-repeats``, default one run, its 1000 steps taking 20 times DDIM-50's time) after
 an untimed one-step run, guidance as in (a); null for a sampler that needs more steps than the
 schedule has.
@@ -37,7 +38,7 @@ JSON (last stdout line): ``models`` (bundle, data, B-maps, sampler, steps, guida
 ``linear``): ``data`` (counts, patients or seeds and configuration), ``segmentation`` -> ``real``
 and each model -> ``dice`` and (models) ``ratio_to_real`` per structure; ``realism`` -> row ->
 ``profile_error``, ``snr``, ``speckle_axial_px``, ``speckle_lateral_px``, ``frechet`` (null where
-undefined); ``throughput`` -> model -> ``ddim_25``, ``ddim_50``, ``ddpm_50``, ``ddpm`` (images/s),
+undefined); ``throughput`` -> timed model -> ``ddim_25``, ``ddim_50``, ``ddpm_50``, ``ddpm`` (images/s),
 ``ddpm_steps``, ``batch``; ``figure`` (with ``--figures DIR``: ``synth_<data>.png``, label maps,
 real images and each model's images); then ``notes`` and ``seconds`` (wall time).
 """
@@ -112,6 +113,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--ddpm-steps", type=int, default=None, help="DDPM steps timed (default: the schedule's training steps)")
     add("--repeats", type=int, default=3, help="timed runs per sampler but DDPM, median reported (default: 3)")
     add("--ddpm-repeats", type=int, default=1, help="timed DDPM runs, median reported (default: 1)")
+    add(
+        "--timed",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a model whose sampling throughput is timed (repeatable; 'none': no model; default: every model)",
+    )
     add("--dynamic-range", type=float, default=DEFAULT_DYNAMIC_RANGE_DB, help="dB of the B-mode (default: 60)")
     add("--seed", type=int, default=0, help="seed of synthesis noise and segmenters (default: 0)")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -244,7 +252,8 @@ def _evaluate(kind: str, models: dict[str, Synthesizer], args: argparse.Namespac
         synthetic_test = _synthesise(model, test_labels, args)
         shown[name] = synthetic_test[:FIGURE_ROWS, 0].numpy()
         result["realism"][name] = realism_of(synthetic_test)
-        result["throughput"][name] = _throughput(model, test_labels, args)
+        if args.timed is None or name in args.timed:
+            result["throughput"][name] = _throughput(model, test_labels, args)
     if args.figures is not None:
         rows = slice(FIGURE_ROWS)
         grid = args.figures / f"synth_{kind}.png"
@@ -284,6 +293,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     device = str(choose_device(None if args.device == "auto" else args.device))
     kinds, notes = _models(args, device)
+    names = {name for group in kinds.values() for name in group}
+    if args.timed is not None and not set(args.timed) <= names | {"none"}:
+        unknown = ", ".join(sorted(set(args.timed) - names - {"none"}))
+        raise InputError(f"--timed {unknown}: no such model (models: {', '.join(sorted(names)) or 'none'})")
     settings = (
         "sampler",
         "steps",
@@ -293,6 +306,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch",
         "repeats",
         "ddpm_repeats",
+        "timed",
         "seed",
         "dynamic_range",
     )
