@@ -29,6 +29,7 @@ from deepultrasound.cli import main as cli_main
 from deepultrasound.errors import ConfigError, FileFormatError
 from deepultrasound.runtime import create_predictor, load_bundle
 from deepultrasound.training import Trainer, load_config, parse_config
+from deepultrasound.training.config import merge_config
 from deepultrasound.training.tasks.translation import TranslationPairs, TranslationTask, translate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,6 +120,43 @@ def test_config_files_yaml_json_and_bad_files(tmp_path):
         load_config(tmp_path / "broken.yaml")
     with pytest.raises(FileFormatError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_config_builds_on_its_base_merging_mappings_and_replacing_lists(tmp_path):
+    base = {**TINY, "task_args": {**TINY["task_args"], "val_samples": 16}, "ema_decay": 0.99}
+    write_config(tmp_path / "base.yaml", base)
+    (tmp_path / "variants").mkdir()
+    change = {
+        "base": "../base.yaml",
+        "task_args": {"max_shift": 1.0},
+        "stages": [{"name": "only", "epochs": 1}],
+        "ema_decay": None,
+        "output_dir": "runs/variant",
+    }
+    variant = load_config(write_config(tmp_path / "variants" / "variant.yaml", change))
+    expected = {
+        **base,
+        "task_args": {**base["task_args"], "max_shift": 1.0},
+        "stages": [{"name": "only", "epochs": 1}],
+        "output_dir": "runs/variant",
+    }
+    del expected["ema_decay"]  # null removes the base's key: the default applies
+    assert variant == parse_config(expected)
+    assert variant.ema_decay == parse_config(TINY).ema_decay != load_config(tmp_path / "base.yaml").ema_decay
+    assert merge_config({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}, "d": 3}) == {"a": {"b": 1, "c": [2]}, "d": 3}
+
+
+def test_config_bases_that_are_missing_cyclic_or_not_paths_are_refused(tmp_path):
+    write_config(tmp_path / "orphan.yaml", {"base": "gone.yaml", "seed": 1})
+    with pytest.raises(FileFormatError, match=r"gone.yaml \(the base of .*orphan.yaml\)"):
+        load_config(tmp_path / "orphan.yaml")
+    write_config(tmp_path / "a.yaml", {"base": "b.yaml"})
+    write_config(tmp_path / "b.yaml", {"base": "a.yaml"})
+    with pytest.raises(ConfigError, match="cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config(tmp_path / "a.yaml")
+    write_config(tmp_path / "listed.yaml", {"base": ["a.yaml"]})
+    with pytest.raises(ConfigError, match="base must be a path"):
+        load_config(tmp_path / "listed.yaml")
 
 
 # -- the task's data is what it says --------------------------------------------------------------

@@ -37,6 +37,16 @@ an equal budget (``deepultrasound export`` of each at the same step). A run resu
 config it was started with, except for the log and checkpoint cadences (:data:`RESUME_INDEPENDENT`)
 and a task's ``inference_args`` (the bundle's sampling defaults, say), which do not change what is trained.
 
+A config may build on another: ``base: other.yaml`` (a path relative to the config's folder) reads
+that config first and applies this one over it, mappings merged key by key at every depth, other
+values (lists such as ``stages`` included) replaced, and a key set to null removed (its default then
+applies). An ablation is then its base and the one thing it changes::
+
+    base: ussynth_echo_64.yaml
+    task_args: {bmap_eps: 1.0}
+    output_dir: runs/ussynth_echo_64_no_bmap
+    bundle: {name: ussynth-echo-64-no-bmap}
+
 Initial weights: ``init_from`` starts networks from an earlier run, e.g. an adversarial stage
 from a trained generator: ``init_from: {generator: runs/superres_x4/bundle}``.
 
@@ -238,11 +248,32 @@ def parse_config(data: dict[str, Any], source: str = "<dict>") -> TrainConfig:
         raise ConfigError(_format_errors(error, source)) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a ``.yaml``/``.yml``/``.json`` config, apply top-level ``overrides``, validate."""
-    path = Path(path)
+BASE_KEY = "base"
+"""The key of the config a config builds on (see the module docstring)."""
+
+
+def merge_config(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied: mappings merged key by key at every depth, other values replaced,
+    keys whose change is None removed."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_config(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of the config file ``path`` with its ``base`` chain applied (``chain``: the files that
+    build on it)."""
     if not path.is_file():
-        raise FileFormatError(f"config file not found: {path}")
+        raise FileFormatError(f"config file not found: {path}" + (f" (the base of {chain[-1]})" if chain else ""))
+    if path.resolve() in chain:
+        cycle = " -> ".join(str(file) for file in (*chain, path.resolve()))
+        raise ConfigError(f"config bases form a cycle: {cycle}")
     text = path.read_text()
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
@@ -250,6 +281,19 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         raise ConfigError(f"cannot parse config {path}: {error}") from None
     if data is None:
         raise ConfigError(f"config file is empty: {path}")
+    if not isinstance(data, dict) or BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    if not isinstance(base, str):
+        raise ConfigError(f"invalid config {path}: {BASE_KEY} must be a path, got {base!r}")
+    return merge_config(_read_config(path.parent / base, (*chain, path.resolve())), data)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a ``.yaml``/``.yml``/``.json`` config (over its ``base``, if it names one), apply top-level
+    ``overrides``, validate."""
+    path = Path(path)
+    data = _read_config(path)
     if overrides:
         data = {**data, **overrides}
     return parse_config(data, str(path))
