@@ -173,7 +173,7 @@ class EchoRegistrationTest(ScriptedLoadableModuleTest):
         tracked = slicer.util.arrayFromVolume(logic.labelSequence.GetNthDataNode(0))[0]
         np.testing.assert_array_equal(tracked, simulator.labels(0.0))
         self.assertEqual(logic.strainTable.GetNumberOfRows(), 4)
-        self.assertEqual(logic.strainChart.GetNumberOfPlotSeriesNodes(), 3)
+        self.assertEqual(logic.strainChart.GetNumberOfPlotSeriesNodes(), 4)  # three curves and the ED / ES marks
 
         slicer.modules.plots.logic().ShowChartInLayout(logic.strainChart)
         plotView = slicer.app.layoutManager().plotWidget(0).mrmlPlotViewNode()

@@ -26,6 +26,7 @@ for moduleDir in ("DeepUltrasoundCommon", "EchoRegistration"):
 
 from DeepUltrasoundCommonLib import VolumeGeometry, arrayToVolume, volumeToArray  # noqa: E402
 from EchoRegistrationLib import (  # noqa: E402
+    PHASE_MARKS,
     STRAIN_CURVES,
     EchoTrackingSession,
     Tracking,
@@ -323,11 +324,29 @@ def test_sequence_tracking_gives_labels_transforms_and_strain_browsed_with_the_s
     )
     assert table.GetValueByName(0, "phase").ToString().startswith("ED")
     chart = session.strainChart
-    assert chart.GetNumberOfPlotSeriesNodes() == len(STRAIN_CURVES)
+    assert chart.GetNumberOfPlotSeriesNodes() == len(STRAIN_CURVES) + 1
     for n, column in enumerate(STRAIN_CURVES):
         series = chart.GetNthPlotSeriesNode(n)
         assert series.GetTableNodeID() == session.strainTable.GetID()
         assert (series.GetXColumnName(), series.GetYColumnName()) == ("time_s", column)
+    marks = chart.GetNthPlotSeriesNode(len(STRAIN_CURVES))
+    assert marks.GetName() == PHASE_MARKS and marks.GetTableNodeID() == session.phaseMarksTable.GetID()
+    assert (marks.GetXColumnName(), marks.GetYColumnName(), marks.GetLabelColumnName()) == (
+        "time_s",
+        "gls_endo_percent",
+        "phase",
+    )
+    phaseFrames = [truth.curves.ed, truth.curves.es]
+    np.testing.assert_allclose(
+        slicer.util.arrayFromTableColumn(session.phaseMarksTable, "time_s"), FRAME_INTERVAL_S * np.array(phaseFrames)
+    )
+    np.testing.assert_allclose(
+        slicer.util.arrayFromTableColumn(session.phaseMarksTable, "gls_endo_percent"),
+        truth.curves.gls_endo[phaseFrames],
+        atol=1e-3,
+    )
+    markTable = session.phaseMarksTable.GetTable()
+    assert [markTable.GetValueByName(row, "phase").ToString() for row in (0, 1)] == ["ED", "ES"]
 
     assert session.browser is browser
     for output in (labelSequence, transforms):
@@ -349,7 +368,12 @@ def test_sequence_tracking_gives_labels_transforms_and_strain_browsed_with_the_s
     figures = {"frames": FRAMES, "labelled_frame": 0, "method": "farneback", "ed_frame": 0, "es_frame": 3}
     session.writeOutputs(framesOfInput(proxy), 0, Tracking(truth.labels, truth.displacements, columns, figures))
     assert scene.GetNumberOfNodes() == count and session.labelSequence is labelSequence
-    assert labelSequence.GetNumberOfDataNodes() == FRAMES and chart.GetNumberOfPlotSeriesNodes() == len(STRAIN_CURVES)
+    assert (
+        labelSequence.GetNumberOfDataNodes() == FRAMES and chart.GetNumberOfPlotSeriesNodes() == len(STRAIN_CURVES) + 1
+    )
+    np.testing.assert_allclose(
+        slicer.util.arrayFromTableColumn(session.phaseMarksTable, "time_s"), FRAME_INTERVAL_S * np.array([0, 3])
+    )
 
 
 def test_colour_volume_with_a_named_segmentation_gets_its_own_browser(scene, echo):
@@ -392,7 +416,7 @@ def test_colour_volume_with_a_named_segmentation_gets_its_own_browser(scene, ech
     assert colours == ["CAMUS labels"]  # the colour tables made by each segment's export are gone
     table = session.strainTable.GetTable()
     assert "time_s" not in [table.GetColumnName(n) for n in range(table.GetNumberOfColumns())]  # no frame interval
-    assert all(session.strainChart.GetNthPlotSeriesNode(n).GetXColumnName() == "frame" for n in range(3))
+    assert all(session.strainChart.GetNthPlotSeriesNode(n).GetXColumnName() == "frame" for n in range(4))
 
 
 def test_engine_failure_carries_its_message_and_writes_no_output(scene, echo):

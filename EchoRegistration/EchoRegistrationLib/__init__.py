@@ -23,7 +23,9 @@ from .logic import (
     trackingArguments,
 )
 from .outputs import (
+    PHASE_MARKS,
     STRAIN_CURVES,
+    fillPhaseMarks,
     fillStrainChart,
     fillStrainTable,
     labelColourNode,
@@ -36,6 +38,7 @@ from .session import EchoTrackingSession
 __all__ = [
     "CAMUS_LABELS",
     "METHODS",
+    "PHASE_MARKS",
     "STRAIN_CURVES",
     "EchoTrackingSession",
     "Tracking",
@@ -43,6 +46,7 @@ __all__ = [
     "TrackingJob",
     "TrackingMethod",
     "displacementRas",
+    "fillPhaseMarks",
     "fillStrainChart",
     "fillStrainTable",
     "framesOfInput",

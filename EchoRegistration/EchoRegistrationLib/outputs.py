@@ -4,7 +4,8 @@
 - displacements: a sequence of grid transforms, item t the resampling transform of frame t onto the
   labelled frame (:func:`.logic.displacementRas`, RAS mm, on frame t's grid);
 - strain: a table with the columns of the engine's ``strain.csv`` (numbers as numbers; the time column
-  only when the frames have a frame interval), and a chart of the strain curves over time (or frame).
+  only when the frames have a frame interval), and a chart of the strain curves over time (or frame),
+  end-diastole and end-systole marked on the endocardial GLS curve (a table of those two rows).
 
 All of it is MRML: it runs with ``slicer-core``; showing the chart in a view is the application's.
 """
@@ -26,6 +27,9 @@ STRAIN_CURVES = {
     "gls_mid_percent": "GLS mid-wall",
     "radial_percent": "radial strain",
 }
+#: legend of the end-diastole and end-systole marks, and the curve they sit on
+PHASE_MARKS = "ED / ES"
+PHASE_MARKS_CURVE = "gls_endo_percent"
 #: columns of ``strain.csv`` that hold text
 TEXT_COLUMNS = ("phase",)
 #: the time column of ``strain.csv`` (seconds; the engine counts 1 s per frame without a frame interval)
@@ -108,25 +112,51 @@ def fillStrainTable(table: slicer.vtkMRMLTableNode, columns: dict[str, list[str]
     table.SetAndObserveTable(content)
 
 
+def fillPhaseMarks(
+    marks: slicer.vtkMRMLTableNode, table: slicer.vtkMRMLTableNode, xColumn: str, edFrame: int, esFrame: int
+) -> None:
+    """Replace the rows of ``marks`` by the ``xColumn`` and :data:`PHASE_MARKS_CURVE` values of ``table``'s
+    rows ``edFrame`` and ``esFrame``, with a ``phase`` column naming them (ED, ES)."""
+    content = vtk.vtkTable()
+    for name in (xColumn, PHASE_MARKS_CURVE):
+        column = slicer.util.arrayFromTableColumn(table, name)
+        array = numpy_support.numpy_to_vtk(np.asarray(column[[edFrame, esFrame]], np.float64), deep=True)
+        array.SetName(name)
+        content.AddColumn(array)
+    phases = vtk.vtkStringArray()
+    phases.SetName("phase")
+    for phase in ("ED", "ES"):
+        phases.InsertNextValue(phase)
+    content.AddColumn(phases)
+    marks.SetAndObserveTable(content)
+
+
+def _chartSeries(chart: slicer.vtkMRMLPlotChartNode, legend: str) -> slicer.vtkMRMLPlotSeriesNode:
+    """The series of ``chart`` named ``legend``, made and added when it has none."""
+    for n in range(chart.GetNumberOfPlotSeriesNodes()):
+        if chart.GetNthPlotSeriesNode(n).GetName() == legend:
+            return chart.GetNthPlotSeriesNode(n)
+    series = chart.GetScene().AddNewNodeByClass("vtkMRMLPlotSeriesNode", legend)
+    chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    return series
+
+
 def fillStrainChart(
-    chart: slicer.vtkMRMLPlotChartNode, table: slicer.vtkMRMLTableNode, xColumn: str, title: str
+    chart: slicer.vtkMRMLPlotChartNode,
+    table: slicer.vtkMRMLTableNode,
+    marks: slicer.vtkMRMLTableNode,
+    xColumn: str,
+    title: str,
 ) -> list[slicer.vtkMRMLPlotSeriesNode]:
-    """Plot the :data:`STRAIN_CURVES` of ``table`` against ``xColumn`` in ``chart``, one series node each
-    (reused when the chart has one of that name); the series."""
-    scene = chart.GetScene()
+    """Plot the :data:`STRAIN_CURVES` of ``table`` and the :data:`PHASE_MARKS` of ``marks`` (from
+    :func:`fillPhaseMarks`) against ``xColumn`` in ``chart``, one series node each (reused when the chart
+    has one of that name); the series, the marks' last."""
     chart.SetTitle(title)
     chart.SetXAxisTitle("time (s)" if xColumn == TIME_COLUMN else "frame")
     chart.SetYAxisTitle("strain (%)")
-    existing = {
-        chart.GetNthPlotSeriesNode(n).GetName(): chart.GetNthPlotSeriesNode(n)
-        for n in range(chart.GetNumberOfPlotSeriesNodes())
-    }
     allSeries = []
     for (column, legend), colour in zip(STRAIN_CURVES.items(), CURVE_COLOURS):
-        series = existing.get(legend)
-        if series is None:
-            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", legend)
-            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        series = _chartSeries(chart, legend)
         series.SetAndObserveTableNodeID(table.GetID())
         series.SetXColumnName(xColumn)
         series.SetYColumnName(column)
@@ -134,6 +164,17 @@ def fillStrainChart(
         series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
         series.SetColor(*colour)
         allSeries.append(series)
+    series = _chartSeries(chart, PHASE_MARKS)
+    series.SetAndObserveTableNodeID(marks.GetID())
+    series.SetXColumnName(xColumn)
+    series.SetYColumnName(PHASE_MARKS_CURVE)
+    series.SetLabelColumnName("phase")
+    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+    series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleNone)
+    series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleDiamond)
+    series.SetMarkerSize(14)
+    series.SetColor(0.0, 0.0, 0.0)
+    allSeries.append(series)
     return allSeries
 
 

@@ -7,7 +7,8 @@ input, reused by the next run on it:
 - ``<input> labels``: the label sequence; ``<input> displacement``: the grid-transform sequence. Both
   join the input's sequence browser; a multi-frame volume gets its own browser, ``<input> tracking``,
   whose master is the label sequence;
-- ``<input> strain``: the strain table and the chart of its curves.
+- ``<input> strain``: the strain table and the chart of its curves; ``<input> ED-ES``: the table of the
+  end-diastole and end-systole marks in the chart.
 
 The module's logic is a session bound to the application's scene; scripts and tests use a session
 on any scene. Closing the scene stops the job (the process and its children) and forgets the nodes.
@@ -22,6 +23,7 @@ from .job import Tracking, TrackingJob
 from .logic import TrackingMethod
 from .outputs import (
     TIME_COLUMN,
+    fillPhaseMarks,
     fillStrainChart,
     fillStrainTable,
     labelColourNode,
@@ -42,6 +44,7 @@ class EchoTrackingSession(slicer.util.VTKObservationMixin):
         labelSequence: the labels of every frame, of the last tracking.
         displacementSequence: the grid transform of every frame onto the labelled frame, of the last tracking.
         strainTable: the strain curves (the columns of the engine's ``strain.csv``).
+        phaseMarksTable: the end-diastole and end-systole rows of the strain table, marked in the chart.
         strainChart: the chart of the strain curves.
         browser: the browser of the input's sequence, or the one made for a multi-frame volume.
     """
@@ -56,6 +59,7 @@ class EchoTrackingSession(slicer.util.VTKObservationMixin):
 
     def forgetOutputs(self) -> None:
         self.labelSequence = self.displacementSequence = self.strainTable = self.strainChart = self.browser = None
+        self.phaseMarksTable = None
 
     def onSceneStartClose(self, caller=None, event=None) -> None:
         self.cancel()
@@ -123,11 +127,14 @@ class EchoTrackingSession(slicer.util.VTKObservationMixin):
         self.strainTable = self.outputNode("vtkMRMLTableNode", f"{name} strain")
         fillStrainTable(self.strainTable, result.strainColumns, withTime)
         self.strainChart = self.outputNode("vtkMRMLPlotChartNode", f"{name} strain")
+        self.phaseMarksTable = self.outputNode("vtkMRMLTableNode", f"{name} ED-ES")
         figures = result.figures
+        xColumn = TIME_COLUMN if withTime else "frame"
+        fillPhaseMarks(self.phaseMarksTable, self.strainTable, xColumn, figures["ed_frame"], figures["es_frame"])
         ejection = figures.get("ejection_fraction_percent")
         title = f"{name}: strain from end-diastole (ED frame {figures['ed_frame']}, ES frame {figures['es_frame']}"
         title += ")" if ejection is None else f", EF {ejection:.0f} %)"
-        fillStrainChart(self.strainChart, self.strainTable, TIME_COLUMN if withTime else "frame", title)
+        fillStrainChart(self.strainChart, self.strainTable, self.phaseMarksTable, xColumn, title)
 
         self.browser = tracking.browser
         if self.browser is None:
