@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import Dataset, TensorDataset
 
 from deepultrasound.errors import ConfigError
 from deepultrasound.runtime import create_predictor, load_bundle, register_architecture
 from deepultrasound.training import ExportSpec, StepContext, Task, TaskArgs, Trainer, parse_config, register_task
+from deepultrasound.training.optimisation import ema_decay_at, ema_update
 
 register_architecture("test.linear")(nn.Linear)
 
@@ -169,6 +171,23 @@ def test_ema_weights_are_validated_and_exported(trained):
         ema(torch.from_numpy(x)).detach().numpy(),
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_the_ema_follows_its_decay_recurrence_and_the_warm_up_tracks_early_weights(warmup):
+    net = nn.Linear(1, 1, bias=False)
+    average = AveragedModel(net, multi_avg_fn=ema_update(0.99, warmup), use_buffers=True)
+    expected = 0.0
+    for update, value in enumerate([3.0, 1.0, 2.0, 4.0, 8.0]):  # update 0 copies the weights
+        net.weight.data.fill_(value)
+        average.update_parameters(net)
+        decay = ema_decay_at(update, 0.99, warmup)
+        expected = value if update == 0 else decay * expected + (1 - decay) * value
+        assert average.module.weight.item() == pytest.approx(expected, rel=1e-6)
+    assert ema_decay_at(1, 0.99, True) == pytest.approx(2 / 11) and ema_decay_at(5000, 0.99, True) == 0.99
+    assert ema_decay_at(1, 0.99, False) == 0.99
+    # after the five updates, the warmed-up copy is near the latest weights; the plain one still near the first
+    assert abs(average.module.weight.item() - (8.0 if warmup else 3.0)) < 2.5
 
 
 def test_best_metric_exports_the_best_validated_epoch(tmp_path):

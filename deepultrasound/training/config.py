@@ -22,6 +22,7 @@ shape for diffusion models::
     accumulate_steps: 2       # each batch in 2 micro-batches; the optimisers step once per batch
     amp: bf16                 # autocast; fp16 (with gradient scaling) needs CUDA
     ema_decay: 0.9999         # for the networks the task keeps an EMA copy of
+    ema_warmup: true          # decay min(ema_decay, (1 + n) / (10 + n)) at the n-th update
     export_ema: true          # validate and export the EMA copies (default) or the online weights
     validation_every_steps: 1000   # validation metrics and sample images (OUTPUT/images/<step>/)
     checkpoint_every_steps: 500    # resumable at that step exactly
@@ -157,6 +158,11 @@ class TrainConfig(_Strict):
         "none", description="mixed precision (torch.autocast); fp16 scales gradients and needs CUDA"
     )
     ema_decay: float = Field(0.999, gt=0, lt=1, description="for networks the task keeps an EMA copy of")
+    ema_warmup: bool = Field(
+        False,
+        description="decay min(ema_decay, (1 + n) / (10 + n)) at the n-th update, so that the early EMA follows "
+        "the training instead of holding the initial weights (0.999 ** 2000 of them at step 2000 without)",
+    )
     export_ema: bool = Field(
         True,
         description="validate and export the EMA copies (where the task keeps them) rather than the online weights",

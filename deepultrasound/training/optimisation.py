@@ -17,11 +17,13 @@ With ``k = accumulate_steps``:
 Schedules advance once per step (global batch). A stage's ``lr_scale`` multiplies the scheduled
 rate: the schedulers keep the unscaled rates (``get_last_lr``) and the optimisers run at
 ``scale`` times them.
+
+EMA copies (``torch.optim.swa_utils.AveragedModel``) update after each step by :func:`ema_update`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -34,9 +36,30 @@ from torch.optim.lr_scheduler import (
     SequentialLR,
     StepLR,
 )
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from deepultrasound.errors import ConfigError
 from deepultrasound.training.config import OptimizerConfig, SchedulerConfig
+
+EMA_WARMUP_OFFSET = 10
+"""The warm-up's decay at the n-th update is (1 + n) / (EMA_WARMUP_OFFSET + n), capped by the configured one."""
+
+
+def ema_decay_at(update: int, decay: float, warmup: bool) -> float:
+    """The EMA decay of the ``update``-th averaging (1 = the first after the copy of the initial weights)."""
+    return min(decay, (1 + update) / (EMA_WARMUP_OFFSET + update)) if warmup else decay
+
+
+def ema_update(decay: float, warmup: bool) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:
+    """The ``multi_avg_fn`` of an ``AveragedModel``: EMA with ``decay``, warmed up by :func:`ema_decay_at`."""
+    if not warmup:
+        return get_ema_multi_avg_fn(decay)
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: Any) -> None:
+        get_ema_multi_avg_fn(ema_decay_at(int(num_averaged), decay, True))(averaged, current, num_averaged)
+
+    return update
+
 
 #: schedules whose length is the rest of the run after the warm-up
 DECAYING_SCHEDULES = ("cosine", "linear")

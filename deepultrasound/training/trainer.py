@@ -44,7 +44,7 @@ import torch
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
@@ -63,7 +63,13 @@ from deepultrasound.training.checkpoint import (
 )
 from deepultrasound.training.config import RESUME_INDEPENDENT, StageConfig, TrainConfig
 from deepultrasound.training.logs import TrainingLog, image_array
-from deepultrasound.training.optimisation import DECAYING_SCHEDULES, Optimisation, build_optimizer, build_scheduler
+from deepultrasound.training.optimisation import (
+    DECAYING_SCHEDULES,
+    Optimisation,
+    build_optimizer,
+    build_scheduler,
+    ema_update,
+)
 from deepultrasound.training.task import StepContext, Task, TaskArgs, ValidationContext, ValidationOutput, get_task
 
 logger = logging.getLogger(__name__)
@@ -199,7 +205,7 @@ class Trainer:
 
         # EMA of parameters and buffers (BatchNorm statistics too); integer buffers such as
         # num_batches_tracked are averaged and truncated, which evaluation never reads
-        ema_fn = get_ema_multi_avg_fn(self.config.ema_decay)
+        ema_fn = ema_update(self.config.ema_decay, self.config.ema_warmup)
         self.ema = {
             name: AveragedModel(self.networks[name], multi_avg_fn=ema_fn, use_buffers=True)
             for name in self.task.ema_networks()
