@@ -93,11 +93,17 @@ def heart(shape: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
     return labels
 
 
+def only_models_in(monkeypatch, folder: str | Path) -> None:
+    """Installed models are those of ``folder`` alone (not the package's shipped ones)."""
+    monkeypatch.setattr("deepultrasound.runtime.bundle.bundled_models_dir", lambda: Path(folder) / "no-shipped-models")
+    monkeypatch.setenv(MODELS_ENVIRONMENT_VARIABLE, str(folder))
+
+
 # -- model lookup ----------------------------------------------------------------------------------
 
 
 def test_installed_models_are_found_and_the_default_follows_the_probe(models, monkeypatch):
-    monkeypatch.setenv(MODELS_ENVIRONMENT_VARIABLE, str(models))
+    only_models_in(monkeypatch, str(models))
     assert installed_models() == [(models / "a-linear", "a-linear"), (models / "b-echo", "b-echo")]
     assert resolve_model(None, None) == models / "b-echo"  # sector (echo) by default, though listed second
     assert resolve_model(None, "linear") == models / "a-linear"
@@ -111,7 +117,7 @@ def test_installed_models_are_found_and_the_default_follows_the_probe(models, mo
     [(None, "ussynth_echo_64.yaml"), ("sector", "ussynth_echo_64.yaml"), ("linear", "ussynth_linear_64.yaml")],
 )
 def test_a_missing_model_names_its_training_command(probe, config, tmp_path, monkeypatch):
-    monkeypatch.setenv(MODELS_ENVIRONMENT_VARIABLE, str(tmp_path))
+    only_models_in(monkeypatch, str(tmp_path))
     with pytest.raises(BundleError, match=f"deepultrasound train deepultrasound/configs/{config}"):
         resolve_model(None, probe)
 
@@ -306,7 +312,7 @@ def test_bad_input_exits_2_and_writes_nothing(models, tmp_path, capsys, write, m
 
 
 def test_synth_without_an_installed_model_names_the_training_command(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(MODELS_ENVIRONMENT_VARIABLE, str(tmp_path / "none"))
+    only_models_in(monkeypatch, str(tmp_path / "none"))
     write_image(tmp_path / "labels.nii.gz", Image(heart()))
     assert main(["synth", str(tmp_path / "labels.nii.gz"), "-o", str(tmp_path / "out.nii.gz"), "--device", "cpu"]) == 2
     assert "deepultrasound train deepultrasound/configs/ussynth_echo_64.yaml" in capsys.readouterr().err
