@@ -294,9 +294,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = str(choose_device(None if args.device == "auto" else args.device))
     kinds, notes = _models(args, device)
     names = {name for group in kinds.values() for name in group}
-    if args.timed is not None and not set(args.timed) <= names | {"none"}:
-        unknown = ", ".join(sorted(set(args.timed) - names - {"none"}))
-        raise InputError(f"--timed {unknown}: no such model (models: {', '.join(sorted(names)) or 'none'})")
+    unknown = set(args.timed or ()) - names - {"none"}
+    if unknown:
+        raise InputError(f"--timed {', '.join(sorted(unknown))}: no such model (models: {', '.join(sorted(names))})")
     settings = (
         "sampler",
         "steps",
