@@ -36,6 +36,7 @@ from deepultrasound.synthesis.realism import (
     envelope_snr,
     frechet_distance,
     profile_error,
+    profile_shape_error,
     realism,
     speckle_fwhm,
 )
@@ -117,6 +118,21 @@ def test_depth_profile_error_is_zero_for_identical_images_and_the_offset_for_shi
     assert profile_error(depth_profile(images + 0.1, regions), profile) == pytest.approx(0.1)
 
 
+def test_depth_profile_shape_error_ignores_the_gain_and_measures_the_change_with_depth():
+    depth = np.broadcast_to(np.linspace(0.0, 1.0, 32)[None, :, None], (3, 32, 16))
+    regions = everywhere(depth.shape, depth)
+    falling = depth_profile(0.8 - 0.4 * depth, regions)  # 0.8 at the probe, 0.4 at the deepest row
+    assert profile_shape_error(depth_profile(0.5 * (0.8 - 0.4 * depth), regions), falling) == pytest.approx(
+        0, abs=1e-12
+    )
+    assert profile_error(depth_profile(0.5 * (0.8 - 0.4 * depth), regions), falling) == pytest.approx(0.3, rel=0.02)
+    flat = depth_profile(np.full(depth.shape, 0.6), regions)
+    # profile / its mean: 1 - 2 (d - 0.5) / 3 against 1 for the flat one, d about the bin's centre
+    expected = 2.0 * np.abs((np.arange(16) + 0.5) / 16 - 0.5).mean() / 3.0
+    assert profile_shape_error(flat, falling) == pytest.approx(expected, rel=0.05)
+    assert profile_shape_error(flat, np.full(16, np.nan)) is None
+
+
 def test_frechet_distance_is_zero_for_identical_features_and_the_squared_shift_otherwise():
     features = torch.randn(200, 8, generator=torch.Generator().manual_seed(4))
     shift = torch.tensor([0.5, -1.0, 0, 0, 0, 0, 0, 2.0])
@@ -132,6 +148,7 @@ def test_realism_of_the_reference_itself_is_perfect():
     features = torch.randn(4, 8, generator=torch.Generator().manual_seed(5))
     figures = realism(bmode, regions, features, (bmode, regions, features))
     assert figures["profile_error"] == 0.0 and figures["frechet"] == pytest.approx(0.0, abs=1e-6)
+    assert figures["profile_shape_error"] == 0.0 and figures["mean_intensity"] == pytest.approx(bmode.mean())
     assert figures["snr"] == pytest.approx(RAYLEIGH_SNR, abs=0.1)
     with pytest.raises(InputError, match="in \\[0, 1\\]"):
         realism(bmode + 1.0, regions)

@@ -21,7 +21,8 @@ keyed by model, label maps and sampling settings (:mod:`~deepultrasound.synthesi
 a run stopped part way resumes from them and gives the figures of an uninterrupted one.
 
 **(b) Realism** (:mod:`~deepultrasound.synthesis.realism`) of the images synthesised from the test
-label maps against the real test images: depth-profile error (image units), envelope SNR and
+label maps against the real test images: mean intensity in the imaged region (the gain), depth-profile
+error (image units) and its shape error (each profile over its mean: the change with depth alone), envelope SNR and
 speckle FWHM (pixels), the envelope recovered for ``--dynamic-range`` dB (default 60, the
 simulator's default display range), and the Frechet distance on the bottleneck features of the
 real-trained segmenter. Rows ``held_out_real`` (the reference itself: its SNR and speckle) and
@@ -37,7 +38,8 @@ schedule has.
 JSON (last stdout line): ``models`` (bundle, data, B-maps, sampler, steps, guidance); per data (``echo``,
 ``linear``): ``data`` (counts, patients or seeds and configuration), ``segmentation`` -> ``real``
 and each model -> ``dice`` and (models) ``ratio_to_real`` per structure; ``realism`` -> row ->
-``profile_error``, ``snr``, ``speckle_axial_px``, ``speckle_lateral_px``, ``frechet`` (null where
+``mean_intensity``, ``profile_error``, ``profile_shape_error``, ``snr``, ``speckle_axial_px``,
+``speckle_lateral_px``, ``frechet`` (null where
 undefined); ``throughput`` -> timed model -> ``ddim_25``, ``ddim_50``, ``ddpm_50``, ``ddpm`` (images/s),
 ``ddpm_steps``, ``batch``; ``figure`` (with ``--figures DIR``: ``synth_<data>.png``, label maps,
 real images and each model's images); then ``notes`` and ``seconds`` (wall time).
@@ -83,7 +85,15 @@ HELP = "USSynth: segmenters trained on synthetic vs real images, realism against
 DATA_OF_PROBE = {probe: kind for kind, probe in DATA_PROBES.items()}
 TIMED_SAMPLERS = {"ddim_25": ("ddim", 25), "ddim_50": ("ddim", 50), "ddpm_50": ("ddpm", 50), "ddpm": ("ddpm", None)}
 """Timed samplers: key -> (sampler, steps); DDPM's steps are ``--ddpm-steps``."""
-REALISM = ("profile_error", "snr", "speckle_axial_px", "speckle_lateral_px", "frechet")
+REALISM = (
+    "mean_intensity",
+    "profile_error",
+    "profile_shape_error",
+    "snr",
+    "speckle_axial_px",
+    "speckle_lateral_px",
+    "frechet",
+)
 FIGURE_ROWS = 4
 DEFAULT_CACHE = Path("runs/bench_synth_cache")
 """Where the synthesised images are kept (relative to the working folder), so that an interrupted run resumes."""
@@ -274,9 +284,9 @@ def _print(kind: str, figures: dict[str, Any]) -> None:
         cells = [_cell(row["dice"][key]) + (f" ({_cell(ratios[key], 2)})" if ratios else "") for key in structures]
         print(f"{name:<20}" + "".join(f"{cell:>22}" for cell in cells))
     print(f"\n{kind}: realism against the real test images (profile error in image units, speckle in pixels)")
-    print(f"{'images':<20}" + "".join(f"{column:>20}" for column in REALISM))
+    print(f"{'images':<20}" + "".join(f"{column:>{len(column) + 2}}" for column in REALISM))
     for name, row in figures["realism"].items():
-        print(f"{name:<20}" + "".join(f"{_cell(row.get(column), 4):>20}" for column in REALISM))
+        print(f"{name:<20}" + "".join(f"{_cell(row.get(column), 4):>{len(column) + 2}}" for column in REALISM))
     print(f"\n{kind}: sampling throughput, images/s")
     for name, row in figures["throughput"].items():
         speeds = ", ".join(f"{key} {_cell(row[key])}" for key in TIMED_SAMPLERS)

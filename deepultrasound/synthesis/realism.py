@@ -5,7 +5,10 @@ Images are ``(N, H, W)`` B-mode in [0, 1] with, per image, :class:`Regions` (whe
 - **depth-intensity profile** (:func:`depth_profile`): mean intensity per bin of normalised depth
   (0 at the probe, 1 at the deepest imaged point) inside the imaged region, pooled over images;
   :func:`profile_error` is the mean absolute difference of two profiles over the bins both have,
-  in image units (B-mode in [0, 1]).
+  in image units (B-mode in [0, 1]). It holds both the overall brightness and how it changes with
+  depth; :func:`profile_shape_error` is the error of the profiles each divided by its own mean over
+  the bins (dimensionless): the change with depth alone, whatever the gain. ``mean_intensity`` is the
+  mean of every pixel inside the imaged regions (image units): the gain alone.
 - **envelope SNR** (:func:`envelope_snr`): mean / std of the envelope inside a tissue region, per
   image, averaged over images. The envelope is recovered from the log compression
   (:func:`envelope_from_bmode`): B-mode ``b`` in [0, 1] spans ``dynamic_range_db`` below the
@@ -100,6 +103,15 @@ def profile_error(profile: np.ndarray, reference: np.ndarray) -> float | None:
     return float(np.abs(profile[both] - reference[both]).mean()) if both.any() else None
 
 
+def profile_shape_error(profile: np.ndarray, reference: np.ndarray) -> float | None:
+    """:func:`profile_error` of the two depth profiles each divided by its mean over the bins both have
+    (None if they share none or either mean is 0): an image set twice as bright has shape error 0."""
+    both = np.isfinite(profile) & np.isfinite(reference)
+    if not both.any() or min(profile[both].mean(), reference[both].mean()) <= 0:
+        return None
+    return profile_error(profile[both] / profile[both].mean(), reference[both] / reference[both].mean())
+
+
 def envelope_snr(envelopes: np.ndarray, regions: Regions) -> float | None:
     """Mean over images of mean / std of the envelope ``(N, H, W)`` in each image's ``signal`` region.
 
@@ -155,21 +167,24 @@ def realism(
     reference: tuple[np.ndarray, Regions, torch.Tensor | None] | None = None,
     dynamic_range_db: float = DEFAULT_DYNAMIC_RANGE_DB,
 ) -> dict[str, float | None]:
-    """The figures of ``images`` ``(N, H, W)``: ``snr``, ``speckle_axial_px``, ``speckle_lateral_px`` and, with a
-    ``reference`` (its images, regions and features), ``profile_error`` and ``frechet`` (with both features).
-    A figure that is undefined (no tissue, too few images) is None."""
-    envelopes = envelope_from_bmode(check_images(images, regions), dynamic_range_db)
+    """The figures of ``images`` ``(N, H, W)``: ``mean_intensity``, ``snr``, ``speckle_axial_px``,
+    ``speckle_lateral_px`` and, with a ``reference`` (its images, regions and features), ``profile_error``,
+    ``profile_shape_error`` and ``frechet`` (with both features). A figure that is undefined (no tissue, too
+    few images) is None."""
+    values = check_images(images, regions)
+    envelopes = envelope_from_bmode(values, dynamic_range_db)
     speckle = speckle_fwhm(envelopes, regions)
     figures: dict[str, float | None] = {
+        "mean_intensity": float(values[regions.inside].mean()) if regions.inside.any() else None,
         "snr": envelope_snr(envelopes, regions),
         "speckle_axial_px": None if speckle is None else speckle[0],
         "speckle_lateral_px": None if speckle is None else speckle[1],
     }
     if reference is not None:
         reference_images, reference_regions, reference_features = reference
-        figures["profile_error"] = profile_error(
-            depth_profile(images, regions), depth_profile(reference_images, reference_regions)
-        )
+        profiles = depth_profile(values, regions), depth_profile(reference_images, reference_regions)
+        figures["profile_error"] = profile_error(*profiles)
+        figures["profile_shape_error"] = profile_shape_error(*profiles)
         usable = features is not None and reference_features is not None
         usable = usable and min(len(features), len(reference_features)) >= 2
         figures["frechet"] = frechet_distance(features, reference_features) if usable else None
