@@ -390,6 +390,41 @@ def test_sampling_with_the_exact_noise_predictor_returns_its_image(two_label_map
     torch.testing.assert_close(images, expected, rtol=0, atol=2e-3)
 
 
+class ConstantDenoiser(torch.nn.Module):
+    """Predicts the same noise ``value`` everywhere (a network that pushes every pixel one way) and keeps each input
+    ``(x, timestep)`` it is called on."""
+
+    null_label, multiple = 2, 1
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = torch.nn.Parameter(torch.tensor(value), requires_grad=False)  # sample() finds the device by it
+        self.inputs: list[tuple[torch.Tensor, int]] = []
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.inputs.append((x.clone(), int(timesteps[0])))
+        return torch.full_like(x, float(self.value))
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_the_known_background_outside_the_fan_follows_the_forward_process_whatever_the_network(sampler):
+    # class 2 outside a 70-degree fan: black (-1) noised to each step, whatever the network predicts there
+    fan = torch.from_numpy(SectorGeometry(apex=(-0.5, 31.5), radius=64.0, angle=math.radians(70)).fan((64, 64)))
+    labels = torch.where(fan, 1, 2).expand(2, 64, 64)
+    inference = spec(BMapSettings(enabled=True, probe="sector", outside_label=2)).model_copy(
+        update={"image_size": (64, 64)}
+    )
+    network = ConstantDenoiser(-0.3)  # eps < 0: the predicted x0 brightens step after step
+    images = sample(network, labels, inference, sampler=sampler, steps=8, guidance_scale=1.0, seed=2, progress=False)
+    assert torch.all(images[:, 0][labels == 2] == 0.0) and images[:, 0][labels == 1].mean() > 0.5
+    alpha_bar = scheduler_for(inference, sampler).alphas_cumprod
+    outside = (labels == 2)[:, None]
+    for x, timestep in network.inputs[1:]:  # the first input is the initial noise
+        background = x[outside]  # 2 x 2000 pixels: the mean within 0.08 (5 standard errors), the std within 10 %
+        assert background.mean().item() == pytest.approx(-alpha_bar[timestep].sqrt().item(), abs=0.08)
+        assert background.std().item() == pytest.approx((1 - alpha_bar[timestep]).sqrt().item(), rel=0.1)
+
+
 @pytest.mark.parametrize(
     "labels, message",
     [

@@ -8,6 +8,11 @@ classes and ``K`` is the null label, which stands for "no label map" in classifi
 
 :func:`sample` runs DDPM or DDIM with the B-map schedulers of :mod:`deepultrasound.synthesis.schedulers`
 and returns images in [0, 1]; the network works on images scaled to [-1, 1] (:data:`NORMALISATION`).
+Where a sector model's label map marks pixels outside the fan, their value is known (no echo: 0 in
+B-mode); after every step those pixels are replaced by that value noised to the step reached, so the
+network is shown, outside the fan, what the forward process would hold there (known-region conditioning,
+as in RePaint, Lugmayr et al. 2022). Left to the network, the background drifts and the fan's
+brightness with it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from deepultrasound.errors import InputError
 from deepultrasound.runtime.architectures import register_architecture
 from deepultrasound.runtime.inference_specs import DiffusionInference
 from deepultrasound.synthesis.bmaps import depth_from_labels
-from deepultrasound.synthesis.schedulers import scheduler_for
+from deepultrasound.synthesis.schedulers import BMapDDIMScheduler, BMapDDPMScheduler, scheduler_for
 
 ARCHITECTURE = "synthesis.spade-diffusion-unet"
 NORMALISATION = {
@@ -35,6 +40,9 @@ NORMALISATION = {
 """The ``normalisation`` manifest entry of synthesis bundles."""
 
 Sampler = Literal["ddpm", "ddim"]
+SAMPLING_REVISION = 2
+"""Raised whenever :func:`sample` draws other images for the same network, label maps and settings (2: the known
+background outside the fan), so that images kept from an earlier revision are not taken for new ones."""
 
 
 @register_architecture(ARCHITECTURE)
@@ -171,7 +179,29 @@ def sample(
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn((labels.shape[0], 1, *labels.shape[-2:]), generator=generator, device=device)
+    outside = spec.bmap.outside_label
+    known = (labels == outside)[:, None] if spec.bmap.probe == "sector" and outside is not None else None
     for timestep in tqdm(scheduler.timesteps, desc=f"{sampler.upper()} steps", disable=not progress, leave=False):
         noise = guided_noise(model, x, timestep.to(device), labels, guidance_scale)
         x, _ = scheduler.step(noise, int(timestep), x, generator=generator, depth=depth)
+        if known is not None:
+            x = torch.where(known, _noised_background(scheduler, int(timestep), x, depth, generator), x)
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0).float()
+
+
+def _noised_background(
+    scheduler: BMapDDPMScheduler | BMapDDIMScheduler,
+    timestep: int,
+    x: torch.Tensor,
+    depth: torch.Tensor | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """``(B, 1, H, W)``: the background (-1: no echo) noised by the forward process to the sampling schedule's
+    timestep after ``timestep`` (the background itself after the last one), like ``x``."""
+    background = torch.full_like(x, -1.0)
+    previous = scheduler.previous_timestep(timestep)
+    if previous < 0:
+        return background
+    noise = torch.randn(x.shape, dtype=x.dtype, generator=generator, device=x.device)
+    timesteps = torch.full((x.shape[0],), previous, dtype=torch.long, device=x.device)
+    return scheduler.add_noise(background, noise, timesteps, depth=depth)

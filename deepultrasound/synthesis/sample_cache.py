@@ -1,11 +1,11 @@
 """Synthesised image stacks kept on disk chunk by chunk, so that a long benchmark resumes where it stopped.
 
 A stack is identified by the model (:attr:`~deepultrasound.synthesis.inference.Synthesizer.digest`,
-over a manifest that holds the SHA-256 of every weight file), the label maps and the sampling
-settings. Its file ``<folder>/<model name>-<key>.npy`` holds the images synthesised so far, ``(n, S, S)``
-float32, rewritten atomically after each chunk of ``batch`` maps. Chunk ``c`` draws its noise from
-``(seed, c)`` whichever call synthesises it, so a stack finished across several runs equals the stack
-synthesised in one call.
+over a manifest that holds the SHA-256 of every weight file), the label maps, the sampling
+settings and :data:`~deepultrasound.synthesis.model.SAMPLING_REVISION`. Its file
+``<folder>/<model name>-<key>.npy`` holds the images synthesised so far, ``(n, S, S)`` float32, rewritten
+atomically after each chunk of ``batch`` maps. Chunk ``c`` draws its noise from ``(seed, c)`` whichever call
+synthesises it, so a stack finished across several runs equals the stack synthesised in one call.
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ from tqdm.auto import tqdm
 
 from deepultrasound.io import atomic_write
 from deepultrasound.synthesis.inference import Synthesizer
+from deepultrasound.synthesis.model import SAMPLING_REVISION
 
 logger = logging.getLogger(__name__)
 
 
 def stack_key(model: Synthesizer, labels: np.ndarray, settings: dict[str, object]) -> str:
-    """Hex SHA-256 of the model's digest, the label maps (shape, dtype and values) and ``settings``."""
+    """Hex SHA-256 of the model's digest, the label maps (shape, dtype and values), ``settings`` and the sampling
+    revision."""
     digest = hashlib.sha256(model.digest.encode())
-    digest.update(json.dumps({"shape": labels.shape, "dtype": str(labels.dtype), **settings}, sort_keys=True).encode())
+    described = {"shape": labels.shape, "dtype": str(labels.dtype), "revision": SAMPLING_REVISION, **settings}
+    digest.update(json.dumps(described, sort_keys=True).encode())
     digest.update(np.ascontiguousarray(labels).tobytes())
     return digest.hexdigest()
 

@@ -45,7 +45,7 @@ class _BMapMixin:
             raise InputError(f"prediction_type {self.prediction_type!r} is not supported; the networks predict epsilon")
         self.bmap = BMapProcess(self.num_train_timesteps, eps)
 
-    def _previous_timestep(self, timestep: int) -> int:
+    def previous_timestep(self, timestep: int) -> int:
         """The largest timestep of the sampling schedule below ``timestep``; -1 after the last one."""
         earlier = self.timesteps[self.timesteps < timestep]
         return int(earlier.max()) if earlier.numel() else -1
@@ -127,7 +127,7 @@ class BMapDDPMScheduler(_BMapMixin, DDPMScheduler):
         Returns:
             (the sample at the previous timestep, predicted ``x_0``), both ``(B, C, H, W)``.
         """
-        previous_timestep = self._previous_timestep(timestep)
+        previous_timestep = self.previous_timestep(timestep)
         alpha_prod_t = self._alpha_bar(timestep, depth, sample)
         if previous_timestep >= 0:
             alpha_prod_t_prev = self._alpha_bar(previous_timestep, depth, sample)
@@ -193,7 +193,7 @@ class BMapDDIMScheduler(_BMapMixin, DDIMScheduler):
         Returns:
             (the sample at the previous step, predicted ``x_0``), both ``(B, C, H, W)``.
         """
-        previous_timestep = self._previous_timestep(timestep)
+        previous_timestep = self.previous_timestep(timestep)
         alpha_prod_t = self._alpha_bar(timestep, depth, sample)
         if previous_timestep >= 0:
             alpha_prod_t_prev = self._alpha_bar(previous_timestep, depth, sample)
