@@ -284,9 +284,11 @@ def _print(kind: str, figures: dict[str, Any]) -> None:
         cells = [_cell(row["dice"][key]) + (f" ({_cell(ratios[key], 2)})" if ratios else "") for key in structures]
         print(f"{name:<20}" + "".join(f"{cell:>22}" for cell in cells))
     print(f"\n{kind}: realism against the real test images (profile error in image units, speckle in pixels)")
-    print(f"{'images':<20}" + "".join(f"{column:>{len(column) + 2}}" for column in REALISM))
+    widths = [max(len(column), 8) + 2 for column in REALISM]  # 8: a value printed with 4 decimals
+    print(f"{'images':<20}" + "".join(f"{column:>{width}}" for column, width in zip(REALISM, widths)))
     for name, row in figures["realism"].items():
-        print(f"{name:<20}" + "".join(f"{_cell(row.get(column), 4):>{len(column) + 2}}" for column in REALISM))
+        cells = [f"{_cell(row.get(column), 4):>{width}}" for column, width in zip(REALISM, widths)]
+        print(f"{name:<20}" + "".join(cells))
     print(f"\n{kind}: sampling throughput, images/s")
     for name, row in figures["throughput"].items():
         speeds = ", ".join(f"{key} {_cell(row[key])}" for key in TIMED_SAMPLERS)
