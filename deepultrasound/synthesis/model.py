@@ -152,13 +152,16 @@ def sample(
 ) -> torch.Tensor:
     """Images ``(B, 1, H, W)`` float32 in [0, 1] synthesised from label maps ``(B, H, W)``.
 
+    With a sector ``spec`` that names the outside-the-fan label, the pixels holding it are the known background
+    at every step (see the module docstring) and 0 in the images.
+
     Args:
         model: the trained network (its device is used), put in eval mode.
         labels: integer label maps with values among ``spec.label_classes`` (``0 .. K-1``).
         spec: the bundle's inference section: schedule, B-map settings and the defaults below.
         sampler, steps, guidance_scale: DDPM or DDIM, its number of denoising steps and the
             classifier-free guidance scale (None: the defaults of ``spec``).
-        seed: the only source of randomness (initial noise and DDPM's noise).
+        seed: the only source of randomness (initial noise, DDPM's noise, the background's noise).
         depth: ``(B|1, 1, H, W)`` normalised depth for the B-maps; None: from the label maps
             (:func:`~deepultrasound.synthesis.bmaps.depth_from_labels` with ``spec.bmap``).
         progress: show a progress bar over the denoising steps.
