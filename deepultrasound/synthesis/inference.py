@@ -275,7 +275,8 @@ class Synthesizer:
             first_chunk: the chunk index of the first map (>= 0): a stack synthesised part by part, each
                 part starting at chunk ``start // batch``, equals the stack synthesised in one call.
 
-        Pixels of a sector model's outside-the-fan class are set to 0, as the training images hold there.
+        Pixels of a sector model's outside-the-fan class are 0, as the training images hold there (the known
+        background of :func:`~deepultrasound.synthesis.model.sample`).
 
         Raises:
             InputError: maps of another grid, unknown values, steps outside 1..T, an unknown sampler, a
@@ -313,7 +314,4 @@ class Synthesizer:
                 )
                 images[start : start + batch] = generated[:, 0].cpu().numpy()
                 bar.update(len(generated))
-        outside = self.spec.bmap.outside_label
-        if self.spec.bmap.probe == "sector" and outside is not None:
-            images[labels == outside] = 0.0
         return images
