@@ -366,12 +366,16 @@ class OracleDenoiser(torch.nn.Module):
 
     def __init__(self, image: torch.Tensor, steps: int, eps: float) -> None:
         super().__init__()
-        self.image = torch.nn.Parameter(image.double(), requires_grad=False)  # sample() finds the device by it
+        self.register_buffer("image", image.double())
         depth = np.linspace(0.0, 1.0, image.shape[-2])[:, None] * np.ones(image.shape[-1])
         attenuation = np.array([published_attenuation(t, steps, eps) for t in range(steps)])
         cumulative = np.cumprod(np.sqrt(1.0 - depth[None] * attenuation[:, None, None]), axis=0)
         alpha_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, steps))[:, None, None] * cumulative
         self.register_buffer("alpha_bar", torch.from_numpy(alpha_bar))
+
+    @property
+    def device(self) -> torch.device:
+        return self.image.device
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         alpha_bar = self.alpha_bar[timesteps.long()][:, None]
@@ -390,20 +394,19 @@ def test_sampling_with_the_exact_noise_predictor_returns_its_image(two_label_map
     torch.testing.assert_close(images, expected, rtol=0, atol=2e-3)
 
 
-class ConstantDenoiser(torch.nn.Module):
-    """Predicts the same noise ``value`` everywhere (a network that pushes every pixel one way) and keeps each input
-    ``(x, timestep)`` it is called on."""
+class ConstantDenoiser:
+    """A :class:`~deepultrasound.synthesis.model.Denoiser` that predicts the same noise ``value`` everywhere (a network
+    that pushes every pixel one way) and keeps each input ``(x, timestep)`` it is called on."""
 
-    null_label, multiple = 2, 1
+    null_label, multiple, device = 2, 1, torch.device("cpu")
 
     def __init__(self, value: float) -> None:
-        super().__init__()
-        self.value = torch.nn.Parameter(torch.tensor(value), requires_grad=False)  # sample() finds the device by it
+        self.value = value
         self.inputs: list[tuple[torch.Tensor, int]] = []
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.inputs.append((x.clone(), int(timesteps[0])))
-        return torch.full_like(x, float(self.value))
+        return torch.full_like(x, self.value)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])

@@ -52,3 +52,14 @@ def test_shipped_sector_model_draws_dark_blood_and_nothing_outside_the_fan(echo_
         myocardium = image[label_map == EchoLabel.MYOCARDIUM].mean()
         assert myocardium - cavity > MIN_CAVITY_CONTRAST, (cavity, myocardium)
         np.testing.assert_array_less(image[label_map == OUTSIDE_FAN], 0.02)
+
+
+@pytest.mark.parametrize("backend", ["torch", "torchscript"])
+def test_the_shipped_sector_model_draws_the_same_images_on_every_backend(echo_model, backend):
+    # the default on the CPU is the ONNX graph; DDIM is deterministic, DDPM draws its noise from the same seed
+    assert echo_model.backend == "onnxruntime"
+    other = Synthesizer(resolve_model(None, "sector"), device="cpu", backend=backend)
+    labels = torch.stack([pair["labels"] for pair in echo_pairs(UNSEEN_SEED, 2, echo_model.size[0])]).numpy()
+    for sampler in ("ddim", "ddpm"):
+        expected = other(labels, steps=5, sampler=sampler, seed=3)
+        np.testing.assert_allclose(echo_model(labels, steps=5, sampler=sampler, seed=3), expected, rtol=0, atol=1e-3)

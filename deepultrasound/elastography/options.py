@@ -12,20 +12,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from deepultrasound.runtime import BACKEND_CHOICES
+from deepultrasound.runtime.options import add_backend_options
 
 
 def add_inference_options(parser: argparse.ArgumentParser, default_device: str = "auto") -> None:
     """Add ``--backend --device --threads --half --no-cuda-graphs --refine/--no-refine`` to ``parser``."""
-    parser.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default="auto",
-        help="inference backend (default: auto, ONNX Runtime on the CPU when the bundle has a graph, else torch)",
-    )
-    parser.add_argument(
-        "--device", default=default_device, help=f"auto, cpu, cuda, cuda:N or mps (default: {default_device})"
-    )
+    add_backend_options(parser, default_device)
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: library default)")
     parser.add_argument("--half", action="store_true", help="run the network in float16 (torch backend, for GPUs)")
     parser.add_argument(

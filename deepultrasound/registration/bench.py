@@ -58,7 +58,7 @@ from deepultrasound.registration.data import (
 from deepultrasound.registration.inference import Registrar, installed_models, resolve_model
 from deepultrasound.registration.metrics import score_pair
 from deepultrasound.registration.tracking import track_sequence
-from deepultrasound.runtime import AUTO_BACKEND, BACKEND_CHOICES
+from deepultrasound.runtime.options import add_backend_options
 
 HELP = "registration: network vs elastix vs optical flow vs none, on held-out simulated pairs and CAMUS validation"
 IDENTITY = "identity"
@@ -99,8 +99,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=",".join(BASELINES),
         help=f"comma-separated classical methods to run (default: {','.join(BASELINES)})",
     )
-    parser.add_argument("--backend", choices=BACKEND_CHOICES, default=AUTO_BACKEND, help="network backend")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    add_backend_options(parser)
 
 
 def _zero(fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:

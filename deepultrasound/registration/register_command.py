@@ -32,7 +32,7 @@ from deepultrasound.registration.images import (
     warp_label_array,
 )
 from deepultrasound.registration.inference import METHODS, NETWORK, pair_method, register_images
-from deepultrasound.runtime import AUTO_BACKEND, BACKEND_CHOICES
+from deepultrasound.runtime.options import add_backend_options
 
 IMAGE_HELP = ".mha .mhd .nrrd .nii .nii.gz .png"
 
@@ -48,13 +48,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
         default=NETWORK,
         help="network, or a classical baseline: elastix B-spline, Farneback or TV-L1 optical flow (default: network)",
     )
-    parser.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default=AUTO_BACKEND,
-        help="inference backend (default: auto, ONNX Runtime on the CPU when the bundle has a graph, else torch)",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    add_backend_options(parser)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

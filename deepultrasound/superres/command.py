@@ -16,7 +16,7 @@ from pathlib import Path
 
 from deepultrasound.io import read_image, write_image
 from deepultrasound.io.images import WRITE_SUFFIXES, image_suffix
-from deepultrasound.runtime import AUTO_BACKEND, BACKEND_CHOICES
+from deepultrasound.runtime.options import add_backend_options
 from deepultrasound.superres.degradation import METHODS, check_factor
 from deepultrasound.superres.inference import DEFAULT_TILE, SuperResolver, resolve_model, superresolve_image
 
@@ -37,13 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TILE,
         help=f"largest tile run through the network at once, input rows and lines (default: {DEFAULT_TILE})",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default=AUTO_BACKEND,
-        help="inference backend (default: auto, ONNX Runtime on the CPU when the bundle has a graph, else torch)",
-    )
+    add_backend_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:

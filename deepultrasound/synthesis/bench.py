@@ -30,12 +30,11 @@ real-trained segmenter. Rows ``held_out_real`` (the reference itself: its SNR an
 
 **(c) Sampling throughput** of the ``--timed`` models (default every one; ``none``: none): images per second of DDIM-25,
 DDIM-50, DDPM-50 and DDPM (``--ddpm-steps``, default the schedule's training steps) at batch ``--batch`` on
-``--device``, median of ``--repeats``
-runs (DDPM: ``--ddpm-repeats``, default one run, its 1000 steps taking 20 times DDIM-50's time) after
-an untimed one-step run, guidance as in (a); null for a sampler that needs more steps than the
-schedule has.
+``--backend`` (default auto: ONNX Runtime on the CPU) and ``--device``, median of ``--repeats`` runs (DDPM:
+``--ddpm-repeats``, default one run, its 1000 steps taking 20 times DDIM-50's time) after an untimed one-step run,
+guidance as in (a); null for a sampler that needs more steps than the schedule has.
 
-JSON (last stdout line): ``models`` (bundle, data, B-maps, sampler, steps, guidance); per data (``echo``,
+JSON (last stdout line): ``models`` (bundle, backend, data, B-maps, sampler, steps, guidance); per data (``echo``,
 ``linear``): ``data`` (counts, patients or seeds and configuration), ``segmentation`` -> ``real``
 and each model -> ``dice`` and (models) ``ratio_to_real`` per structure; ``realism`` -> row ->
 ``mean_intensity``, ``profile_error``, ``profile_shape_error``, ``snr``, ``speckle_axial_px``,
@@ -59,6 +58,7 @@ from tqdm.auto import tqdm
 from deepultrasound.errors import DeepUltrasoundError, InputError
 from deepultrasound.registration.data import VALIDATION_PATIENTS, default_camus_root
 from deepultrasound.runtime import choose_device
+from deepultrasound.runtime.options import add_backend_options
 from deepultrasound.spatial.bmode import DEFAULT_DYNAMIC_RANGE_DB
 from deepultrasound.synthesis.bench_data import (
     CLASSES,
@@ -132,7 +132,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     add("--dynamic-range", type=float, default=DEFAULT_DYNAMIC_RANGE_DB, help="dB of the B-mode (default: 60)")
     add("--seed", type=int, default=0, help="seed of synthesis noise and segmenters (default: 0)")
-    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    add_backend_options(parser)
     add("--figures", type=Path, default=None, help="write synth_<data>.png (maps, real, synthetic) here")
     add(
         "--cache",
@@ -167,7 +167,7 @@ def _models(args: argparse.Namespace, device: str) -> tuple[dict[str, dict[str, 
     notes = []
     for name, bundle, probe in wanted:
         try:
-            model = Synthesizer(resolve_model(bundle, probe), device=device)
+            model = Synthesizer(resolve_model(bundle, probe), device=device, backend=args.backend)
             kind = DATA_OF_PROBE[model.spec.bmap.probe]
             _check(model, kind, kinds.get(kind, {}))
         except DeepUltrasoundError as error:
@@ -328,6 +328,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "models": {
             name: {
                 "bundle": model.name,
+                "backend": model.backend,
                 "data": kind,
                 "image_size": list(model.size),
                 "bmap": model.spec.bmap.enabled,

@@ -24,6 +24,7 @@ from deepultrasound.errors import InputError
 from deepultrasound.io import Image, read_image, write_image
 from deepultrasound.io.images import WRITE_SUFFIXES, image_suffix
 from deepultrasound.registration.preprocessing import resize_frame
+from deepultrasound.runtime.options import add_backend_options
 from deepultrasound.synthesis.bmaps import PROBES
 from deepultrasound.synthesis.inference import SAMPLERS, Synthesizer, prepare_labels, resolve_model
 
@@ -37,7 +38,7 @@ def positive_int(text: str) -> int:
 
 
 def add_synthesis_options(parser: argparse.ArgumentParser) -> None:
-    """``--n --steps --guidance --sampler --probe --seed --model --device`` (shared with ``synth-dataset``)."""
+    """``--n --steps --guidance --sampler --probe --seed --model --backend --device`` (also of ``synth-dataset``)."""
     parser.add_argument("--n", type=positive_int, default=1, help="images per label map (slice) (default: 1)")
     parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: the model's)")
@@ -49,12 +50,13 @@ def add_synthesis_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=None, help="model bundle folder or installed model name (default: the probe's model)"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    add_backend_options(parser)
 
 
 def load_synthesizer(args: argparse.Namespace) -> Synthesizer:
-    """The model of ``--model``/``--probe`` on ``--device``; InputError if the named model has another probe."""
-    synthesizer = Synthesizer(resolve_model(args.model, args.probe), args.device)
+    """The model of ``--model``/``--probe`` on ``--backend``/``--device``; InputError if the named model has another
+    probe."""
+    synthesizer = Synthesizer(resolve_model(args.model, args.probe), args.device, args.backend)
     probe = synthesizer.spec.bmap.probe
     if args.probe is not None and probe != args.probe:
         raise InputError(f"model {synthesizer.name} is for a {probe} probe, not {args.probe}")
@@ -111,8 +113,8 @@ def describe(synthesizer: Synthesizer, args: argparse.Namespace) -> str:
     steps = args.steps or spec.sampling_steps
     guidance = spec.guidance_scale if args.guidance is None else args.guidance
     return (
-        f"model {synthesizer.name} ({synthesizer.device}), {args.sampler or spec.sampler} {steps} steps, "
-        f"guidance {guidance:g}, seed {args.seed}"
+        f"model {synthesizer.name} ({synthesizer.backend}, {synthesizer.device}), "
+        f"{args.sampler or spec.sampler} {steps} steps, guidance {guidance:g}, seed {args.seed}"
     )
 
 

@@ -11,7 +11,8 @@ square grid ``(S, S)`` (the manifest's ``image_size``) and returns images ``(B, 
   covering most of each new pixel: :func:`~deepultrasound.registration.preprocessing.resize_labels`),
   a 3D map gives one image per slice, and a sector model's fan is marked where the map has no
   outside-the-fan class (:func:`training_fan`).
-- :class:`Synthesizer` runs DDPM or DDIM (:func:`~deepultrasound.synthesis.model.sample`) in batches.
+- :class:`Synthesizer` runs DDPM or DDIM (:func:`~deepultrasound.synthesis.model.sample`) in batches, the
+  network on any runtime backend (by default ONNX Runtime on the CPU, where the bundle has its graph).
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ from tqdm.auto import tqdm
 
 from deepultrasound.errors import BundleError, InputError
 from deepultrasound.registration.preprocessing import resize_labels
-from deepultrasound.runtime import Bundle, Manifest, choose_device, list_bundles, load_bundle
+from deepultrasound.runtime import (
+    AUTO_BACKEND,
+    Bundle,
+    Manifest,
+    Predictor,
+    create_predictor,
+    list_bundles,
+    load_bundle,
+)
 from deepultrasound.runtime.inference_specs import DiffusionInference
 from deepultrasound.runtime.manifest import MANIFEST_NAME
 from deepultrasound.simulation.echo import EchoConfig
@@ -208,6 +217,26 @@ def _mark_fan(slices: np.ndarray, outside: int, background: list[int]) -> tuple[
 # -- the model -------------------------------------------------------------------------------------
 
 
+class PredictorDenoiser:
+    """A synthesis bundle's network on a runtime backend, as :func:`~deepultrasound.synthesis.model.sample`
+    calls it (:class:`~deepultrasound.synthesis.model.Denoiser`).
+
+    Args:
+        predictor: the bundle's network (inputs ``x`` ``(B, 1, H, W)``, ``timesteps`` ``(B,)``, ``labels``
+            ``(B, H, W)``; output the predicted noise).
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        architecture = predictor.bundle.manifest.architecture_args
+        self.predictor = predictor
+        self.null_label: int = architecture["num_classes"]
+        self.multiple: int = 2 ** (len(architecture["channels"]) - 1)
+        self.device: torch.device = predictor.device
+
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.predictor.predict_tensors(x, timesteps, labels)[0]
+
+
 class Synthesizer:
     """A synthesis bundle run on label maps of its grid.
 
@@ -215,6 +244,8 @@ class Synthesizer:
         bundle: a loaded bundle, or a bundle folder (loaded and verified).
         device: "cpu", "cuda", "cuda:N", "mps", "auto" or None (automatic; see
             :func:`~deepultrasound.runtime.choose_device`).
+        backend: "auto" (ONNX Runtime on the CPU when the bundle has an ONNX graph, else torch), "torch",
+            "torchscript" or "onnxruntime" (see :func:`~deepultrasound.runtime.create_predictor`).
 
     Attributes:
         spec: the bundle's inference section (schedule, B-maps, sampler defaults, classes).
@@ -223,13 +254,17 @@ class Synthesizer:
         name: the bundle's name and version.
         digest: SHA-256 of the manifest (which holds the SHA-256 of every file of the bundle): the model's identity.
         device: where the network runs.
+        backend: the runtime backend that runs it.
 
     Raises:
+        InputError: an unknown backend or unavailable device.
         BundleError: not a synthesis bundle (task ``synthesis`` with a diffusion inference section, the
             semantic diffusion UNet, images scaled as :data:`~deepultrasound.synthesis.model.NORMALISATION`).
     """
 
-    def __init__(self, bundle: Bundle | str | os.PathLike[str], device: str | None = None) -> None:
+    def __init__(
+        self, bundle: Bundle | str | os.PathLike[str], device: str | None = None, backend: str = AUTO_BACKEND
+    ) -> None:
         bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         manifest = bundle.manifest
         if manifest.task != TASK or not isinstance(manifest.inference, DiffusionInference):
@@ -248,8 +283,9 @@ class Synthesizer:
         self.label_values: list[int] = [label.value for label in self.spec.label_classes]
         self.name = f"{manifest.name} {manifest.version}"
         self.digest = hashlib.sha256(manifest.model_dump_json().encode()).hexdigest()
-        self.device = choose_device(device)
-        self.model = bundle.build_torch_model(self.device)
+        self.model = PredictorDenoiser(create_predictor(bundle, backend=backend, device=device))
+        self.device = self.model.device
+        self.backend = self.model.predictor.backend
 
     def __call__(
         self,

@@ -18,7 +18,7 @@ brightness with it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from monai.networks.nets import SPADEDiffusionModelUNet
@@ -43,6 +43,25 @@ Sampler = Literal["ddpm", "ddim"]
 SAMPLING_REVISION = 2
 """Raised whenever :func:`sample` draws other images for the same network, label maps and settings (2: the known
 background outside the fan), so that images kept from an earlier revision are not taken for new ones."""
+
+
+class Denoiser(Protocol):
+    """What :func:`sample` runs: a noise predictor in eval mode, called as :meth:`SemanticDiffusionUNet.forward`
+    (the network itself, or its exported graph through a runtime predictor)."""
+
+    multiple: int
+    """Image sides must be multiples of it."""
+
+    @property
+    def null_label(self) -> int:
+        """The label value that stands for no label map."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where its inputs and outputs live."""
+
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Predicted noise ``(B, 1, H, W)`` of ``x`` ``(B, 1, H, W)`` at ``timesteps`` ``(B,)`` given ``labels``."""
 
 
 @register_architecture(ARCHITECTURE)
@@ -95,6 +114,11 @@ class SemanticDiffusionUNet(nn.Module):
         """The label value that stands for no label map."""
         return self.num_classes
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are."""
+        return self.label_values.device
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Predicted noise ``(B, 1, H, W)`` of ``x`` ``(B, 1, H, W)`` (images in [-1, 1] plus noise) at
         ``timesteps`` ``(B,)`` int64 given ``labels`` ``(B, H, W)`` int64 in ``0 .. K`` (K: null)."""
@@ -118,7 +142,7 @@ def check_labels(labels: torch.Tensor, num_classes: int, multiple: int = 1) -> N
 
 
 def guided_noise(
-    model: SemanticDiffusionUNet, x: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor, guidance_scale: float
+    model: Denoiser, x: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor, guidance_scale: float
 ) -> torch.Tensor:
     """Classifier-free guided noise ``eps_null + g (eps_labels - eps_null)`` ``(B, 1, H, W)``.
 
@@ -139,7 +163,7 @@ def guided_noise(
 
 @torch.inference_mode()
 def sample(
-    model: SemanticDiffusionUNet,
+    model: Denoiser,
     labels: torch.Tensor,
     spec: DiffusionInference,
     *,
@@ -156,7 +180,7 @@ def sample(
     at every step (see the module docstring) and 0 in the images.
 
     Args:
-        model: the trained network (its device is used), put in eval mode.
+        model: the trained network in eval mode, or its exported graph (see :class:`Denoiser`); its device is used.
         labels: integer label maps with values among ``spec.label_classes`` (``0 .. K-1``).
         spec: the bundle's inference section: schedule, B-map settings and the defaults below.
         sampler, steps, guidance_scale: DDPM or DDIM, its number of denoising steps and the
@@ -172,14 +196,13 @@ def sample(
     if guidance_scale < 0:
         raise InputError(f"the guidance scale must be >= 0, got {guidance_scale}")
     check_labels(labels, len(spec.label_classes), model.multiple)
-    device = next(model.parameters()).device
+    device = model.device
     labels = labels.to(device=device, dtype=torch.long)
     if spec.bmap.enabled and depth is None:
         depth = depth_from_labels(labels, spec.bmap.probe, spec.bmap.outside_label)
     depth = depth.to(device) if spec.bmap.enabled else None
     scheduler = scheduler_for(spec, sampler)
     scheduler.set_timesteps(steps)
-    model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn((labels.shape[0], 1, *labels.shape[-2:]), generator=generator, device=device)
     outside = spec.bmap.outside_label
