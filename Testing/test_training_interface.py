@@ -190,6 +190,19 @@ def test_the_ema_follows_its_decay_recurrence_and_the_warm_up_tracks_early_weigh
     assert abs(average.module.weight.item() - (8.0 if warmup else 3.0)) < 2.5
 
 
+@pytest.mark.parametrize("warmup", [False, True])
+def test_the_ema_copies_integer_buffers_instead_of_rounding_their_average(warmup):
+    # a label table (the one-hot of a conditioned network) and a counter: averaged, 0.9 * 3 + 0.1 * 3 is stored as 2
+    net = nn.Linear(1, 1)
+    net.register_buffer("label_values", torch.arange(7), persistent=False)
+    net.register_buffer("steps", torch.tensor(0))
+    average = AveragedModel(net, multi_avg_fn=ema_update(0.9, warmup), use_buffers=True)
+    for step in range(20):
+        net.steps.fill_(step)
+        average.update_parameters(net)
+    assert average.module.label_values.tolist() == list(range(7)) and average.module.steps.item() == 19
+
+
 def test_best_metric_exports_the_best_validated_epoch(tmp_path):
     config = parse_config({**CONFIG, "best_metric": "val/error"})
     result = Trainer(config, output_dir=tmp_path / "run", progress=False, device="cpu").run()

@@ -51,12 +51,18 @@ def ema_decay_at(update: int, decay: float, warmup: bool) -> float:
 
 
 def ema_update(decay: float, warmup: bool) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:
-    """The ``multi_avg_fn`` of an ``AveragedModel``: EMA with ``decay``, warmed up by :func:`ema_decay_at`."""
-    if not warmup:
-        return get_ema_multi_avg_fn(decay)
+    """The ``multi_avg_fn`` of an ``AveragedModel``: EMA with ``decay``, warmed up by :func:`ema_decay_at`.
+
+    ``AveragedModel`` hands it one device and dtype at a time. Integer tensors (step counters, label
+    tables) are copied: averaged, they would be rounded down (``0.9 * 3 + 0.1 * 3`` is stored as 2).
+    """
 
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: Any) -> None:
-        get_ema_multi_avg_fn(ema_decay_at(int(num_averaged), decay, True))(averaged, current, num_averaged)
+        if not (averaged[0].is_floating_point() or averaged[0].is_complex()):
+            for average, value in zip(averaged, current, strict=True):
+                average.copy_(value)
+            return
+        get_ema_multi_avg_fn(ema_decay_at(int(num_averaged), decay, warmup))(averaged, current, num_averaged)
 
     return update
 
