@@ -42,7 +42,7 @@ from deepultrasound.runtime.inference_specs import DiffusionInference
 from deepultrasound.runtime.manifest import MANIFEST_NAME
 from deepultrasound.simulation.echo import EchoConfig
 from deepultrasound.synthesis.bmaps import PROBES, SectorGeometry
-from deepultrasound.synthesis.model import ARCHITECTURE, NORMALISATION, Sampler, sample
+from deepultrasound.synthesis.model import ARCHITECTURE, NORMALISATION, Sampler, sample, size_multiple
 
 TASK = "synthesis"
 """The ``task`` of synthesis bundles."""
@@ -230,8 +230,11 @@ class PredictorDenoiser:
         architecture = predictor.bundle.manifest.architecture_args
         self.predictor = predictor
         self.null_label: int = architecture["num_classes"]
-        self.multiple: int = 2 ** (len(architecture["channels"]) - 1)
-        self.device: torch.device = predictor.device
+        self.multiple = size_multiple(architecture["channels"])
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
 
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.predictor.predict_tensors(x, timesteps, labels)[0]
@@ -253,8 +256,7 @@ class Synthesizer:
         label_values: the class values a label map may hold.
         name: the bundle's name and version.
         digest: SHA-256 of the manifest (which holds the SHA-256 of every file of the bundle): the model's identity.
-        device: where the network runs.
-        backend: the runtime backend that runs it.
+        device, backend: where and on which runtime backend the network runs.
 
     Raises:
         InputError: an unknown backend or unavailable device.
@@ -284,8 +286,16 @@ class Synthesizer:
         self.name = f"{manifest.name} {manifest.version}"
         self.digest = hashlib.sha256(manifest.model_dump_json().encode()).hexdigest()
         self.model = PredictorDenoiser(create_predictor(bundle, backend=backend, device=device))
-        self.device = self.model.device
-        self.backend = self.model.predictor.backend
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs."""
+        return self.model.device
+
+    @property
+    def backend(self) -> str:
+        """The runtime backend that runs the network."""
+        return self.model.predictor.backend
 
     def __call__(
         self,

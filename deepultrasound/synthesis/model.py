@@ -64,6 +64,12 @@ class Denoiser(Protocol):
         """Predicted noise ``(B, 1, H, W)`` of ``x`` ``(B, 1, H, W)`` at ``timesteps`` ``(B,)`` given ``labels``."""
 
 
+def size_multiple(channels: Sequence[int]) -> int:
+    """What the sides of the images of a :class:`SemanticDiffusionUNet` with these ``channels`` must be multiples of
+    (one halving per level below the first)."""
+    return 2 ** (len(channels) - 1)
+
+
 @register_architecture(ARCHITECTURE)
 class SemanticDiffusionUNet(nn.Module):
     """Noise prediction conditioned on a label map (MONAI ``SPADEDiffusionModelUNet``, 2D, one image channel).
@@ -76,7 +82,7 @@ class SemanticDiffusionUNet(nn.Module):
         norm_num_groups: group-norm groups (divides every entry of ``channels``).
         spade_intermediate_channels: hidden channels of each SPADE block.
 
-    Images need sides that are multiples of ``2 ** (len(channels) - 1)``.
+    Images need sides that are multiples of :func:`size_multiple` of ``channels``.
     """
 
     def __init__(
@@ -94,7 +100,7 @@ class SemanticDiffusionUNet(nn.Module):
         if not channels or any(width % norm_num_groups for width in channels):
             raise ValueError(f"every entry of channels {tuple(channels)} must be a multiple of {norm_num_groups}")
         self.num_classes = num_classes
-        self.multiple = 2 ** (len(channels) - 1)
+        self.multiple = size_multiple(channels)
         self.unet = SPADEDiffusionModelUNet(
             spatial_dims=2,
             in_channels=1,
