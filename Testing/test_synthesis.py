@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from pydantic import ValidationError
 from scipy.ndimage import binary_erosion
 
 from deepultrasound.errors import ConfigError, InputError
@@ -52,6 +53,7 @@ from deepultrasound.synthesis.data import (
 )
 from deepultrasound.synthesis.model import SemanticDiffusionUNet, check_labels, sample
 from deepultrasound.synthesis.schedulers import BMapDDIMScheduler, BMapDDPMScheduler, scheduler_for
+from deepultrasound.synthesis.training_task import DiffusionArgs
 from deepultrasound.training import Trainer, load_config, parse_config
 from deepultrasound.training.task import get_task
 
@@ -479,6 +481,23 @@ def test_simulated_pairs_are_labelled_and_repeatable():
     assert torch.equal(echo_pairs(3, 1, 32, simulation_size=64)[0]["image"], first["image"])
     scene = linear_pairs(5, 1, 16)[0]
     assert scene["image"].shape == (1, 16, 16) and set(scene["labels"].unique().tolist()) <= set(LinearLabel)
+
+
+def test_uncompensated_attenuation_darkens_the_depth_of_the_same_scene():
+    compensated = linear_pairs(5, 4, 32)
+    attenuated = linear_pairs(5, 4, 32, attenuation_db_cm_mhz=(0.8, 1.0))
+    for flat, dark in zip(compensated, attenuated):
+        assert torch.equal(flat["labels"], dark["labels"])  # the attenuation draws nothing else
+        change = (dark["image"] - flat["image"])[0].mean(dim=1)  # (rows,): per-row change of the B-mode
+        # the two-way loss grows with depth: at least 3 dB more (of a 50-70 dB range) at the bottom than the top
+        assert change[-8:].mean() < change[:8].mean() - 3.0 / 70.0
+
+
+def test_the_attenuation_range_of_linear_training_scenes_is_checked():
+    assert DiffusionArgs(data="linear", linear_attenuation=(0.5, 1.0)).linear_attenuation == (0.5, 1.0)
+    for bounds in ((1.0, 0.5), (-0.1, 0.3)):
+        with pytest.raises(ValidationError, match="linear_attenuation"):
+            DiffusionArgs(data="linear", linear_attenuation=bounds)
 
 
 @pytest.mark.shared_data("camus_train")

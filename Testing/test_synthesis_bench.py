@@ -234,7 +234,8 @@ def tiny_bundles(speckled_camus, tmp_path_factory) -> dict[str, Path]:
 
 def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles, speckled_camus, tmp_path, capsys):
     argv = ["bench", "synth", "--camus", speckled_camus, "--test-patients", "2", "--linear-train", "4"]
-    argv += ["--linear-test", "2", "--seg-steps", "2", "--seg-batch", "2", "--batch", "2", "--steps", "2"]
+    argv += ["--linear-test", "2", "--linear-attenuation", "0.5", "1.0", "--seg-steps", "2", "--seg-batch", "2"]
+    argv += ["--batch", "2", "--steps", "2"]
     argv += ["--ddpm-steps", "2", "--repeats", "1", "--ddpm-repeats", "2", "--timed", "linear", "--device", "cpu"]
     argv += ["--figures", tmp_path, "--cache", tmp_path]
     argv += ["--model", f"echo={tiny_bundles['echo']}", "--model", f"linear={tiny_bundles['linear']}"]
@@ -270,12 +271,19 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
     assert echo["realism"]["real_train"]["profile_error"] < echo["realism"]["echo"]["profile_error"]
     assert echo["realism"]["held_out_real"]["snr"] > 0
     assert figures["linear"]["data"]["seeds"] == list(UNSEEN_SEEDS)
+    assert figures["linear"]["data"]["attenuation_db_cm_mhz"] == [0.5, 1.0]
 
 
 def test_bench_synth_refuses_to_time_a_model_it_was_not_given(tiny_bundles, tmp_path, capsys):
     argv = ["bench", "synth", "--model", f"linear={tiny_bundles['linear']}", "--timed", "echo", "--device", "cpu"]
     assert main([*argv, "--cache", str(tmp_path)]) != 0
     assert "--timed echo: no such model (models: linear)" in capsys.readouterr().err
+
+
+def test_bench_synth_refuses_an_attenuation_range_upside_down(tiny_bundles, tmp_path, capsys):
+    argv = ["bench", "synth", "--model", f"linear={tiny_bundles['linear']}", "--linear-attenuation", "1", "0.5"]
+    assert main([*argv, "--cache", str(tmp_path), "--device", "cpu"]) != 0
+    assert "--linear-attenuation takes LOW HIGH with 0 <= LOW <= HIGH, got 1.0 0.5" in capsys.readouterr().err
 
 
 def test_a_stack_synthesised_in_parts_resumes_from_its_stored_chunks_and_equals_one_call(tiny_bundles, tmp_path):

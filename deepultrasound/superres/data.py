@@ -46,6 +46,8 @@ _SPLIT_OFFSET = {"train": 0, "val": 1_000_003}
 """Seeds of validation samples are offset so that no validation sample equals a training one."""
 
 BUSI_FOLDER = "busi_train"
+RESIDUAL_ATTENUATION_DB_CM_MHZ = (0.0, 0.3)
+"""Default range of the attenuation left after time-gain compensation in simulated scans, dB/cm/MHz."""
 HELD_OUT_FRACTION = 5
 """One BUSI image in (about) this many is held out: the first 8 hex digits of the SHA-256 of its
 file name, as an integer, are divisible by it."""
@@ -106,13 +108,15 @@ def simulate_scan(
     scatterers_per_cell: float = 6.0,
     pitch_wavelengths: tuple[float, float] = (0.15, 0.6),
     scene: SceneDraw | None = None,
+    attenuation_db_cm_mhz: tuple[float, float] = RESIDUAL_ATTENUATION_DB_CM_MHZ,
 ) -> SimulatedScan:
     """A simulated beam-space B-mode image of ``shape`` (rows, lines) at a high line density.
 
     Draws (from ``seed``): centre frequency 3.5-7.5 MHz, fractional bandwidth 0.5-0.8, f-number
     1.5-3, focus at 30-70 % of a depth of 20-50 mm, line pitch within ``pitch_wavelengths`` (default 0.15-0.6
     wavelengths: dense and parallel-beamformed acquisitions alike), residual
-    attenuation after time-gain compensation 0-0.3 dB/cm/MHz, electronic noise 30-50 dB below
+    attenuation after time-gain compensation within ``attenuation_db_cm_mhz`` (default 0-0.3 dB/cm/MHz; two-way,
+    at the centre frequency), electronic noise 30-50 dB below
     the echo, dynamic range 50-70 dB, and a scene (``scene``, default :func:`_random_scene`). RF is computed at
     about 6 samples per wavelength and its envelope averaged down to ``shape[0]`` rows.
     """
@@ -136,7 +140,7 @@ def simulate_scan(
     x, z = rng.uniform(0, width, count), rng.uniform(0, depth, count)
     phantom = (scene or _random_scene)(rng, depth, width)
     amplitude = rng.standard_normal(count) * phantom.echogenicity_at(x, z)
-    amplitude *= attenuation_gain(z, rng.uniform(0.0, 0.3), transducer.center_frequency_mhz)
+    amplitude *= attenuation_gain(z, rng.uniform(*attenuation_db_cm_mhz), transducer.center_frequency_mhz)
     rf = beamformed_rf(x, z, amplitude, transducer, (rows * oversampling, lines), (pitch, dz))
     noise = band_limited_noise(rng, rf.shape, transducer, dz)
     rf += noise * rf.std() * 10 ** (-rng.uniform(30.0, 50.0) / 20)

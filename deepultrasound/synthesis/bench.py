@@ -5,7 +5,9 @@ B-map ablation, every model of one data getting rows with the same settings); de
 sector (``echo``) and linear (``linear``) models. A bundle that cannot be found or does not fit its
 data is left out with a note. A sector model is evaluated on CAMUS (``--train-patients`` of the
 training split, default all 80; ``--test-patients`` held out, default 20), a linear one on
-simulated scenes of a configuration it never saw (``--linear-train``, ``--linear-test``); see
+simulated scenes of a configuration it never saw (``--linear-train``, ``--linear-test``; the
+attenuation their time-gain compensation leaves, ``--linear-attenuation``, default the simulator's: give
+the range the models' training config set, e.g. ``0.5 1.0`` for ``ussynth_linear_attenuated_64.yaml``); see
 :mod:`~deepultrasound.synthesis.bench_data` for the data, the segmentation classes and the scored
 structures. Everything runs on the model's grid (64 px for the shipped models).
 
@@ -60,6 +62,7 @@ from deepultrasound.registration.data import VALIDATION_PATIENTS, default_camus_
 from deepultrasound.runtime import choose_device
 from deepultrasound.runtime.options import add_backend_options
 from deepultrasound.spatial.bmode import DEFAULT_DYNAMIC_RANGE_DB
+from deepultrasound.superres.data import RESIDUAL_ATTENUATION_DB_CM_MHZ
 from deepultrasound.synthesis.bench_data import (
     CLASSES,
     STRUCTURES,
@@ -114,6 +117,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--test-patients", type=int, default=VALIDATION_PATIENTS, help="held-out CAMUS patients (default: 20)")
     add("--linear-train", type=int, default=320, help="linear training scenes (default: 320)")
     add("--linear-test", type=int, default=80, help="linear test scenes (default: 80)")
+    add(
+        "--linear-attenuation",
+        type=float,
+        nargs=2,
+        default=RESIDUAL_ATTENUATION_DB_CM_MHZ,
+        metavar=("LOW", "HIGH"),
+        help="attenuation left after time-gain compensation in the linear scenes, dB/cm/MHz "
+        "(default: %(default)s, the simulator's)",
+    )
     add("--sampler", choices=SAMPLERS, default=None, help="sampler of the synthesis (default: the bundle's)")
     add("--steps", type=int, default=None, help="denoising steps of the synthesis (default: the bundle's)")
     add("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the bundle's)")
@@ -216,7 +228,7 @@ def _dice(segmenter: torch.nn.Module, data: BenchData) -> dict[str, float | None
 
 def _data(kind: str, size: int, args: argparse.Namespace) -> BenchData:
     if kind == "linear":
-        return linear_data(size, args.linear_train, args.linear_test)
+        return linear_data(size, args.linear_train, args.linear_test, tuple(args.linear_attenuation))
     root = args.camus if args.camus is not None else default_camus_root()
     return echo_data(root, size, args.train_patients, args.test_patients)
 
@@ -302,6 +314,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(
             "--seg-steps, --seg-batch, --batch, --repeats, --ddpm-repeats and the image counts must be >= 1"
         )
+    low, high = args.linear_attenuation
+    if not 0 <= low <= high:
+        raise InputError(f"--linear-attenuation takes LOW HIGH with 0 <= LOW <= HIGH, got {low} {high}")
     started = time.perf_counter()
     device = str(choose_device(None if args.device == "auto" else args.device))
     kinds, notes = _models(args, device)

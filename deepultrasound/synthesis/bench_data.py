@@ -27,6 +27,7 @@ import torch
 
 from deepultrasound.registration.data import camus_split
 from deepultrasound.simulation.phantom import Phantom, random_phantom
+from deepultrasound.superres.data import RESIDUAL_ATTENUATION_DB_CM_MHZ
 from deepultrasound.synthesis.bmaps import depth_from_labels
 from deepultrasound.synthesis.data import OUTSIDE_FAN, EchoLabel, LinearLabel, Pair, camus_pairs, linear_pairs
 from deepultrasound.synthesis.realism import Regions, eroded
@@ -86,11 +87,23 @@ def echo_data(root: str | os.PathLike[str], size: int, train_patients: int | Non
     return BenchData("echo", camus_pairs(root, training, size), camus_pairs(root, held_out, size), description)
 
 
-def linear_data(size: int, train_scenes: int, test_scenes: int) -> BenchData:
-    """Scenes of the unseen configuration: ``train_scenes`` and ``test_scenes`` from the two :data:`UNSEEN_SEEDS`."""
-    train = linear_pairs(UNSEEN_SEEDS[0], train_scenes, size, scene=unseen_scene)
-    test = linear_pairs(UNSEEN_SEEDS[1], test_scenes, size, scene=unseen_scene)
-    return BenchData("linear", train, test, {"seeds": list(UNSEEN_SEEDS), "configuration": UNSEEN_CONFIGURATION})
+def linear_data(
+    size: int,
+    train_scenes: int,
+    test_scenes: int,
+    attenuation_db_cm_mhz: tuple[float, float] = RESIDUAL_ATTENUATION_DB_CM_MHZ,
+) -> BenchData:
+    """Scenes of the unseen configuration: ``train_scenes`` and ``test_scenes`` from the two :data:`UNSEEN_SEEDS`,
+    imaged with the attenuation left after time-gain compensation within ``attenuation_db_cm_mhz``."""
+    options = {"scene": unseen_scene, "attenuation_db_cm_mhz": attenuation_db_cm_mhz}
+    train = linear_pairs(UNSEEN_SEEDS[0], train_scenes, size, **options)
+    test = linear_pairs(UNSEEN_SEEDS[1], test_scenes, size, **options)
+    description = {
+        "seeds": list(UNSEEN_SEEDS),
+        "configuration": UNSEEN_CONFIGURATION,
+        "attenuation_db_cm_mhz": list(attenuation_db_cm_mhz),
+    }
+    return BenchData("linear", train, test, description)
 
 
 def regions(kind: Kind, labels: torch.Tensor) -> Regions:

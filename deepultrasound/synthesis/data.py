@@ -40,7 +40,7 @@ from deepultrasound.runtime.inference_specs import LabelClass
 from deepultrasound.simulation.echo import EchoConfig, EchoSimulator
 from deepultrasound.simulation.echo_stats import fan_mask_of
 from deepultrasound.simulation.phantom import Layer, Phantom
-from deepultrasound.superres.data import SceneDraw, simulate_scan
+from deepultrasound.superres.data import RESIDUAL_ATTENUATION_DB_CM_MHZ, SceneDraw, simulate_scan
 from deepultrasound.synthesis.bmaps import Probe, depth_from_labels
 
 Pair = dict[str, torch.Tensor]
@@ -168,19 +168,31 @@ def linear_labels(phantom: Phantom, shape: tuple[int, int]) -> np.ndarray:
     return labels
 
 
-def linear_pairs(seed: int, count: int, size: int, scene: SceneDraw | None = None) -> list[Pair]:
+def linear_pairs(
+    seed: int,
+    count: int,
+    size: int,
+    scene: SceneDraw | None = None,
+    attenuation_db_cm_mhz: tuple[float, float] = RESIDUAL_ATTENUATION_DB_CM_MHZ,
+) -> list[Pair]:
     """``count`` simulated linear-probe scenes of ``(size, size)`` pixels with their :class:`LinearLabel` maps.
 
     Pair ``k`` depends on ``(seed, k)`` only; line pitch :data:`LINEAR_PITCH_WAVELENGTHS`, the rest
     drawn by :func:`~deepultrasound.superres.data.simulate_scan` (its scene by ``scene``, default the
-    simulator's own).
+    simulator's own; the attenuation left after time-gain compensation within ``attenuation_db_cm_mhz``).
     """
     if count < 0 or size < 8:
         raise InputError(f"count must be >= 0 and size >= 8, got {count} and {size}")
     pairs = []
     for index in range(count):
         scan_seed = int(np.random.default_rng([seed, index]).integers(2**31))
-        scan = simulate_scan(scan_seed, (size, size), pitch_wavelengths=LINEAR_PITCH_WAVELENGTHS, scene=scene)
+        scan = simulate_scan(
+            scan_seed,
+            (size, size),
+            pitch_wavelengths=LINEAR_PITCH_WAVELENGTHS,
+            scene=scene,
+            attenuation_db_cm_mhz=attenuation_db_cm_mhz,
+        )
         pairs.append(
             {
                 "image": torch.from_numpy(np.clip(scan.bmode, 0.0, 1.0))[None],

@@ -12,13 +12,14 @@ and guidance scale.
 
 Data (``data``): ``"echo"``, the CAMUS training split (the last 20 patients are never trained on)
 and the echo simulator, sector probe; ``"linear"``, simulated linear-probe scenes
-(:mod:`deepultrasound.synthesis.data`). Validation: the noise MSE at fixed noise and timesteps on
-held-out simulated pairs (and, for echo, the first ``val_camus_patients`` held-out CAMUS patients),
-and images ``labels | real | synthetic`` from the default sampler with ``val_sampling_steps`` steps.
+(:mod:`deepultrasound.synthesis.data`; ``linear_attenuation``: the depth attenuation left in their
+images). Validation: the noise MSE at fixed noise and timesteps on held-out simulated pairs (and,
+for echo, the first ``val_camus_patients`` held-out CAMUS patients), and images
+``labels | real | synthetic`` from the default sampler with ``val_sampling_steps`` steps.
 The sampling defaults and ``val_sampling_steps`` may change when a run resumes (``inference_args``).
 
 Example configs: ``deepultrasound/configs/ussynth_echo_64.yaml``, ``ussynth_linear_64.yaml``,
-``ussynth_echo_64_no_bmap.yaml``.
+``ussynth_echo_64_no_bmap.yaml``, ``ussynth_linear_attenuated_64.yaml``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torch.utils.data import Dataset
 from deepultrasound.errors import ConfigError
 from deepultrasound.registration.data import camus_split, default_camus_root
 from deepultrasound.runtime.inference_specs import BMapSettings, DiffusionInference, NoiseSchedule
+from deepultrasound.superres.data import RESIDUAL_ATTENUATION_DB_CM_MHZ
 from deepultrasound.synthesis.bmaps import DEFAULT_EPS
 from deepultrasound.synthesis.data import (
     DATA_LABELS,
@@ -80,6 +82,10 @@ class DiffusionArgs(TaskArgs):
     simulated_images: int = Field(400, ge=0, description="simulated training pairs (echo frames or linear scenes)")
     val_camus_patients: int = Field(2, ge=0, description="echo: held-out CAMUS patients validated on (first of 20)")
     val_simulated_images: int = Field(8, ge=0, description="held-out simulated validation pairs")
+    linear_attenuation: tuple[float, float] = Field(
+        RESIDUAL_ATTENUATION_DB_CM_MHZ,
+        description="linear: range of the attenuation left after time-gain compensation, dB/cm/MHz (per scene)",
+    )
     data_folder: str | None = Field(None, description="CAMUS folder (default: <shared data>/camus_train)")
     samples_per_epoch: int = Field(2048, ge=1, description="training items per epoch (pairs repeat, augmented)")
     augmentation_probability: float = Field(0.8, ge=0, le=1, description="of deforming a training pair")
@@ -102,6 +108,13 @@ class DiffusionArgs(TaskArgs):
     val_sampling_steps: int = Field(
         25, ge=0, description="steps of the validation images (the default sampler); 0: none"
     )
+
+    @field_validator("linear_attenuation")
+    @classmethod
+    def _is_a_range(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= bounds[0] <= bounds[1]:
+            raise ValueError(f"linear_attenuation {list(bounds)} must be [low, high] with 0 <= low <= high")
+        return bounds
 
     @field_validator("image_size")
     @classmethod
@@ -179,8 +192,11 @@ class DiffusionTask(Task):
                 val.append((camus_pairs(root, val_patients[: args.val_camus_patients], size), camus))
         else:
             linear = SOURCES.index("linear_simulator")
-            train.append((linear_pairs(seed, args.simulated_images, size), linear))
-            val.append((linear_pairs(seed + VALIDATION_SEED_OFFSET, args.val_simulated_images, size), linear))
+            attenuation = {"attenuation_db_cm_mhz": args.linear_attenuation}
+            train.append((linear_pairs(seed, args.simulated_images, size, **attenuation), linear))
+            val.append(
+                (linear_pairs(seed + VALIDATION_SEED_OFFSET, args.val_simulated_images, size, **attenuation), linear)
+            )
 
         def dataset(parts: list, **options) -> SynthesisPairs | None:
             pairs = [pair for part, _ in parts for pair in part]
