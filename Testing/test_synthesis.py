@@ -632,7 +632,16 @@ def test_a_run_resumes_with_other_sampling_defaults_but_not_with_other_training(
     assert (inference.sampler, inference.sampling_steps, inference.guidance_scale) == ("ddpm", 3, 2.0)
 
 
-@pytest.mark.parametrize("name", ["ussynth_echo_64", "ussynth_linear_64", "ussynth_echo_64_no_bmap"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ussynth_echo_64",
+        "ussynth_linear_64",
+        "ussynth_echo_64_no_bmap",
+        "ussynth_linear_attenuated_64",
+        "ussynth_linear_attenuated_64_no_bmap",
+    ],
+)
 def test_the_shipped_configs_are_valid(name):
     config = load_config(CONFIGS / f"{name}.yaml")
     task_class = get_task(config.task)
@@ -642,10 +651,9 @@ def test_the_shipped_configs_are_valid(name):
     assert inference.bmap.enabled == (not name.endswith("no_bmap"))
 
 
-def test_the_ablation_differs_from_the_echo_config_only_in_eps_and_names():
-    with_bmap, without = (
-        load_config(CONFIGS / f"{name}.yaml") for name in ("ussynth_echo_64", "ussynth_echo_64_no_bmap")
-    )
+@pytest.mark.parametrize("name", ["ussynth_echo_64", "ussynth_linear_attenuated_64"])
+def test_each_ablation_differs_from_its_config_only_in_eps_and_names(name):
+    with_bmap, without = (load_config(CONFIGS / f"{config}.yaml") for config in (name, f"{name}_no_bmap"))
     assert without.task_args == {**with_bmap.task_args, "bmap_eps": 1.0}
     assert without.model_dump(exclude={"task_args", "output_dir", "bundle"}) == with_bmap.model_dump(
         exclude={"task_args", "output_dir", "bundle"}
