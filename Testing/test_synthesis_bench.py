@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ from deepultrasound.synthesis.realism import (
     realism,
     speckle_fwhm,
 )
-from deepultrasound.synthesis.sample_cache import SampleCache
+from deepultrasound.synthesis.sample_cache import SampleCache, stack_key
 from deepultrasound.synthesis.segmentation import (
     CHANNELS,
     SegmenterSettings,
@@ -307,3 +308,9 @@ def test_a_stack_synthesised_in_parts_resumes_from_its_stored_chunks_and_equals_
     np.testing.assert_allclose(resumed[2:], whole[2:], atol=1e-6)
     assert np.load(path).shape == (5, *model.size)
     assert cache.path(model, labels, {"guidance": None, **options, "seed": 5}) != path  # other settings, other file
+
+
+def test_a_stack_is_kept_apart_per_backend():
+    labels = np.zeros((2, 8, 8), np.int64)
+    keys = {stack_key(SimpleNamespace(digest="d", backend=backend), labels, {}) for backend in ("torch", "onnxruntime")}
+    assert len(keys) == 2  # the backends' images differ slightly: never served from another backend's file

@@ -1,8 +1,8 @@
 """Synthesised image stacks kept on disk chunk by chunk, so that a long benchmark resumes where it stopped.
 
 A stack is identified by the model (:attr:`~deepultrasound.synthesis.inference.Synthesizer.digest`,
-over a manifest that holds the SHA-256 of every weight file), the label maps, the sampling
-settings and :data:`~deepultrasound.synthesis.model.SAMPLING_REVISION`. Its file
+over a manifest that holds the SHA-256 of every weight file) and the backend that runs it, the label
+maps, the sampling settings and :data:`~deepultrasound.synthesis.model.SAMPLING_REVISION`. Its file
 ``<folder>/<model name>-<key>.npy`` holds the images synthesised so far, ``(n, S, S)`` float32, rewritten
 atomically after each chunk of ``batch`` maps. Chunk ``c`` draws its noise from ``(seed, c)`` whichever call
 synthesises it, so a stack finished across several runs equals the stack synthesised in one call.
@@ -27,10 +27,16 @@ logger = logging.getLogger(__name__)
 
 
 def stack_key(model: Synthesizer, labels: np.ndarray, settings: dict[str, object]) -> str:
-    """Hex SHA-256 of the model's digest, the label maps (shape, dtype and values), ``settings`` and the sampling
-    revision."""
+    """Hex SHA-256 of the model's digest and backend, the label maps (shape, dtype and values), ``settings`` and
+    the sampling revision."""
     digest = hashlib.sha256(model.digest.encode())
-    described = {"shape": labels.shape, "dtype": str(labels.dtype), "revision": SAMPLING_REVISION, **settings}
+    described = {
+        "shape": labels.shape,
+        "dtype": str(labels.dtype),
+        "backend": model.backend,
+        "revision": SAMPLING_REVISION,
+        **settings,
+    }
     digest.update(json.dumps(described, sort_keys=True).encode())
     digest.update(np.ascontiguousarray(labels).tobytes())
     return digest.hexdigest()
