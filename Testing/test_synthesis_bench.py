@@ -37,6 +37,7 @@ from deepultrasound.synthesis.realism import (
     envelope_snr,
     frechet_distance,
     profile_error,
+    profile_error_interval,
     profile_shape_error,
     realism,
     speckle_fwhm,
@@ -117,6 +118,27 @@ def test_depth_profile_error_is_zero_for_identical_images_and_the_offset_for_shi
     np.testing.assert_allclose(profile, 0.8 * centres, atol=0.8 / 32)  # each bin's mean depth, within a row
     assert profile_error(profile, depth_profile(images.copy(), regions)) == 0.0
     assert profile_error(depth_profile(images + 0.1, regions), profile) == pytest.approx(0.1)
+
+
+def test_profile_error_interval_is_exact_without_spread_and_narrows_with_more_label_maps():
+    depth = np.broadcast_to(np.linspace(0.0, 1.0, 32)[None, :, None], (6, 32, 16))
+    regions = everywhere(depth.shape, depth)
+    reference = 0.8 - 0.4 * depth
+    assert profile_error_interval(reference + 0.1, regions, reference, regions) == pytest.approx((0.1, 0.1))
+
+    def interval(count: int) -> tuple[float, float, float]:
+        """The interval, and the error itself: the mean gain, for images each brighter than its reference by its
+        own gain (mean 0.1)."""
+        gains = np.random.default_rng(count).normal(0.1, 0.05, count)[:, None, None]
+        many = np.broadcast_to(np.linspace(0.0, 1.0, 32)[None, :, None], (count, 32, 16))
+        images, regions = 0.6 - 0.3 * many, everywhere(many.shape, many)
+        return *profile_error_interval(images + gains, regions, images, regions), float(gains.mean())
+
+    (few_low, few_high, few_error), (low, high, error) = interval(8), interval(128)
+    assert few_low < few_error < few_high and low < error < high
+    assert high - low < 0.5 * (few_high - few_low)  # ~ 1 / sqrt(count): a quarter
+    with pytest.raises(InputError, match="as long"):
+        profile_error_interval(reference[:2], everywhere((2, 32, 16)), reference, regions)
 
 
 def test_depth_profile_shape_error_ignores_the_gain_and_measures_the_change_with_depth():
@@ -258,6 +280,9 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
                 part["realism"][row]
             )
             assert part["realism"][row]["frechet"] >= 0 and part["realism"][row]["profile_error"] >= 0
+        # the synthetic images of the test maps are paired with the real ones: an interval; other images are not
+        assert part["realism"][model]["profile_error_low"] <= part["realism"][model]["profile_error_high"]
+        assert "profile_error_low" not in part["realism"]["real_train"]
         assert Path(part["figure"]).is_file()
     assert figures["echo"]["throughput"] == {}  # not --timed
     speeds = figures["linear"]["throughput"]["linear"]

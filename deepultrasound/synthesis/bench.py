@@ -24,7 +24,8 @@ a run stopped part way resumes from them and gives the figures of an uninterrupt
 
 **(b) Realism** (:mod:`~deepultrasound.synthesis.realism`) of the images synthesised from the test
 label maps against the real test images: mean intensity in the imaged region (the gain), depth-profile
-error (image units) and its shape error (each profile over its mean: the change with depth alone), envelope SNR and
+error (image units, with its 90 % bootstrap interval over the test label maps) and its shape error (each profile
+over its mean: the change with depth alone), envelope SNR and
 speckle FWHM (pixels), the envelope recovered for ``--dynamic-range`` dB (default 60, the
 simulator's default display range), and the Frechet distance on the bottleneck features of the
 real-trained segmenter. Rows ``held_out_real`` (the reference itself: its SNR and speckle) and
@@ -39,7 +40,8 @@ guidance as in (a); null for a sampler that needs more steps than the schedule h
 JSON (last stdout line): ``models`` (bundle, backend, data, B-maps, sampler, steps, guidance); per data (``echo``,
 ``linear``): ``data`` (counts, patients or seeds and configuration), ``segmentation`` -> ``real``
 and each model -> ``dice`` and (models) ``ratio_to_real`` per structure; ``realism`` -> row ->
-``mean_intensity``, ``profile_error``, ``profile_shape_error``, ``snr``, ``speckle_axial_px``,
+``mean_intensity``, ``profile_error`` (with ``profile_error_low`` and ``_high``, its 90 % bootstrap interval over
+the images), ``profile_shape_error``, ``snr``, ``speckle_axial_px``,
 ``speckle_lateral_px``, ``frechet`` (null where
 undefined); ``throughput`` -> timed model -> ``ddim_25``, ``ddim_50``, ``ddpm_50``, ``ddpm`` (images/s),
 ``ddpm_steps``, ``batch``; ``figure`` (with ``--figures DIR``: ``synth_<data>.png``, label maps,
@@ -249,9 +251,13 @@ def _evaluate(kind: str, models: dict[str, Synthesizer], args: argparse.Namespac
     test_regions = regions(kind, test_labels)
     reference = (real_test[:, 0].numpy(), test_regions, bottleneck_features(real_segmenter, real_test))
 
-    def realism_of(images: torch.Tensor, image_regions: Regions = test_regions) -> dict[str, float | None]:
+    def realism_of(images: torch.Tensor, image_regions: Regions | None = None) -> dict[str, float | None]:
+        """Realism of images of the test label maps (paired with the real test images, map by map) or, with
+        their ``image_regions``, of other maps."""
         features = bottleneck_features(real_segmenter, images)
-        return realism(images[:, 0].numpy(), image_regions, features, reference, args.dynamic_range)
+        paired = image_regions is None
+        image_regions = test_regions if paired else image_regions
+        return realism(images[:, 0].numpy(), image_regions, features, reference, args.dynamic_range, paired)
 
     real_dice = _dice(real_segmenter, data)
     result: dict[str, Any] = {
@@ -295,12 +301,19 @@ def _print(kind: str, figures: dict[str, Any]) -> None:
         ratios = row.get("ratio_to_real")
         cells = [_cell(row["dice"][key]) + (f" ({_cell(ratios[key], 2)})" if ratios else "") for key in structures]
         print(f"{name:<20}" + "".join(f"{cell:>22}" for cell in cells))
-    print(f"\n{kind}: realism against the real test images (profile error in image units, speckle in pixels)")
+    print(
+        f"\n{kind}: realism against the real test images (profile error in image units with its 90 % bootstrap "
+        "interval, speckle in pixels)"
+    )
     widths = [max(len(column), 8) + 2 for column in REALISM]  # 8: a value printed with 4 decimals
+    widths[REALISM.index("profile_error")] = 26  # and its interval: 0.0830 [0.0750, 0.0910]
     print(f"{'images':<20}" + "".join(f"{column:>{width}}" for column, width in zip(REALISM, widths)))
     for name, row in figures["realism"].items():
-        cells = [f"{_cell(row.get(column), 4):>{width}}" for column, width in zip(REALISM, widths)]
-        print(f"{name:<20}" + "".join(cells))
+        cells = [_cell(row.get(column), 4) for column in REALISM]
+        if row.get("profile_error_low") is not None:
+            interval = f" [{_cell(row['profile_error_low'], 4)}, {_cell(row['profile_error_high'], 4)}]"
+            cells[REALISM.index("profile_error")] += interval
+        print(f"{name:<20}" + "".join(f"{cell:>{width}}" for cell, width in zip(cells, widths)))
     print(f"\n{kind}: sampling throughput, images/s")
     for name, row in figures["throughput"].items():
         speeds = ", ".join(f"{key} {_cell(row[key])}" for key in TIMED_SAMPLERS)

@@ -5,7 +5,8 @@ Images are ``(N, H, W)`` B-mode in [0, 1] with, per image, :class:`Regions` (whe
 - **depth-intensity profile** (:func:`depth_profile`): mean intensity per bin of normalised depth
   (0 at the probe, 1 at the deepest imaged point) inside the imaged region, pooled over images;
   :func:`profile_error` is the mean absolute difference of two profiles over the bins both have,
-  in image units (B-mode in [0, 1]). It holds both the overall brightness and how it changes with
+  in image units (B-mode in [0, 1]), with a bootstrap interval over pairs of images (one of each set,
+  of the same label map: :func:`profile_error_interval`). It holds both the overall brightness and how it changes with
   depth; :func:`profile_shape_error` is the error of the profiles each divided by its own mean over
   the bins (dimensionless): the change with depth alone, whatever the gain. ``mean_intensity`` is the
   mean of every pixel inside the imaged regions (image units): the gain alone.
@@ -40,6 +41,10 @@ DEPTH_BINS = 16
 """Bins of normalised depth of :func:`depth_profile`."""
 SPECKLE_PATCH = 8
 """Side (pixels) of the tissue tiles whose autocorrelation gives the speckle size (64-pixel images hold several)."""
+PROFILE_INTERVAL_LEVEL = 0.9
+"""Coverage of :func:`profile_error_interval`."""
+PROFILE_INTERVAL_DRAWS = 1000
+"""Bootstrap draws of :func:`profile_error_interval`."""
 RAYLEIGH_SNR = math.sqrt(math.pi / (4.0 - math.pi))
 """Mean / std of a Rayleigh-distributed envelope (fully developed speckle): 1.913."""
 _MIN_SNR_PIXELS = 16
@@ -86,15 +91,28 @@ def envelope_from_bmode(bmode: np.ndarray, dynamic_range_db: float = DEFAULT_DYN
     return 10.0 ** ((np.asarray(bmode, np.float64) - 1.0) * dynamic_range_db / 20.0)
 
 
+def _binned_by_depth(images: np.ndarray, regions: Regions, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the sum and the count of the pixels inside the imaged region per equal bin of normalised
+    depth: two ``(N, bins)`` float64 arrays."""
+    values = check_images(images, regions)
+    index = np.clip((regions.depth * bins).astype(int), 0, bins - 1) + bins * np.arange(len(values))[:, None, None]
+    inside = regions.inside
+    sums = np.bincount(index[inside], weights=values[inside], minlength=bins * len(values))
+    counts = np.bincount(index[inside], minlength=bins * len(values)).astype(np.float64)
+    return sums.reshape(-1, bins), counts.reshape(-1, bins)
+
+
+def _profile(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``(bins,)`` pooled mean per bin of per-image sums and counts ``(N, bins)``; NaN for an empty bin."""
+    total = counts.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, sums.sum(axis=0) / total, np.nan)
+
+
 def depth_profile(images: np.ndarray, regions: Regions, bins: int = DEPTH_BINS) -> np.ndarray:
     """``(bins,)`` mean intensity of the pixels inside the imaged region per equal bin of normalised depth,
     pooled over the images; NaN for a bin without pixels."""
-    values = check_images(images, regions)[regions.inside]
-    index = np.clip((regions.depth[regions.inside] * bins).astype(int), 0, bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    sums = np.bincount(index, weights=values, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / counts, np.nan)
+    return _profile(*_binned_by_depth(images, regions, bins))
 
 
 def profile_error(profile: np.ndarray, reference: np.ndarray) -> float | None:
@@ -110,6 +128,43 @@ def profile_shape_error(profile: np.ndarray, reference: np.ndarray) -> float | N
     if not both.any() or min(profile[both].mean(), reference[both].mean()) <= 0:
         return None
     return profile_error(profile[both] / profile[both].mean(), reference[both] / reference[both].mean())
+
+
+def profile_error_interval(
+    images: np.ndarray,
+    regions: Regions,
+    reference_images: np.ndarray,
+    reference_regions: Regions,
+    level: float = PROFILE_INTERVAL_LEVEL,
+    draws: int = PROFILE_INTERVAL_DRAWS,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval (``level``, two-sided) of :func:`profile_error` of ``images`` against
+    ``reference_images`` when image ``i`` of one set pairs with image ``i`` of the other (e.g. both of one label
+    map): the pairs are redrawn with replacement ``draws`` times (seeded by ``seed``). It says how far the
+    error moves with the label maps drawn, e.g. whether two models' errors differ by more than that. None if
+    the two profiles share no bin in some draw."""
+    if len(images) != len(reference_images):
+        raise InputError(f"paired image sets must be as long, got {len(images)} and {len(reference_images)}")
+    if not 0 < level < 1 or draws < 2 or not len(images):
+        raise InputError(
+            f"a bootstrap interval needs images, 0 < level < 1 and at least 2 draws, got {len(images)} image(s), "
+            f"{level} and {draws}"
+        )
+    binned = (
+        _binned_by_depth(images, regions, DEPTH_BINS),
+        _binned_by_depth(reference_images, reference_regions, DEPTH_BINS),
+    )
+    rng = np.random.default_rng(seed)
+    errors = []
+    for _ in range(draws):
+        drawn = rng.integers(len(images), size=len(images))
+        error = profile_error(*(_profile(sums[drawn], counts[drawn]) for sums, counts in binned))
+        if error is None:
+            return None
+        errors.append(error)
+    low, high = np.quantile(errors, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 def envelope_snr(envelopes: np.ndarray, regions: Regions) -> float | None:
@@ -166,11 +221,13 @@ def realism(
     features: torch.Tensor | None = None,
     reference: tuple[np.ndarray, Regions, torch.Tensor | None] | None = None,
     dynamic_range_db: float = DEFAULT_DYNAMIC_RANGE_DB,
+    paired: bool = False,
 ) -> dict[str, float | None]:
     """The figures of ``images`` ``(N, H, W)``: ``mean_intensity``, ``snr``, ``speckle_axial_px``,
     ``speckle_lateral_px`` and, with a ``reference`` (its images, regions and features), ``profile_error``,
-    ``profile_shape_error`` and ``frechet`` (with both features). A figure that is undefined (no tissue, too
-    few images) is None."""
+    ``profile_shape_error`` and ``frechet`` (with both features); with a ``paired`` reference (image ``i`` of
+    each set of the same label map), ``profile_error_low`` and ``profile_error_high``, the 90 % bootstrap
+    interval of the profile error. A figure that is undefined (no tissue, too few images) is None."""
     values = check_images(images, regions)
     envelopes = envelope_from_bmode(values, dynamic_range_db)
     speckle = speckle_fwhm(envelopes, regions)
@@ -184,6 +241,9 @@ def realism(
         reference_images, reference_regions, reference_features = reference
         profiles = depth_profile(values, regions), depth_profile(reference_images, reference_regions)
         figures["profile_error"] = profile_error(*profiles)
+        if paired:
+            interval = profile_error_interval(values, regions, reference_images, reference_regions)
+            figures["profile_error_low"], figures["profile_error_high"] = interval or (None, None)
         figures["profile_shape_error"] = profile_shape_error(*profiles)
         usable = features is not None and reference_features is not None
         usable = usable and min(len(features), len(reference_features)) >= 2
