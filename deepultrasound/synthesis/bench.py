@@ -40,8 +40,8 @@ guidance as in (a); null for a sampler that needs more steps than the schedule h
 JSON (last stdout line): ``models`` (bundle, backend, data, B-maps, sampler, steps, guidance); per data (``echo``,
 ``linear``): ``data`` (counts, patients or seeds and configuration), ``segmentation`` -> ``real``
 and each model -> ``dice`` and (models) ``ratio_to_real`` per structure; ``realism`` -> row ->
-``mean_intensity``, ``profile_error`` (with ``profile_error_low`` and ``_high``, its 90 % bootstrap interval over
-the images), ``profile_shape_error``, ``snr``, ``speckle_axial_px``,
+``mean_intensity``, ``profile_error`` (model rows: with ``profile_error_low`` and ``_high``, its 90 % bootstrap
+interval over the test label maps), ``profile_shape_error``, ``snr``, ``speckle_axial_px``,
 ``speckle_lateral_px``, ``frechet`` (null where
 undefined); ``throughput`` -> timed model -> ``ddim_25``, ``ddim_50``, ``ddpm_50``, ``ddpm`` (images/s),
 ``ddpm_steps``, ``batch``; ``figure`` (with ``--figures DIR``: ``synth_<data>.png``, label maps,
