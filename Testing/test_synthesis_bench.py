@@ -37,6 +37,7 @@ from deepultrasound.synthesis.realism import (
     envelope_snr,
     frechet_distance,
     profile_error,
+    profile_error_difference,
     profile_error_interval,
     profile_shape_error,
     realism,
@@ -139,6 +140,22 @@ def test_profile_error_interval_is_exact_without_spread_and_narrows_with_more_la
     assert high - low < 0.5 * (few_high - few_low)  # ~ 1 / sqrt(count): a quarter
     with pytest.raises(InputError, match="as long"):
         profile_error_interval(reference[:2], everywhere((2, 32, 16)), reference, regions)
+
+
+def test_profile_error_difference_cancels_the_spread_the_label_maps_share():
+    count = 64
+    depth = np.broadcast_to(np.linspace(0.0, 1.0, 32)[None, :, None], (count, 32, 16))
+    regions = everywhere(depth.shape, depth)
+    reference = 0.5 - 0.3 * depth
+    gains = np.random.default_rng(5).normal(0.1, 0.08, count)[:, None, None]  # some maps harder for both models
+    closer, farther = reference + gains, reference + gains + 0.02
+    alone = profile_error_interval(closer, regions, reference, regions)
+    assert alone[1] - alone[0] > 0.02  # each error's own interval is wider than the difference
+    difference, low, high = profile_error_difference(closer, farther, reference, regions)
+    assert (difference, low, high) == pytest.approx((-0.02, -0.02, -0.02))  # negative: the first is the closer
+    assert profile_error_difference(farther, closer, reference, regions)[0] == pytest.approx(0.02)
+    with pytest.raises(InputError, match="differ in shape"):  # one set of label maps, hence of regions, for all
+        profile_error_difference(closer[:2], farther, reference, regions)
 
 
 def test_depth_profile_shape_error_ignores_the_gain_and_measures_the_change_with_depth():
@@ -262,10 +279,10 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
     argv += ["--ddpm-steps", "2", "--repeats", "1", "--ddpm-repeats", "2", "--timed", "linear", "--device", "cpu"]
     argv += ["--figures", tmp_path, "--cache", tmp_path]
     argv += ["--model", f"echo={tiny_bundles['echo']}", "--model", f"linear={tiny_bundles['linear']}"]
-    argv += ["--model", f"ghost={tmp_path / 'no_such_bundle'}"]
+    argv += ["--model", f"ghost={tmp_path / 'no_such_bundle'}", "--model", f"again={tiny_bundles['linear']}"]
     assert main([str(arg) for arg in argv]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert figures["suite"] == "synth" and set(figures["models"]) == {"echo", "linear"}
+    assert figures["suite"] == "synth" and set(figures["models"]) == {"echo", "linear", "again"}
     assert figures["settings"]["repeats"] == 1 and figures["settings"]["ddpm_repeats"] == 2
     assert {model["sampler"] for model in figures["models"].values()} == {"ddpm"}  # the bundles' default
     assert any(note.startswith("ghost: left out") for note in figures["notes"])
@@ -274,7 +291,7 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
         structures = set(STRUCTURES[kind])
         assert set(part["segmentation"]["real"]["dice"]) == structures
         assert set(part["segmentation"][model]["ratio_to_real"]) == structures
-        assert set(part["realism"]) == {"held_out_real", "real_train", model}
+        assert {"held_out_real", "real_train", model} <= set(part["realism"])
         for row in ("real_train", model):
             assert {"profile_error", "snr", "speckle_axial_px", "speckle_lateral_px", "frechet"} <= set(
                 part["realism"][row]
@@ -285,6 +302,10 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
         assert "profile_error_low" not in part["realism"]["real_train"]
         assert Path(part["figure"]).is_file()
     assert figures["echo"]["throughput"] == {}  # not --timed
+    assert figures["echo"]["profile_error_difference"] == {}  # one model: no ablation
+    # the same bundle twice: the same images, no difference, nothing to spread
+    again = figures["linear"]["profile_error_difference"]["again"]
+    assert again == {"baseline": "linear", "difference": 0.0, "low": 0.0, "high": 0.0}
     speeds = figures["linear"]["throughput"]["linear"]
     assert speeds["ddpm_steps"] == 2 and speeds["ddim_25"] > 0 and speeds["ddpm"] > 0
     assert speeds["ddim_50"] is None and speeds["ddpm_50"] is None  # more steps than the 30 of the schedule

@@ -29,7 +29,10 @@ over its mean: the change with depth alone), envelope SNR and
 speckle FWHM (pixels), the envelope recovered for ``--dynamic-range`` dB (default 60, the
 simulator's default display range), and the Frechet distance on the bottleneck features of the
 real-trained segmenter. Rows ``held_out_real`` (the reference itself: its SNR and speckle) and
-``real_train`` (the real training images: what a perfect model would reach).
+``real_train`` (the real training images: what a perfect model would reach). For an ablation, each model's
+profile error minus that of the first model of its data, with the 90 % bootstrap interval of the difference: the
+label maps are redrawn for both models at once, so that the spread the two share (some maps being harder for
+both) cancels out.
 
 **(c) Sampling throughput** of the ``--timed`` models (default every one; ``none``: none): images per second of DDIM-25,
 DDIM-50, DDPM-50 and DDPM (``--ddpm-steps``, default the schedule's training steps) at batch ``--batch`` on
@@ -42,10 +45,11 @@ JSON (last stdout line): ``models`` (bundle, backend, data, B-maps, sampler, ste
 and each model -> ``dice`` and (models) ``ratio_to_real`` per structure; ``realism`` -> row ->
 ``mean_intensity``, ``profile_error`` (model rows: with ``profile_error_low`` and ``_high``, its 90 % bootstrap
 interval over the test label maps), ``profile_shape_error``, ``snr``, ``speckle_axial_px``,
-``speckle_lateral_px``, ``frechet`` (null where
-undefined); ``throughput`` -> timed model -> ``ddim_25``, ``ddim_50``, ``ddpm_50``, ``ddpm`` (images/s),
-``ddpm_steps``, ``batch``; ``figure`` (with ``--figures DIR``: ``synth_<data>.png``, label maps,
-real images and each model's images); then ``notes`` and ``seconds`` (wall time).
+``speckle_lateral_px``, ``frechet`` (null where undefined); ``profile_error_difference`` -> each model but
+the first -> ``baseline`` (the first model's name), ``difference``, ``low``, ``high``; ``throughput`` -> timed
+model -> ``ddim_25``, ``ddim_50``, ``ddpm_50``, ``ddpm`` (images/s), ``ddpm_steps``, ``batch``; ``figure``
+(with ``--figures DIR``: ``synth_<data>.png``, label maps, real images and each model's images); then ``notes``
+and ``seconds`` (wall time).
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ from deepultrasound.synthesis.bench_data import (
 from deepultrasound.synthesis.data import DATA_LABELS, DATA_PROBES, OUTSIDE_FAN, LabelAugmentation, label_classes
 from deepultrasound.synthesis.inference import SAMPLERS, Synthesizer, resolve_model
 from deepultrasound.synthesis.plots import save_synthesis_grid
-from deepultrasound.synthesis.realism import Regions, realism
+from deepultrasound.synthesis.realism import Regions, profile_error_difference, realism
 from deepultrasound.synthesis.sample_cache import SampleCache
 from deepultrasound.synthesis.segmentation import (
     SegmenterSettings,
@@ -269,7 +273,7 @@ def _evaluate(kind: str, models: dict[str, Synthesizer], args: argparse.Namespac
         },
         "throughput": {},
     }
-    shown = {}
+    synthetic_tests = {}
     for name, model in models.items():
         pairs = [{**pair, "image": image} for pair, image in zip(data.train, _synthesise(model, train_labels, args))]
         dice = _dice(train_segmenter(pairs, CLASSES[kind], settings, f"{name} segmenter on synthetic images"), data)
@@ -277,16 +281,30 @@ def _evaluate(kind: str, models: dict[str, Synthesizer], args: argparse.Namespac
             key: value / real_dice[key] if value is not None and real_dice[key] else None for key, value in dice.items()
         }
         result["segmentation"][name] = {"dice": dice, "ratio_to_real": ratio}
-        synthetic_test = _synthesise(model, test_labels, args)
-        shown[name] = synthetic_test[:FIGURE_ROWS, 0].numpy()
-        result["realism"][name] = realism_of(synthetic_test)
+        synthetic_tests[name] = _synthesise(model, test_labels, args)[:, 0].numpy()
+        result["realism"][name] = realism_of(torch.from_numpy(synthetic_tests[name])[:, None])
         if args.timed is None or name in args.timed:
             result["throughput"][name] = _throughput(model, test_labels, args)
+    result["profile_error_difference"] = _differences(synthetic_tests, reference[0], test_regions)
     if args.figures is not None:
         rows = slice(FIGURE_ROWS)
         grid = args.figures / f"synth_{kind}.png"
+        shown = {name: images[rows] for name, images in synthetic_tests.items()}
         result["figure"] = str(save_synthesis_grid(grid, test_labels[rows].numpy(), reference[0][rows], shown))
     return result
+
+
+def _differences(synthetic: dict[str, np.ndarray], real: np.ndarray, test_regions: Regions) -> dict[str, Any]:
+    """Each model's profile error minus the first model's (the baseline of an ablation), with its 90 % bootstrap
+    interval over the test label maps, all three images of a map drawn together: ``{name: {"baseline",
+    "difference", "low", "high"}}`` for every model but the first (values null where undefined)."""
+    (baseline, baseline_images), *others = synthetic.items()
+    differences = {}
+    for name, images in others:
+        figures = profile_error_difference(images, baseline_images, real, test_regions)
+        values = dict(zip(("difference", "low", "high"), figures or (None, None, None)))
+        differences[name] = {"baseline": baseline, **values}
+    return differences
 
 
 def _cell(value: float | None, digits: int = 3) -> str:
@@ -314,6 +332,12 @@ def _print(kind: str, figures: dict[str, Any]) -> None:
             interval = f" [{_cell(row['profile_error_low'], 4)}, {_cell(row['profile_error_high'], 4)}]"
             cells[REALISM.index("profile_error")] += interval
         print(f"{name:<20}" + "".join(f"{cell:>{width}}" for cell, width in zip(cells, widths)))
+    for name, row in figures["profile_error_difference"].items():
+        print(
+            f"{name}: profile error minus {row['baseline']}'s {_cell(row['difference'], 4)} "
+            f"[{_cell(row['low'], 4)}, {_cell(row['high'], 4)}] (90 % interval over the test label maps; "
+            f"negative: {name}'s profile is the closer)"
+        )
     print(f"\n{kind}: sampling throughput, images/s")
     for name, row in figures["throughput"].items():
         speeds = ", ".join(f"{key} {_cell(row[key])}" for key in TIMED_SAMPLERS)

@@ -6,10 +6,11 @@ Images are ``(N, H, W)`` B-mode in [0, 1] with, per image, :class:`Regions` (whe
   (0 at the probe, 1 at the deepest imaged point) inside the imaged region, pooled over images;
   :func:`profile_error` is the mean absolute difference of two profiles over the bins both have,
   in image units (B-mode in [0, 1]), with a bootstrap interval over pairs of images (one of each set,
-  of the same label map: :func:`profile_error_interval`). It holds both the overall brightness and how it changes with
-  depth; :func:`profile_shape_error` is the error of the profiles each divided by its own mean over
-  the bins (dimensionless): the change with depth alone, whatever the gain. ``mean_intensity`` is the
-  mean of every pixel inside the imaged regions (image units): the gain alone.
+  of the same label map: :func:`profile_error_interval`), and the difference of two sets' errors with its
+  interval, the maps redrawn for both sets at once (:func:`profile_error_difference`). It holds both the overall
+  brightness and how it changes with depth; :func:`profile_shape_error` is the error of the profiles each
+  divided by its own mean over the bins (dimensionless): the change with depth alone, whatever the gain.
+  ``mean_intensity`` is the mean of every pixel inside the imaged regions (image units): the gain alone.
 - **envelope SNR** (:func:`envelope_snr`): mean / std of the envelope inside a tissue region, per
   image, averaged over images. The envelope is recovered from the log compression
   (:func:`envelope_from_bmode`): B-mode ``b`` in [0, 1] spans ``dynamic_range_db`` below the
@@ -26,6 +27,7 @@ Images are ``(N, H, W)`` B-mode in [0, 1] with, per image, :class:`Regions` (whe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,6 +132,38 @@ def profile_shape_error(profile: np.ndarray, reference: np.ndarray) -> float | N
     return profile_error(profile[both] / profile[both].mean(), reference[both] / reference[both].mean())
 
 
+def _paired_bootstrap(
+    binned: list[tuple[np.ndarray, np.ndarray]],
+    statistic: Callable[[list[np.ndarray]], float | None],
+    level: float,
+    draws: int,
+    seed: int,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval (``level``, two-sided) of ``statistic`` of the depth profiles of image sets
+    given by their per-image binned sums and counts (``(N, bins)`` each, image ``i`` of every set of the same label
+    map): the maps are redrawn with replacement ``draws`` times (seeded by ``seed``), the same maps for every set.
+    None if the statistic is undefined in some draw."""
+    lengths = {len(sums) for sums, _ in binned}
+    if len(lengths) != 1:
+        raise InputError(f"paired image sets must be as long, got lengths {sorted(lengths)}")
+    count = lengths.pop()
+    if not 0 < level < 1 or draws < 2 or not count:
+        raise InputError(
+            f"a bootstrap interval needs images, 0 < level < 1 and at least 2 draws, got {count} image(s), "
+            f"{level} and {draws}"
+        )
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        drawn = rng.integers(count, size=count)
+        value = statistic([_profile(sums[drawn], counts[drawn]) for sums, counts in binned])
+        if value is None:
+            return None
+        values.append(value)
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def profile_error_interval(
     images: np.ndarray,
     regions: Regions,
@@ -142,29 +176,43 @@ def profile_error_interval(
     """Percentile bootstrap interval (``level``, two-sided) of :func:`profile_error` of ``images`` against
     ``reference_images`` when image ``i`` of one set pairs with image ``i`` of the other (e.g. both of one label
     map): the pairs are redrawn with replacement ``draws`` times (seeded by ``seed``). It says how far the
-    error moves with the label maps drawn, e.g. whether two models' errors differ by more than that. None if
-    the two profiles share no bin in some draw."""
-    if len(images) != len(reference_images):
-        raise InputError(f"paired image sets must be as long, got {len(images)} and {len(reference_images)}")
-    if not 0 < level < 1 or draws < 2 or not len(images):
-        raise InputError(
-            f"a bootstrap interval needs images, 0 < level < 1 and at least 2 draws, got {len(images)} image(s), "
-            f"{level} and {draws}"
-        )
-    binned = (
+    error moves with the label maps drawn. None if the two profiles share no bin in some draw."""
+    binned = [
         _binned_by_depth(images, regions, DEPTH_BINS),
         _binned_by_depth(reference_images, reference_regions, DEPTH_BINS),
-    )
-    rng = np.random.default_rng(seed)
-    errors = []
-    for _ in range(draws):
-        drawn = rng.integers(len(images), size=len(images))
-        error = profile_error(*(_profile(sums[drawn], counts[drawn]) for sums, counts in binned))
-        if error is None:
-            return None
-        errors.append(error)
-    low, high = np.quantile(errors, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+    ]
+    return _paired_bootstrap(binned, lambda profiles: profile_error(*profiles), level, draws, seed)
+
+
+def profile_error_difference(
+    images: np.ndarray,
+    baseline_images: np.ndarray,
+    reference_images: np.ndarray,
+    regions: Regions,
+    level: float = PROFILE_INTERVAL_LEVEL,
+    draws: int = PROFILE_INTERVAL_DRAWS,
+    seed: int = 0,
+) -> tuple[float, float, float] | None:
+    """(difference, low, high): :func:`profile_error` of ``images`` minus that of ``baseline_images``, both against
+    ``reference_images``, with its percentile bootstrap interval (``level``, two-sided) when image ``i`` of the
+    three sets is of one label map (its ``regions``): the maps are redrawn together, so the spread the maps
+    share (one set of maps being harder than another for both models) cancels out. A positive difference: the
+    baseline's profile is the closer. None if the profiles share no bin (in the sets or some draw).
+
+    Args:
+        images, baseline_images, reference_images: ``(N, H, W)`` B-mode in [0, 1].
+        regions: of the label maps, ``(N, H, W)`` each.
+    """
+
+    def difference(profiles: list[np.ndarray]) -> float | None:
+        profile, baseline, reference = profiles
+        errors = profile_error(profile, reference), profile_error(baseline, reference)
+        return None if None in errors else errors[0] - errors[1]
+
+    binned = [_binned_by_depth(values, regions, DEPTH_BINS) for values in (images, baseline_images, reference_images)]
+    value = difference([_profile(*sets) for sets in binned])
+    interval = _paired_bootstrap(binned, difference, level, draws, seed)
+    return None if value is None or interval is None else (value, *interval)
 
 
 def envelope_snr(envelopes: np.ndarray, regions: Regions) -> float | None:
