@@ -640,18 +640,20 @@ def test_a_run_resumes_with_other_sampling_defaults_but_not_with_other_training(
         "ussynth_echo_64_no_bmap",
         "ussynth_linear_attenuated_64",
         "ussynth_linear_attenuated_64_no_bmap",
+        "ussynth_linear_attenuated_32",
+        "ussynth_linear_attenuated_32_no_bmap",
     ],
 )
 def test_the_shipped_configs_are_valid(name):
     config = load_config(CONFIGS / f"{name}.yaml")
     task_class = get_task(config.task)
     args = task_class.parse_args(config.task_args)
-    assert args.image_size == 64 and config.checkpoint_every_steps
+    assert f"_{args.image_size}" in name and config.checkpoint_every_steps
     inference = task_class(args, seed=config.seed).inference_spec()
     assert inference.bmap.enabled == (not name.endswith("no_bmap"))
 
 
-@pytest.mark.parametrize("name", ["ussynth_echo_64", "ussynth_linear_attenuated_64"])
+@pytest.mark.parametrize("name", ["ussynth_echo_64", "ussynth_linear_attenuated_64", "ussynth_linear_attenuated_32"])
 def test_each_ablation_differs_from_its_config_only_in_eps_and_names(name):
     with_bmap, without = (load_config(CONFIGS / f"{config}.yaml") for config in (name, f"{name}_no_bmap"))
     assert without.task_args == {**with_bmap.task_args, "bmap_eps": 1.0}
