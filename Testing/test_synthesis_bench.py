@@ -262,11 +262,14 @@ def speckled_camus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_bundles(speckled_camus, tmp_path_factory) -> dict[str, Path]:
-    """An echo and a linear bundle of 32 x 32 images and 30 diffusion steps, each trained 2 steps."""
+    """An echo and a linear bundle of 32 x 32 images and 30 diffusion steps, each trained 2 steps; the linear one
+    with its ONNX graph."""
     bundles = {}
     for data in ("echo", "linear"):
         output = tmp_path_factory.mktemp(data)
-        config = parse_config(tiny_config(speckled_camus, data=data, image_size=32, num_train_timesteps=30))
+        config = tiny_config(speckled_camus, data=data, image_size=32, num_train_timesteps=30)
+        config["bundle"]["formats"] = ["onnx"] if data == "linear" else []
+        config = parse_config(config)
         Trainer(config, output_dir=output, progress=False, device="cpu").run()
         bundles[data] = output / "bundle"
     return bundles
@@ -307,6 +310,7 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
     again = figures["linear"]["profile_error_difference"]["again"]
     assert again == {"baseline": "linear", "difference": 0.0, "low": 0.0, "high": 0.0}
     speeds = figures["linear"]["throughput"]["linear"]
+    assert "compared" not in speeds and speeds["backend"] == figures["models"]["linear"]["backend"]
     assert speeds["ddpm_steps"] == 2 and speeds["ddim_25"] > 0 and speeds["ddpm"] > 0
     assert speeds["ddim_50"] is None and speeds["ddpm_50"] is None  # more steps than the 30 of the schedule
     echo = figures["echo"]
@@ -319,6 +323,24 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
     assert echo["realism"]["held_out_real"]["snr"] > 0
     assert figures["linear"]["data"]["seeds"] == list(UNSEEN_SEEDS)
     assert figures["linear"]["data"]["attenuation_db_cm_mhz"] == [0.5, 1.0]
+
+
+def test_bench_synth_times_two_backends_of_one_bundle_in_turn_and_gives_their_ratio(tiny_bundles, tmp_path, capsys):
+    argv = ["bench", "synth", "--model", f"linear={tiny_bundles['linear']}", "--throughput-only"]
+    argv += ["--backend", "onnxruntime", "--compare-backend", "torch", "--linear-train", "1", "--linear-test", "2"]
+    argv += ["--batch", "2", "--ddpm-steps", "2", "--repeats", "1", "--device", "cpu", "--cache", tmp_path]
+    assert main([str(arg) for arg in argv]) == 0
+    out = capsys.readouterr().out
+    figures = json.loads(out.strip().splitlines()[-1])["linear"]
+    assert set(figures) == {"data", "throughput"}  # no segmenters, no realism
+    row = figures["throughput"]["linear"]
+    compared = row["compared"]
+    assert (row["backend"], compared["backend"]) == ("onnxruntime", "torch")
+    for key in ("ddim_25", "ddpm"):
+        assert row[key] > 0 and compared[key] > 0
+        assert compared["ratio"][key] == pytest.approx(row[key] / compared[key])
+    assert compared["ratio"]["ddim_50"] is None  # more steps than the 30 of the schedule: not timed
+    assert "onnxruntime / torch: ddim_25" in out
 
 
 def test_bench_synth_refuses_to_time_a_model_it_was_not_given(tiny_bundles, tmp_path, capsys):

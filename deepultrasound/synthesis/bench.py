@@ -38,7 +38,9 @@ both) cancels out.
 DDIM-50, DDPM-50 and DDPM (``--ddpm-steps``, default the schedule's training steps) at batch ``--batch`` on
 ``--backend`` (default auto: ONNX Runtime on the CPU) and ``--device``, median of ``--repeats`` runs (DDPM:
 ``--ddpm-repeats``, default one run, its 1000 steps taking 20 times DDIM-50's time) after an untimed one-step run,
-guidance as in (a); null for a sampler that needs more steps than the schedule has.
+guidance as in (a); null for a sampler that needs more steps than the schedule has. With ``--compare-backend``,
+the same bundle on that backend too, the two taking turns run by run, and the ratio of their images/s.
+``--throughput-only`` skips (a) and (b).
 
 JSON (last stdout line): ``models`` (bundle, backend, data, B-maps, sampler, steps, guidance); per data (``echo``,
 ``linear``): ``data`` (counts, patients or seeds and configuration), ``segmentation`` -> ``real``
@@ -47,9 +49,11 @@ and each model -> ``dice`` and (models) ``ratio_to_real`` per structure; ``reali
 interval over the test label maps), ``profile_shape_error``, ``snr``, ``speckle_axial_px``,
 ``speckle_lateral_px``, ``frechet`` (null where undefined); ``profile_error_difference`` -> each model but
 the first -> ``baseline`` (the first model's name), ``difference``, ``low``, ``high``; ``throughput`` -> timed
-model -> ``ddim_25``, ``ddim_50``, ``ddpm_50``, ``ddpm`` (images/s), ``ddpm_steps``, ``batch``; ``figure``
-(with ``--figures DIR``: ``synth_<data>.png``, label maps, real images and each model's images); then ``notes``
-and ``seconds`` (wall time).
+model -> ``backend``, ``ddim_25``, ``ddim_50``, ``ddpm_50``, ``ddpm`` (images/s), ``ddpm_steps``, ``batch`` and
+(``--compare-backend``) ``compared`` -> ``backend``, the four samplers and ``ratio`` (the row's images/s over
+these, per sampler); ``figure`` (with ``--figures DIR``: ``synth_<data>.png``, label maps, real images and each
+model's images); then ``notes`` and ``seconds`` (wall time). With ``--throughput-only``, ``data`` and
+``throughput`` only.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from tqdm.auto import tqdm
 from deepultrasound.errors import DeepUltrasoundError, InputError
 from deepultrasound.registration.data import VALIDATION_PATIENTS, default_camus_root
 from deepultrasound.runtime import choose_device
+from deepultrasound.runtime.backends import BACKENDS
 from deepultrasound.runtime.options import add_backend_options
 from deepultrasound.spatial.bmode import DEFAULT_DYNAMIC_RANGE_DB
 from deepultrasound.superres.data import RESIDUAL_ATTENUATION_DB_CM_MHZ
@@ -148,6 +153,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="a model whose sampling throughput is timed (repeatable; 'none': no model; default: every model)",
     )
+    add(
+        "--compare-backend",
+        choices=BACKENDS,
+        default=None,
+        help="also time each timed model on this backend, run for run beside --backend's, and give the ratio "
+        "(default: none)",
+    )
+    add("--throughput-only", action="store_true", help="time the sampling only: no segmenters, no realism (minutes)")
     add("--dynamic-range", type=float, default=DEFAULT_DYNAMIC_RANGE_DB, help="dB of the B-mode (default: 60)")
     add("--seed", type=int, default=0, help="seed of synthesis noise and segmenters (default: 0)")
     add_backend_options(parser)
@@ -204,25 +217,36 @@ def _synthesise(model: Synthesizer, labels: torch.Tensor, args: argparse.Namespa
     return torch.from_numpy(images)[:, None]
 
 
-def _throughput(model: Synthesizer, labels: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
-    """Images per second of each of :data:`TIMED_SAMPLERS` (median of ``--repeats`` runs) at batch ``--batch``."""
+def _throughput(models: list[Synthesizer], labels: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
+    """Images per second of one model on one or more backends (``models``: the same bundle on each) for each of
+    :data:`TIMED_SAMPLERS`, median of ``--repeats`` runs at batch ``--batch``; the backends take turns run by run,
+    so that a change of the machine's load reaches them alike. The first backend's figures are the row's, the
+    others' are under ``compared`` (with ``ratio``: the first's images/s over theirs)."""
     batch = labels[torch.arange(args.batch) % len(labels)].numpy()
-    ddpm_steps = args.ddpm_steps or model.spec.schedule.num_train_timesteps
-    figures: dict[str, Any] = {"batch": args.batch, "ddpm_steps": ddpm_steps}
+    ddpm_steps = args.ddpm_steps or models[0].spec.schedule.num_train_timesteps
+    rows: list[dict[str, Any]] = [{"backend": model.backend} for model in models]
     for key, (sampler, steps) in TIMED_SAMPLERS.items():
         steps = steps or ddpm_steps
-        if steps > model.spec.schedule.num_train_timesteps:
-            figures[key] = None  # more steps than the schedule has
+        if steps > models[0].spec.schedule.num_train_timesteps:
+            for row in rows:
+                row[key] = None  # more steps than the schedule has
             continue
         options = {"guidance": args.guidance, "sampler": sampler, "seed": args.seed, "batch": args.batch}
-        model(batch, steps=1, **options)  # warm-up: first-call allocations are not timed
-        seconds = []
+        for model in models:
+            model(batch, steps=1, **options)  # warm-up: first-call allocations are not timed
+        seconds: list[list[float]] = [[] for _ in models]
         repeats = args.ddpm_repeats if key == "ddpm" else args.repeats
-        for _ in tqdm(range(repeats), desc=f"{model.name}: {key}", unit="run", leave=False):
-            started = time.perf_counter()
-            model(batch, steps=steps, **options)
-            seconds.append(time.perf_counter() - started)
-        figures[key] = args.batch / float(np.median(seconds))
+        for _ in tqdm(range(repeats), desc=f"{models[0].name}: {key}", unit="run", leave=False):
+            for model, times in zip(models, seconds):
+                started = time.perf_counter()
+                model(batch, steps=steps, **options)
+                times.append(time.perf_counter() - started)
+        for row, times in zip(rows, seconds):
+            row[key] = args.batch / float(np.median(times))
+    figures: dict[str, Any] = {**rows[0], "batch": args.batch, "ddpm_steps": ddpm_steps}
+    for row in rows[1:]:
+        ratio = {key: figures[key] / row[key] if row[key] else None for key in TIMED_SAMPLERS}
+        figures["compared"] = {**row, "ratio": ratio}
     return figures
 
 
@@ -240,8 +264,30 @@ def _data(kind: str, size: int, args: argparse.Namespace) -> BenchData:
 
 
 def _evaluate(kind: str, models: dict[str, Synthesizer], args: argparse.Namespace, device: str) -> dict[str, Any]:
-    """(a), (b) and (c) for the models of one data kind."""
+    """(a), (b) (unless ``--throughput-only``) and (c) for the models of one data kind."""
     data = _data(kind, next(iter(models.values())).size[0], args)
+    result: dict[str, Any] = {
+        "data": {**data.description, "train_images": len(data.train), "test_images": len(data.test)}
+    }
+    if not args.throughput_only:
+        result.update(_quality(kind, models, data, args, device))
+    result["throughput"] = {}
+    for name, model in models.items():
+        if args.timed is None or name in args.timed:
+            compared = [] if args.compare_backend is None else [_on_backend(model, args.compare_backend, device)]
+            result["throughput"][name] = _throughput([model, *compared], data.stack("test", "labels"), args)
+    return result
+
+
+def _on_backend(model: Synthesizer, backend: str, device: str) -> Synthesizer:
+    """``model``'s bundle on another backend."""
+    return Synthesizer(model.model.predictor.bundle, device=device, backend=backend)
+
+
+def _quality(
+    kind: str, models: dict[str, Synthesizer], data: BenchData, args: argparse.Namespace, device: str
+) -> dict[str, Any]:
+    """(a) and (b): ``segmentation``, ``realism``, ``profile_error_difference`` and (``--figures``) ``figure``."""
     train_labels, test_labels = data.stack("train", "labels"), data.stack("test", "labels")
     real_train, real_test = data.stack("train", "image"), data.stack("test", "image")
     settings = SegmenterSettings(
@@ -265,13 +311,11 @@ def _evaluate(kind: str, models: dict[str, Synthesizer], args: argparse.Namespac
 
     real_dice = _dice(real_segmenter, data)
     result: dict[str, Any] = {
-        "data": {**data.description, "train_images": len(data.train), "test_images": len(data.test)},
         "segmentation": {"real": {"dice": real_dice}},
         "realism": {
             "held_out_real": realism(reference[0], test_regions, dynamic_range_db=args.dynamic_range),
             "real_train": realism_of(real_train, regions(kind, train_labels)),
         },
-        "throughput": {},
     }
     synthetic_tests = {}
     for name, model in models.items():
@@ -281,10 +325,9 @@ def _evaluate(kind: str, models: dict[str, Synthesizer], args: argparse.Namespac
             key: value / real_dice[key] if value is not None and real_dice[key] else None for key, value in dice.items()
         }
         result["segmentation"][name] = {"dice": dice, "ratio_to_real": ratio}
-        synthetic_tests[name] = _synthesise(model, test_labels, args)[:, 0].numpy()
-        result["realism"][name] = realism_of(torch.from_numpy(synthetic_tests[name])[:, None])
-        if args.timed is None or name in args.timed:
-            result["throughput"][name] = _throughput(model, test_labels, args)
+        synthetic_test = _synthesise(model, test_labels, args)
+        result["realism"][name] = realism_of(synthetic_test)
+        synthetic_tests[name] = synthetic_test[:, 0].numpy()
     result["profile_error_difference"] = _differences(synthetic_tests, reference[0], test_regions)
     if args.figures is not None:
         rows = slice(FIGURE_ROWS)
@@ -312,6 +355,19 @@ def _cell(value: float | None, digits: int = 3) -> str:
 
 
 def _print(kind: str, figures: dict[str, Any]) -> None:
+    if "segmentation" in figures:
+        _print_quality(kind, figures)
+    print(f"\n{kind}: sampling throughput, images/s")
+    for name, row in figures["throughput"].items():
+        for speeds in [row, *([row["compared"]] if "compared" in row else [])]:
+            cells = ", ".join(f"{key} {_cell(speeds[key])}" for key in TIMED_SAMPLERS)
+            print(f"{name:<20}{speeds['backend']:<12} batch {row['batch']}: {cells} (DDPM {row['ddpm_steps']} steps)")
+        if "compared" in row:
+            ratios = ", ".join(f"{key} {_cell(row['compared']['ratio'][key], 2)}" for key in TIMED_SAMPLERS)
+            print(f"{name:<20}{row['backend']} / {row['compared']['backend']}: {ratios}")
+
+
+def _print_quality(kind: str, figures: dict[str, Any]) -> None:
     structures = list(STRUCTURES[kind])
     print(f"\n{kind}: Dice on {figures['data']['test_images']} real test images (ratio synthetic / real)")
     print(f"{'trained on':<20}" + "".join(f"{name:>22}" for name in structures))
@@ -338,10 +394,6 @@ def _print(kind: str, figures: dict[str, Any]) -> None:
             f"[{_cell(row['low'], 4)}, {_cell(row['high'], 4)}] (90 % interval over the test label maps; "
             f"negative: {name}'s profile is the closer)"
         )
-    print(f"\n{kind}: sampling throughput, images/s")
-    for name, row in figures["throughput"].items():
-        speeds = ", ".join(f"{key} {_cell(row[key])}" for key in TIMED_SAMPLERS)
-        print(f"{name:<20}batch {row['batch']}: {speeds} (DDPM {row['ddpm_steps']} steps)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -371,6 +423,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "repeats",
         "ddpm_repeats",
         "timed",
+        "compare_backend",
+        "throughput_only",
         "seed",
         "dynamic_range",
     )
