@@ -343,6 +343,12 @@ def test_bench_synth_times_two_backends_of_one_bundle_in_turn_and_gives_their_ra
     assert "onnxruntime / torch: ddim_25" in out
 
 
+def test_bench_synth_refuses_a_backend_to_compare_that_a_bundle_cannot_run_before_any_work(tiny_bundles, capsys):
+    argv = ["bench", "synth", "--model", f"echo={tiny_bundles['echo']}", "--compare-backend", "onnxruntime"]
+    assert main([str(arg) for arg in argv + ["--device", "cpu"]]) == 2
+    assert "--compare-backend onnxruntime: echo:" in capsys.readouterr().err  # the echo bundle has no ONNX graph
+
+
 def test_bench_synth_refuses_to_time_a_model_it_was_not_given(tiny_bundles, tmp_path, capsys):
     argv = ["bench", "synth", "--model", f"linear={tiny_bundles['linear']}", "--timed", "echo", "--device", "cpu"]
     assert main([*argv, "--cache", str(tmp_path)]) != 0

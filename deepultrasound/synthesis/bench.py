@@ -263,8 +263,15 @@ def _data(kind: str, size: int, args: argparse.Namespace) -> BenchData:
     return echo_data(root, size, args.train_patients, args.test_patients)
 
 
-def _evaluate(kind: str, models: dict[str, Synthesizer], args: argparse.Namespace, device: str) -> dict[str, Any]:
-    """(a), (b) (unless ``--throughput-only``) and (c) for the models of one data kind."""
+def _evaluate(
+    kind: str,
+    models: dict[str, Synthesizer],
+    compared: dict[str, Synthesizer],
+    args: argparse.Namespace,
+    device: str,
+) -> dict[str, Any]:
+    """(a), (b) (unless ``--throughput-only``) and (c) for the models of one data kind; ``compared``: the bundles
+    of the timed models on ``--compare-backend``, by name."""
     data = _data(kind, next(iter(models.values())).size[0], args)
     result: dict[str, Any] = {
         "data": {**data.description, "train_images": len(data.train), "test_images": len(data.test)}
@@ -274,14 +281,27 @@ def _evaluate(kind: str, models: dict[str, Synthesizer], args: argparse.Namespac
     result["throughput"] = {}
     for name, model in models.items():
         if args.timed is None or name in args.timed:
-            compared = [] if args.compare_backend is None else [_on_backend(model, args.compare_backend, device)]
-            result["throughput"][name] = _throughput([model, *compared], data.stack("test", "labels"), args)
+            runs = [model, *([compared[name]] if name in compared else [])]
+            result["throughput"][name] = _throughput(runs, data.stack("test", "labels"), args)
     return result
 
 
-def _on_backend(model: Synthesizer, backend: str, device: str) -> Synthesizer:
-    """``model``'s bundle on another backend."""
-    return Synthesizer(model.model.predictor.bundle, device=device, backend=backend)
+def _on_compared_backend(
+    kinds: dict[str, dict[str, Synthesizer]], args: argparse.Namespace, device: str
+) -> dict[str, Synthesizer]:
+    """The timed models' bundles on ``--compare-backend``, by name (none without it), made before any work so that
+    a bundle that cannot run there is refused at once."""
+    if args.compare_backend is None:
+        return {}
+    compared = {}
+    for group in kinds.values():
+        for name, model in group.items():
+            if args.timed is None or name in args.timed:
+                try:
+                    compared[name] = Synthesizer(model.model.predictor.bundle, device, args.compare_backend)
+                except DeepUltrasoundError as error:
+                    raise InputError(f"--compare-backend {args.compare_backend}: {name}: {error}") from error
+    return compared
 
 
 def _quality(
@@ -413,6 +433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unknown = set(args.timed or ()) - names - {"none"}
     if unknown:
         raise InputError(f"--timed {', '.join(sorted(unknown))}: no such model (models: {', '.join(sorted(names))})")
+    compared = _on_compared_backend(kinds, args, device)
     settings = (
         "sampler",
         "steps",
@@ -447,7 +468,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
     }
     for kind, group in kinds.items():
-        figures[kind] = _evaluate(kind, group, args, device)
+        figures[kind] = _evaluate(kind, group, compared, args, device)
         _print(kind, figures[kind])
     for note in notes:
         print(f"note: {note}")
