@@ -217,36 +217,42 @@ def _synthesise(model: Synthesizer, labels: torch.Tensor, args: argparse.Namespa
     return torch.from_numpy(images)[:, None]
 
 
-def _throughput(models: list[Synthesizer], labels: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
-    """Images per second of one model on one or more backends (``models``: the same bundle on each) for each of
-    :data:`TIMED_SAMPLERS`, median of ``--repeats`` runs at batch ``--batch``; the backends take turns run by run,
-    so that a change of the machine's load reaches them alike. The first backend's figures are the row's, the
-    others' are under ``compared`` (with ``ratio``: the first's images/s over theirs)."""
+def _throughput(
+    model: Synthesizer, compared: Synthesizer | None, labels: torch.Tensor, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Images per second of ``model`` for each of :data:`TIMED_SAMPLERS`, median of ``--repeats`` runs at batch
+    ``--batch``, and of the same bundle on another backend (``compared``, or None), the two taking turns run by
+    run so that a change of the machine's load reaches both alike: its figures under ``compared``, with ``ratio``
+    (``model``'s images/s over its)."""
+    runners = [model] if compared is None else [model, compared]
     batch = labels[torch.arange(args.batch) % len(labels)].numpy()
-    ddpm_steps = args.ddpm_steps or models[0].spec.schedule.num_train_timesteps
-    rows: list[dict[str, Any]] = [{"backend": model.backend} for model in models]
+    ddpm_steps = args.ddpm_steps or model.spec.schedule.num_train_timesteps
+    rows: list[dict[str, Any]] = [{"backend": runner.backend} for runner in runners]
     for key, (sampler, steps) in TIMED_SAMPLERS.items():
         steps = steps or ddpm_steps
-        if steps > models[0].spec.schedule.num_train_timesteps:
+        if steps > model.spec.schedule.num_train_timesteps:
             for row in rows:
                 row[key] = None  # more steps than the schedule has
             continue
         options = {"guidance": args.guidance, "sampler": sampler, "seed": args.seed, "batch": args.batch}
-        for model in models:
-            model(batch, steps=1, **options)  # warm-up: first-call allocations are not timed
-        seconds: list[list[float]] = [[] for _ in models]
+        for runner in runners:
+            runner(batch, steps=1, **options)  # warm-up: first-call allocations are not timed
+        seconds: list[list[float]] = [[] for _ in runners]
         repeats = args.ddpm_repeats if key == "ddpm" else args.repeats
-        for _ in tqdm(range(repeats), desc=f"{models[0].name}: {key}", unit="run", leave=False):
-            for model, times in zip(models, seconds):
+        for _ in tqdm(range(repeats), desc=f"{model.name}: {key}", unit="run", leave=False):
+            for runner, times in zip(runners, seconds):
                 started = time.perf_counter()
-                model(batch, steps=steps, **options)
+                runner(batch, steps=steps, **options)
                 times.append(time.perf_counter() - started)
         for row, times in zip(rows, seconds):
             row[key] = args.batch / float(np.median(times))
     figures: dict[str, Any] = {**rows[0], "batch": args.batch, "ddpm_steps": ddpm_steps}
-    for row in rows[1:]:
-        ratio = {key: figures[key] / row[key] if row[key] else None for key in TIMED_SAMPLERS}
-        figures["compared"] = {**row, "ratio": ratio}
+    if compared is not None:
+        other = rows[1]
+        figures["compared"] = {
+            **other,
+            "ratio": {key: figures[key] / other[key] if other[key] else None for key in TIMED_SAMPLERS},
+        }
     return figures
 
 
@@ -281,8 +287,7 @@ def _evaluate(
     result["throughput"] = {}
     for name, model in models.items():
         if args.timed is None or name in args.timed:
-            runs = [model, *([compared[name]] if name in compared else [])]
-            result["throughput"][name] = _throughput(runs, data.stack("test", "labels"), args)
+            result["throughput"][name] = _throughput(model, compared.get(name), data.stack("test", "labels"), args)
     return result
 
 
