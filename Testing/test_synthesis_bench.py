@@ -158,6 +158,30 @@ def test_profile_error_difference_cancels_the_spread_the_label_maps_share():
         profile_error_difference(closer[:2], farther, reference, regions)
 
 
+def test_draws_of_each_label_map_are_pooled_and_redrawn_with_their_map():
+    count = 32
+    depth = np.broadcast_to(np.linspace(0.0, 1.0, 32)[None, :, None], (count, 32, 16))
+    regions = everywhere(depth.shape, depth)
+    reference = 0.5 - 0.3 * depth
+    gains = np.random.default_rng(6).choice([-0.2, 0.2], count)[:, None, None]  # a gain drawn at random per image
+    one_draw = reference + gains
+    both_signs = np.stack([reference + gains, reference - gains])  # (K=2, N, H, W): the gains cancel per map
+    assert profile_error(depth_profile(one_draw, regions), depth_profile(reference, regions)) > 0.0
+    np.testing.assert_allclose(depth_profile(both_signs, regions), depth_profile(reference, regions), atol=1e-12)
+    pooled = np.concatenate(list(both_signs))  # the same images as one (2 N, H, W) set
+    np.testing.assert_allclose(depth_profile(both_signs, regions), depth_profile(pooled, regions.repeated(2)))
+    assert profile_error_interval(both_signs, regions, reference, regions) == pytest.approx((0.0, 0.0), abs=1e-12)
+    brighter = reference + np.abs(gains)  # one draw of each map, 0.2 too bright
+    difference = profile_error_difference(both_signs, brighter[None], reference, regions)
+    assert difference == pytest.approx((-0.2, -0.2, -0.2))  # whichever maps are drawn, with both their draws
+    figures = realism(both_signs, regions, reference=(reference, regions, None), paired=True)
+    assert figures["profile_error"] == pytest.approx(0.0, abs=1e-12)
+    assert figures["mean_intensity_sd"] == pytest.approx(0.2)  # every image's mean is the reference's +- 0.2
+    assert realism(reference, regions)["mean_intensity_sd"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(InputError, match="differ in shape"):
+        depth_profile(both_signs[:, :4], regions)
+
+
 def test_depth_profile_shape_error_ignores_the_gain_and_measures_the_change_with_depth():
     depth = np.broadcast_to(np.linspace(0.0, 1.0, 32)[None, :, None], (3, 32, 16))
     regions = everywhere(depth.shape, depth)
@@ -278,7 +302,7 @@ def tiny_bundles(speckled_camus, tmp_path_factory) -> dict[str, Path]:
 def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles, speckled_camus, tmp_path, capsys):
     argv = ["bench", "synth", "--camus", speckled_camus, "--test-patients", "2", "--linear-train", "4"]
     argv += ["--linear-test", "2", "--linear-attenuation", "0.5", "1.0", "--seg-steps", "2", "--seg-batch", "2"]
-    argv += ["--batch", "2", "--steps", "2"]
+    argv += ["--batch", "2", "--steps", "2", "--samples-per-map", "2"]
     argv += ["--ddpm-steps", "2", "--repeats", "1", "--ddpm-repeats", "2", "--timed", "linear", "--device", "cpu"]
     argv += ["--figures", tmp_path, "--cache", tmp_path]
     argv += ["--model", f"echo={tiny_bundles['echo']}", "--model", f"linear={tiny_bundles['linear']}"]
@@ -287,6 +311,9 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["suite"] == "synth" and set(figures["models"]) == {"echo", "linear", "again"}
     assert figures["settings"]["repeats"] == 1 and figures["settings"]["ddpm_repeats"] == 2
+    # two stacks of the 2 linear test maps, seeds 0 and 1 ('again' is 'linear': the same stacks)
+    assert figures["settings"]["samples_per_map"] == 2
+    assert sorted(len(np.load(path)) for path in tmp_path.glob("*.npy") if len(np.load(path)) == 2) == [2, 2]
     assert {model["sampler"] for model in figures["models"].values()} == {"ddpm"}  # the bundles' default
     assert any(note.startswith("ghost: left out") for note in figures["notes"])
     for kind, model in (("echo", "echo"), ("linear", "linear")):
@@ -296,7 +323,7 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
         assert set(part["segmentation"][model]["ratio_to_real"]) == structures
         assert {"held_out_real", "real_train", model} <= set(part["realism"])
         for row in ("real_train", model):
-            assert {"profile_error", "snr", "speckle_axial_px", "speckle_lateral_px", "frechet"} <= set(
+            assert {"profile_error", "mean_intensity_sd", "snr", "speckle_axial_px", "frechet"} <= set(
                 part["realism"][row]
             )
             assert part["realism"][row]["frechet"] >= 0 and part["realism"][row]["profile_error"] >= 0

@@ -23,7 +23,9 @@ keyed by model, label maps and sampling settings (:mod:`~deepultrasound.synthesi
 a run stopped part way resumes from them and gives the figures of an uninterrupted one.
 
 **(b) Realism** (:mod:`~deepultrasound.synthesis.realism`) of the images synthesised from the test
-label maps against the real test images: mean intensity in the imaged region (the gain), depth-profile
+label maps (``--samples-per-map`` draws of each, default 1, their noise from ``--seed``, ``--seed + 1``, ...,
+pooled: more draws average out the gain a model picks at random) against the real test images: mean intensity in
+the imaged region (the gain) and its standard deviation from image to image, depth-profile
 error (image units, with its 90 % bootstrap interval over the test label maps) and its shape error (each profile
 over its mean: the change with depth alone), envelope SNR and
 speckle FWHM (pixels), the envelope recovered for ``--dynamic-range`` dB (default 60, the
@@ -45,8 +47,9 @@ the same bundle on that backend too, the two taking turns run by run, and the ra
 JSON (last stdout line): ``models`` (bundle, backend, data, B-maps, sampler, steps, guidance); per data (``echo``,
 ``linear``): ``data`` (counts, patients or seeds and configuration), ``segmentation`` -> ``real``
 and each model -> ``dice`` and (models) ``ratio_to_real`` per structure; ``realism`` -> row ->
-``mean_intensity``, ``profile_error`` (model rows: with ``profile_error_low`` and ``_high``, its 90 % bootstrap
-interval over the test label maps), ``profile_shape_error``, ``snr``, ``speckle_axial_px``,
+``mean_intensity``, ``mean_intensity_sd``, ``profile_error`` (model rows: with ``profile_error_low`` and
+``_high``, its 90 % bootstrap interval over the test label maps), ``profile_shape_error``, ``snr``,
+``speckle_axial_px``,
 ``speckle_lateral_px``, ``frechet`` (null where undefined); ``profile_error_difference`` -> each model but
 the first -> ``baseline`` (the first model's name), ``difference``, ``low``, ``high``; ``throughput`` -> timed
 model -> ``backend``, ``ddim_25``, ``ddim_50``, ``ddpm_50``, ``ddpm`` (images/s), ``ddpm_steps``, ``batch`` and
@@ -101,6 +104,7 @@ TIMED_SAMPLERS = {"ddim_25": ("ddim", 25), "ddim_50": ("ddim", 50), "ddpm_50": (
 """Timed samplers: key -> (sampler, steps); DDPM's steps are ``--ddpm-steps``."""
 REALISM = (
     "mean_intensity",
+    "mean_intensity_sd",
     "profile_error",
     "profile_shape_error",
     "snr",
@@ -140,6 +144,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--sampler", choices=SAMPLERS, default=None, help="sampler of the synthesis (default: the bundle's)")
     add("--steps", type=int, default=None, help="denoising steps of the synthesis (default: the bundle's)")
     add("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the bundle's)")
+    add(
+        "--samples-per-map",
+        type=int,
+        default=1,
+        help="images synthesised from each test label map for the realism figures, seeds --seed, --seed + 1, ... "
+        "(default: 1)",
+    )
     add("--seg-steps", type=int, default=2000, help="segmenter training steps (default: 2000)")
     add("--seg-batch", type=int, default=16, help="segmenter batch size (default: 16)")
     add("--batch", type=int, default=8, help="synthesis batch size, also of the throughput (default: 8)")
@@ -208,10 +219,10 @@ def _models(args: argparse.Namespace, device: str) -> tuple[dict[str, dict[str, 
     return kinds, notes
 
 
-def _synthesise(model: Synthesizer, labels: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
-    """``(N, 1, S, S)`` images synthesised from label maps ``(N, S, S)`` (``--batch`` at a time), each chunk kept
-    in ``--cache`` as it is done."""
-    options = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed, "batch": args.batch}
+def _synthesise(model: Synthesizer, labels: torch.Tensor, args: argparse.Namespace, draw: int = 0) -> torch.Tensor:
+    """``(N, 1, S, S)`` images synthesised from label maps ``(N, S, S)`` (``--batch`` at a time) with the noise of
+    seed ``--seed + draw``, each chunk kept in ``--cache`` as it is done."""
+    options = {"steps": args.steps, "guidance": args.guidance, "seed": args.seed + draw, "batch": args.batch}
     sampler = args.sampler or model.spec.sampler
     images = SampleCache(args.cache).synthesise(model, labels.numpy(), sampler=sampler, progress=True, **options)
     return torch.from_numpy(images)[:, None]
@@ -327,12 +338,13 @@ def _quality(
     reference = (real_test[:, 0].numpy(), test_regions, bottleneck_features(real_segmenter, real_test))
 
     def realism_of(images: torch.Tensor, image_regions: Regions | None = None) -> dict[str, float | None]:
-        """Realism of images of the test label maps (paired with the real test images, map by map) or, with
-        their ``image_regions``, of other maps."""
-        features = bottleneck_features(real_segmenter, images)
+        """Realism of images ``(N, 1, S, S)`` of the test label maps (``(K, N, 1, S, S)``: ``K`` draws of each;
+        paired with the real test images, map by map) or, with their ``image_regions``, of other maps."""
+        features = bottleneck_features(real_segmenter, images.reshape(-1, *images.shape[-3:]))
         paired = image_regions is None
         image_regions = test_regions if paired else image_regions
-        return realism(images[:, 0].numpy(), image_regions, features, reference, args.dynamic_range, paired)
+        values = images[..., 0, :, :].numpy()
+        return realism(values, image_regions, features, reference, args.dynamic_range, paired)
 
     real_dice = _dice(real_segmenter, data)
     result: dict[str, Any] = {
@@ -350,21 +362,23 @@ def _quality(
             key: value / real_dice[key] if value is not None and real_dice[key] else None for key, value in dice.items()
         }
         result["segmentation"][name] = {"dice": dice, "ratio_to_real": ratio}
-        synthetic_test = _synthesise(model, test_labels, args)
+        synthetic_test = torch.stack(
+            [_synthesise(model, test_labels, args, draw) for draw in range(args.samples_per_map)]
+        )
         result["realism"][name] = realism_of(synthetic_test)
-        synthetic_tests[name] = synthetic_test[:, 0].numpy()
+        synthetic_tests[name] = synthetic_test[:, :, 0].numpy()
     result["profile_error_difference"] = _differences(synthetic_tests, reference[0], test_regions)
     if args.figures is not None:
         rows = slice(FIGURE_ROWS)
         grid = args.figures / f"synth_{kind}.png"
-        shown = {name: images[rows] for name, images in synthetic_tests.items()}
+        shown = {name: images[0, rows] for name, images in synthetic_tests.items()}
         result["figure"] = str(save_synthesis_grid(grid, test_labels[rows].numpy(), reference[0][rows], shown))
     return result
 
 
 def _differences(synthetic: dict[str, np.ndarray], real: np.ndarray, test_regions: Regions) -> dict[str, Any]:
     """Each model's profile error minus the first model's (the baseline of an ablation), with its 90 % bootstrap
-    interval over the test label maps, all three images of a map drawn together: ``{name: {"baseline",
+    interval over the test label maps, all the images of a map drawn together: ``{name: {"baseline",
     "difference", "low", "high"}}`` for every model but the first (values null where undefined)."""
     (baseline, baseline_images), *others = synthetic.items()
     differences = {}
@@ -423,10 +437,12 @@ def _print_quality(kind: str, figures: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the suite; prints the tables and returns the figures."""
-    counts = (args.seg_steps, args.seg_batch, args.batch, args.repeats, args.ddpm_repeats, args.test_patients)
-    if min(counts) < 1 or min(args.linear_train, args.linear_test) < 1 or (args.train_patients or 1) < 1:
+    counts = (args.seg_steps, args.seg_batch, args.batch, args.repeats, args.ddpm_repeats, args.samples_per_map)
+    counts += (args.test_patients, args.linear_train, args.linear_test, args.train_patients or 1)
+    if min(counts) < 1:
         raise InputError(
-            "--seg-steps, --seg-batch, --batch, --repeats, --ddpm-repeats and the image counts must be >= 1"
+            "--seg-steps, --seg-batch, --batch, --repeats, --ddpm-repeats, --samples-per-map and the image counts "
+            "must be >= 1"
         )
     low, high = args.linear_attenuation
     if not 0 <= low <= high:
@@ -443,6 +459,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sampler",
         "steps",
         "guidance",
+        "samples_per_map",
         "seg_steps",
         "seg_batch",
         "batch",

@@ -1,6 +1,9 @@
 """Realism figures of a set of B-mode images against a reference set (e.g. synthetic against held-out real).
 
-Images are ``(N, H, W)`` B-mode in [0, 1] with, per image, :class:`Regions` (where the figures look):
+Images are ``(N, H, W)`` B-mode in [0, 1] with, per image, :class:`Regions` (where the figures look);
+images synthesised from label maps may also come as ``(K, N, H, W)``, ``K`` draws of each of the ``N`` maps of the
+regions (a model picks a different gain, a different speckle with each draw), and every figure then pools the
+``K N`` images, the bootstrap intervals redrawing maps with all their draws:
 
 - **depth-intensity profile** (:func:`depth_profile`): mean intensity per bin of normalised depth
   (0 at the probe, 1 at the deepest imaged point) inside the imaged region, pooled over images;
@@ -10,7 +13,9 @@ Images are ``(N, H, W)`` B-mode in [0, 1] with, per image, :class:`Regions` (whe
   interval, the maps redrawn for both sets at once (:func:`profile_error_difference`). It holds both the overall
   brightness and how it changes with depth; :func:`profile_shape_error` is the error of the profiles each
   divided by its own mean over the bins (dimensionless): the change with depth alone, whatever the gain.
-  ``mean_intensity`` is the mean of every pixel inside the imaged regions (image units): the gain alone.
+  ``mean_intensity`` is the mean of every pixel inside the imaged regions (image units): the gain alone;
+  ``mean_intensity_sd`` the standard deviation over images of each image's mean there: how much the gain varies
+  from image to image (for real images, with the scenes; a model that draws a gain at random shows more).
 - **envelope SNR** (:func:`envelope_snr`): mean / std of the envelope inside a tissue region, per
   image, averaged over images. The envelope is recovered from the log compression
   (:func:`envelope_from_bmode`): B-mode ``b`` in [0, 1] spans ``dynamic_range_db`` below the
@@ -74,12 +79,23 @@ class Regions:
         if len(set(shapes.values())) != 1 or len(shapes["inside"]) != 3:
             raise InputError(f"regions must be (N, H, W) arrays of one shape, got {shapes}")
 
+    def repeated(self, draws: int) -> Regions:
+        """The regions of ``draws`` images of each map, draw after draw: arrays ``(draws N, H, W)``."""
+        return Regions(
+            *(np.tile(array, (draws, 1, 1)) for array in (self.inside, self.depth, self.signal, self.tissue))
+        )
+
 
 def check_images(images: np.ndarray, regions: Regions) -> np.ndarray:
-    """``images`` as float64 ``(N, H, W)``, refused unless finite, in [0, 1] and of the regions' shape."""
+    """``images`` ``(N, H, W)`` or ``(K, N, H, W)`` as float64 ``(K, N, H, W)`` (``K`` 1 for the first), refused
+    unless finite, in [0, 1] and of the regions' shape."""
     array = np.asarray(images, np.float64)
-    if array.shape != regions.inside.shape:
-        raise InputError(f"images {array.shape} and their regions {regions.inside.shape} differ in shape")
+    if array.shape[-3:] != regions.inside.shape or array.ndim not in (3, 4):
+        raise InputError(
+            f"images {array.shape} and their regions {regions.inside.shape} differ in shape "
+            "(images: (N, H, W) or (K, N, H, W), the regions' (N, H, W))"
+        )
+    array = array.reshape(-1, *regions.inside.shape)
     if not np.isfinite(array).all() or array.min(initial=0.0) < 0.0 or array.max(initial=0.0) > 1.0:
         raise InputError("B-mode images must hold finite values in [0, 1]")
     return array
@@ -94,13 +110,15 @@ def envelope_from_bmode(bmode: np.ndarray, dynamic_range_db: float = DEFAULT_DYN
 
 
 def _binned_by_depth(images: np.ndarray, regions: Regions, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per image, the sum and the count of the pixels inside the imaged region per equal bin of normalised
-    depth: two ``(N, bins)`` float64 arrays."""
-    values = check_images(images, regions)
-    index = np.clip((regions.depth * bins).astype(int), 0, bins - 1) + bins * np.arange(len(values))[:, None, None]
+    """Per label map, the sum and the count of the pixels inside the imaged region per equal bin of normalised
+    depth over the map's images (``images`` as :func:`check_images` takes them): two ``(N, bins)`` float64
+    arrays."""
+    draws = check_images(images, regions)
+    maps = len(regions.inside)
+    index = np.clip((regions.depth * bins).astype(int), 0, bins - 1) + bins * np.arange(maps)[:, None, None]
     inside = regions.inside
-    sums = np.bincount(index[inside], weights=values[inside], minlength=bins * len(values))
-    counts = np.bincount(index[inside], minlength=bins * len(values)).astype(np.float64)
+    sums = sum(np.bincount(index[inside], weights=draw[inside], minlength=bins * maps) for draw in draws)
+    counts = len(draws) * np.bincount(index[inside], minlength=bins * maps).astype(np.float64)
     return sums.reshape(-1, bins), counts.reshape(-1, bins)
 
 
@@ -113,7 +131,7 @@ def _profile(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def depth_profile(images: np.ndarray, regions: Regions, bins: int = DEPTH_BINS) -> np.ndarray:
     """``(bins,)`` mean intensity of the pixels inside the imaged region per equal bin of normalised depth,
-    pooled over the images; NaN for a bin without pixels."""
+    pooled over the images (``(N, H, W)`` or ``(K, N, H, W)``); NaN for a bin without pixels."""
     return _profile(*_binned_by_depth(images, regions, bins))
 
 
@@ -175,8 +193,9 @@ def profile_error_interval(
 ) -> tuple[float, float] | None:
     """Percentile bootstrap interval (``level``, two-sided) of :func:`profile_error` of ``images`` against
     ``reference_images`` when image ``i`` of one set pairs with image ``i`` of the other (e.g. both of one label
-    map): the pairs are redrawn with replacement ``draws`` times (seeded by ``seed``). It says how far the
-    error moves with the label maps drawn. None if the two profiles share no bin in some draw."""
+    map; either set may hold ``K`` draws of each, ``(K, N, H, W)``): the pairs are redrawn with replacement
+    ``draws`` times (seeded by ``seed``). It says how far the error moves with the label maps drawn. None if the
+    two profiles share no bin in some draw."""
     binned = [
         _binned_by_depth(images, regions, DEPTH_BINS),
         _binned_by_depth(reference_images, reference_regions, DEPTH_BINS),
@@ -200,7 +219,8 @@ def profile_error_difference(
     baseline's profile is the closer. None if the profiles share no bin (in the sets or some draw).
 
     Args:
-        images, baseline_images, reference_images: ``(N, H, W)`` B-mode in [0, 1].
+        images, baseline_images, reference_images: ``(N, H, W)`` B-mode in [0, 1], or ``(K, N, H, W)``, ``K``
+            draws of each map (redrawn with their map).
         regions: of the label maps, ``(N, H, W)`` each.
     """
 
@@ -213,6 +233,13 @@ def profile_error_difference(
     value = difference([_profile(*sets) for sets in binned])
     interval = _paired_bootstrap(binned, difference, level, draws, seed)
     return None if value is None or interval is None else (value, *interval)
+
+
+def _mean_intensity_sd(images: np.ndarray, regions: Regions) -> float | None:
+    """Standard deviation over images ``(N, H, W)`` of each one's mean inside its imaged region (images without
+    one left out); None for fewer than two images."""
+    means = [image[inside].mean() for image, inside in zip(images, regions.inside) if inside.any()]
+    return float(np.std(means)) if len(means) >= 2 else None
 
 
 def envelope_snr(envelopes: np.ndarray, regions: Regions) -> float | None:
@@ -271,26 +298,29 @@ def realism(
     dynamic_range_db: float = DEFAULT_DYNAMIC_RANGE_DB,
     paired: bool = False,
 ) -> dict[str, float | None]:
-    """The figures of ``images`` ``(N, H, W)``: ``mean_intensity``, ``snr``, ``speckle_axial_px``,
-    ``speckle_lateral_px`` and, with a ``reference`` (its images, regions and features), ``profile_error``,
+    """The figures of ``images`` ``(N, H, W)`` (or ``(K, N, H, W)``, ``K`` draws of each map, pooled):
+    ``mean_intensity``, ``mean_intensity_sd``, ``snr``, ``speckle_axial_px``, ``speckle_lateral_px`` and, with a
+    ``reference`` (its images, regions and features; ``features`` of every image, draw after draw), ``profile_error``,
     ``profile_shape_error`` and ``frechet`` (with both features); with a ``paired`` reference (image ``i`` of
     each set of the same label map), ``profile_error_low`` and ``profile_error_high``, the 90 % bootstrap
     interval of the profile error. A figure that is undefined (no tissue, too few images) is None."""
-    values = check_images(images, regions)
+    draws = check_images(images, regions)
+    values, pooled = draws.reshape(-1, *draws.shape[2:]), regions.repeated(len(draws))
     envelopes = envelope_from_bmode(values, dynamic_range_db)
-    speckle = speckle_fwhm(envelopes, regions)
+    speckle = speckle_fwhm(envelopes, pooled)
     figures: dict[str, float | None] = {
-        "mean_intensity": float(values[regions.inside].mean()) if regions.inside.any() else None,
-        "snr": envelope_snr(envelopes, regions),
+        "mean_intensity": float(values[pooled.inside].mean()) if pooled.inside.any() else None,
+        "mean_intensity_sd": _mean_intensity_sd(values, pooled),
+        "snr": envelope_snr(envelopes, pooled),
         "speckle_axial_px": None if speckle is None else speckle[0],
         "speckle_lateral_px": None if speckle is None else speckle[1],
     }
     if reference is not None:
         reference_images, reference_regions, reference_features = reference
-        profiles = depth_profile(values, regions), depth_profile(reference_images, reference_regions)
+        profiles = depth_profile(draws, regions), depth_profile(reference_images, reference_regions)
         figures["profile_error"] = profile_error(*profiles)
         if paired:
-            interval = profile_error_interval(values, regions, reference_images, reference_regions)
+            interval = profile_error_interval(draws, regions, reference_images, reference_regions)
             figures["profile_error_low"], figures["profile_error_high"] = interval or (None, None)
         figures["profile_shape_error"] = profile_shape_error(*profiles)
         usable = features is not None and reference_features is not None
