@@ -233,17 +233,53 @@ def test_a_ddim_step_uses_the_per_pixel_alpha_bar(eta, timestep):
     np.testing.assert_allclose(previous.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_the_velocity_target_uses_alpha_bar_times_the_cumulative_bmap_per_pixel():
+    x0, noise, _, depth = tensors(6)
+    timesteps = torch.tensor([2, 19])
+    scheduler = BMapDDPMScheduler(T, beta_start=BETAS[0], beta_end=BETAS[1], prediction_type="v_prediction")
+    velocity = scheduler.get_velocity(x0, noise, timesteps, depth)
+    for i, t in enumerate(timesteps.tolist()):
+        alpha_bar = direct_alpha_bar(depth[i].numpy(), t, 0.97)
+        expected = np.sqrt(alpha_bar) * noise[i].numpy() - np.sqrt(1 - alpha_bar) * x0[i].numpy()
+        np.testing.assert_allclose(velocity[i].numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("scheduler_class", [BMapDDPMScheduler, BMapDDIMScheduler], ids=["ddpm", "ddim"])
+def test_a_velocity_step_is_the_noise_step_of_the_same_noise(scheduler_class):
+    # the velocity of (x0, noise) at the per-pixel alpha_bar gives the step that the noise itself gives
+    x0, noise, _, depth = tensors(7)
+    schedulers = {
+        kind: scheduler_class(T, beta_start=BETAS[0], beta_end=BETAS[1], clip_sample=False, prediction_type=kind)
+        for kind in ("epsilon", "v_prediction")
+    }
+    for scheduler in schedulers.values():
+        scheduler.set_timesteps(5)
+    timesteps = torch.tensor([14, 14])
+    x_t = schedulers["epsilon"].add_noise(x0, noise, timesteps, depth)
+    velocity = schedulers["v_prediction"].get_velocity(x0, noise, timesteps, depth)
+    options = {"eta": 0.6} if scheduler_class is BMapDDIMScheduler else {}
+    steps = {
+        kind: scheduler.step(output, 14, x_t, generator=torch.Generator().manual_seed(8), depth=depth, **options)
+        for (kind, scheduler), output in zip(schedulers.items(), (noise, velocity))
+    }
+    torch.testing.assert_close(steps["v_prediction"][1], x0, rtol=0, atol=1e-12)  # x0 recovered
+    torch.testing.assert_close(steps["v_prediction"][0], steps["epsilon"][0], rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("with_depth", [False, True], ids=["no-depth", "depth"])
-def test_eps_one_reproduces_monai_exactly(with_depth):
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_eps_one_reproduces_monai_exactly(with_depth, prediction_type):
     x0, noise, output, depth = (tensor.float() for tensor in tensors(4))
     depth = depth if with_depth else None
     for plain, ours, options in (
         (DDPMScheduler, BMapDDPMScheduler, {}),
         (DDIMScheduler, BMapDDIMScheduler, {"eta": 0.5}),
     ):
-        monai, bmap = plain(T), ours(T, bmap_eps=1.0)
+        monai = plain(T, prediction_type=prediction_type)
+        bmap = ours(T, bmap_eps=1.0, prediction_type=prediction_type)
         timesteps = torch.tensor([0, 13])
         assert torch.equal(monai.add_noise(x0, noise, timesteps), bmap.add_noise(x0, noise, timesteps, depth))
+        assert torch.equal(monai.get_velocity(x0, noise, timesteps), bmap.get_velocity(x0, noise, timesteps, depth))
         if plain is DDIMScheduler:  # all T steps: MONAI's stride T // n is then the schedule's
             monai.set_timesteps(T)
             bmap.set_timesteps(T)
@@ -259,8 +295,8 @@ def test_bmaps_without_a_depth_map_and_unsupported_settings_are_refused():
         BMapDDPMScheduler(T).add_noise(x0, noise, torch.tensor([1, 2]))
     with pytest.raises(InputError, match="variance_type 'learned'"):
         BMapDDPMScheduler(T, variance_type="learned")
-    with pytest.raises(InputError, match="prediction_type 'v_prediction'"):
-        BMapDDIMScheduler(T, prediction_type="v_prediction")
+    with pytest.raises(InputError, match="prediction_type 'sample'"):
+        BMapDDIMScheduler(T, prediction_type="sample")
 
 
 # -- the inference section ---------------------------------------------------------------------------
@@ -362,12 +398,14 @@ def test_ddpm_sampling_runs_its_steps(tiny_model, two_label_maps):
 class OracleDenoiser(torch.nn.Module):
     """The exact noise predictor of a data set of one image ``x*`` ``(1, 1, H, W)`` in [-1, 1] for a linear probe:
     ``eps = (x_t - sqrt(a) x*) / sqrt(1 - a)`` with ``a = alpha_bar_t B_bar_t`` per pixel, tabulated here in float64
-    from the published formulas for MONAI's linear beta schedule of ``steps`` steps (1e-4 to 0.02)."""
+    from the published formulas for MONAI's linear beta schedule of ``steps`` steps (1e-4 to 0.02); with
+    ``velocity``, the exact velocity predictor ``v = sqrt(a) eps - sqrt(1 - a) x*``."""
 
     null_label, multiple = 3, 1
 
-    def __init__(self, image: torch.Tensor, steps: int, eps: float) -> None:
+    def __init__(self, image: torch.Tensor, steps: int, eps: float, velocity: bool = False) -> None:
         super().__init__()
+        self.velocity = velocity
         self.register_buffer("image", image.double())
         depth = np.linspace(0.0, 1.0, image.shape[-2])[:, None] * np.ones(image.shape[-1])
         attenuation = np.array([published_attenuation(t, steps, eps) for t in range(steps)])
@@ -381,16 +419,21 @@ class OracleDenoiser(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         alpha_bar = self.alpha_bar[timesteps.long()][:, None]
-        return ((x.double() - alpha_bar.sqrt() * self.image) / (1.0 - alpha_bar).sqrt()).to(x.dtype)
+        noise = (x.double() - alpha_bar.sqrt() * self.image) / (1.0 - alpha_bar).sqrt()
+        if self.velocity:
+            return (alpha_bar.sqrt() * noise - (1.0 - alpha_bar).sqrt() * self.image).to(x.dtype)
+        return noise.to(x.dtype)
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("sampler, steps", [("ddim", 50), ("ddim", 25), ("ddpm", 40)])
-def test_sampling_with_the_exact_noise_predictor_returns_its_image(two_label_maps, sampler, steps):
+def test_sampling_with_the_exact_predictor_returns_its_image(two_label_maps, sampler, steps, prediction_type):
     # the whole loop (schedule, strides, B-maps of the label maps' depth, guidance, the last step) ends at x*
     image = torch.rand((1, 1, 16, 16), generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
     schedule = NoiseSchedule(name="linear_beta", num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02)
-    inference = spec(BMapSettings(enabled=True, probe="linear")).model_copy(update={"schedule": schedule})
-    oracle = OracleDenoiser(image, 1000, BMapSettings().eps)
+    inference = spec(BMapSettings(enabled=True, probe="linear"), prediction_type=prediction_type)
+    inference = inference.model_copy(update={"schedule": schedule})
+    oracle = OracleDenoiser(image, 1000, BMapSettings().eps, velocity=prediction_type == "v_prediction")
     images = sample(oracle, two_label_maps, inference, sampler=sampler, steps=steps, seed=1, progress=False)
     expected = ((image + 1) / 2).expand(2, 1, 16, 16)
     torch.testing.assert_close(images, expected, rtol=0, atol=2e-3)
@@ -621,6 +664,17 @@ def test_a_two_step_run_exports_a_bundle_that_samples(camus_like, tmp_path):
     assert images.shape == (1, 1, 16, 16) and torch.isfinite(images).all()
 
 
+def test_a_velocity_run_exports_a_bundle_that_samples_with_velocity(camus_like, tmp_path):
+    config = parse_config(tiny_config(camus_like, prediction_type="v_prediction", val_sampling_steps=0))
+    Trainer(config, output_dir=tmp_path, progress=False, device="cpu").run()
+    with (tmp_path / "metrics.csv").open(newline="") as stream:
+        row = list(csv.DictReader(stream))[-1]
+    assert float(row["val/velocity_mse"]) > 0 and "val/noise_mse" not in row
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.manifest.inference.prediction_type == "v_prediction"
+    assert scheduler_for(bundle.manifest.inference, "ddim").prediction_type == "v_prediction"
+
+
 def test_a_run_resumes_with_other_sampling_defaults_but_not_with_other_training(camus_like, tmp_path):
     Trainer(parse_config(tiny_config(camus_like, sampler="ddim")), output_dir=tmp_path, progress=False).run()
     changed = {"sampler": "ddpm", "sampling_steps": 3, "guidance_scale": 2.0, "val_sampling_steps": 1}
@@ -642,6 +696,8 @@ def test_a_run_resumes_with_other_sampling_defaults_but_not_with_other_training(
         "ussynth_linear_attenuated_64_no_bmap",
         "ussynth_linear_attenuated_32",
         "ussynth_linear_attenuated_32_no_bmap",
+        "ussynth_linear_attenuated_32_v",
+        "ussynth_linear_attenuated_32_v_no_bmap",
     ],
 )
 def test_the_shipped_configs_are_valid(name):
@@ -653,10 +709,27 @@ def test_the_shipped_configs_are_valid(name):
     assert inference.bmap.enabled == (not name.endswith("no_bmap"))
 
 
-@pytest.mark.parametrize("name", ["ussynth_echo_64", "ussynth_linear_attenuated_64", "ussynth_linear_attenuated_32"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ussynth_echo_64",
+        "ussynth_linear_attenuated_64",
+        "ussynth_linear_attenuated_32",
+        "ussynth_linear_attenuated_32_v",
+    ],
+)
 def test_each_ablation_differs_from_its_config_only_in_eps_and_names(name):
     with_bmap, without = (load_config(CONFIGS / f"{config}.yaml") for config in (name, f"{name}_no_bmap"))
     assert without.task_args == {**with_bmap.task_args, "bmap_eps": 1.0}
     assert without.model_dump(exclude={"task_args", "output_dir", "bundle"}) == with_bmap.model_dump(
+        exclude={"task_args", "output_dir", "bundle"}
+    )
+
+
+@pytest.mark.parametrize("suffix", ["", "_no_bmap"])
+def test_the_velocity_runs_differ_from_the_noise_runs_only_in_prediction_and_names(suffix):
+    noise, velocity = (load_config(CONFIGS / f"ussynth_linear_attenuated_32{kind}{suffix}.yaml") for kind in ("", "_v"))
+    assert velocity.task_args == {**noise.task_args, "prediction_type": "v_prediction"}
+    assert velocity.model_dump(exclude={"task_args", "output_dir", "bundle"}) == noise.model_dump(
         exclude={"task_args", "output_dir", "bundle"}
     )

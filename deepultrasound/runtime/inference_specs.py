@@ -97,6 +97,8 @@ class DiffusionInference(_Section):
 
     Attributes:
         image_size: (H, W) in pixels of the generated images.
+        prediction_type: what the network predicts, ``"epsilon"`` (the noise) or ``"v_prediction"``
+            (``v = sqrt(a) eps - sqrt(1 - a) x_0``, ``a`` the per-pixel ``alpha_bar``; Salimans & Ho 2022).
         sampler, sampling_steps: the default sampler and its number of denoising steps.
         guidance_scale: classifier-free guidance weight (1.0: conditional model alone).
         label_classes: the values a conditioning label map may hold, with their names.
@@ -106,6 +108,7 @@ class DiffusionInference(_Section):
     version: Literal[1] = 1
     schedule: NoiseSchedule
     bmap: BMapSettings = BMapSettings()
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     sampler: Literal["ddim", "ddpm"] = "ddim"
     sampling_steps: int = Field(50, ge=1)
     guidance_scale: float = Field(1.0, ge=0)

@@ -223,7 +223,7 @@ class PredictorDenoiser:
 
     Args:
         predictor: the bundle's network (inputs ``x`` ``(B, 1, H, W)``, ``timesteps`` ``(B,)``, ``labels``
-            ``(B, H, W)``; output the predicted noise).
+            ``(B, H, W)``; output the predicted noise or velocity).
     """
 
     def __init__(self, predictor: Predictor) -> None:

@@ -1,10 +1,10 @@
 """The semantic diffusion model: MONAI's SPADE diffusion UNet on label maps, and sampling with guidance.
 
-:class:`SemanticDiffusionUNet` predicts the noise of a noisy image ``(B, 1, H, W)`` at timesteps
-``(B,)`` given an integer label map ``(B, H, W)``; the label map conditions the decoder through
-spatially adaptive normalisation (SPADE) of its one-hot encoding. Label values ``0 .. K-1`` are the
-classes and ``K`` is the null label, which stands for "no label map" in classifier-free guidance
-(Ho & Salimans 2022): the network learns both from label maps replaced by the null label in training.
+:class:`SemanticDiffusionUNet` predicts the noise (or the velocity: the bundle's ``prediction_type``) of a
+noisy image ``(B, 1, H, W)`` at timesteps ``(B,)`` given an integer label map ``(B, H, W)``; the label map
+conditions the decoder through spatially adaptive normalisation (SPADE) of its one-hot encoding. Label values
+``0 .. K-1`` are the classes and ``K`` is the null label, which stands for "no label map" in classifier-free
+guidance (Ho & Salimans 2022): the network learns both from label maps replaced by the null label in training.
 
 :func:`sample` runs DDPM or DDIM with the B-map schedulers of :mod:`deepultrasound.synthesis.schedulers`
 and returns images in [0, 1]; the network works on images scaled to [-1, 1] (:data:`NORMALISATION`).
@@ -61,7 +61,8 @@ class Denoiser(Protocol):
         """Where its inputs and outputs live."""
 
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Predicted noise ``(B, 1, H, W)`` of ``x`` ``(B, 1, H, W)`` at ``timesteps`` ``(B,)`` given ``labels``."""
+        """Predicted noise or velocity ``(B, 1, H, W)`` of ``x`` ``(B, 1, H, W)`` at ``timesteps`` ``(B,)`` given
+        ``labels``."""
 
 
 def size_multiple(channels: Sequence[int]) -> int:
@@ -126,7 +127,7 @@ class SemanticDiffusionUNet(nn.Module):
         return self.label_values.device
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Predicted noise ``(B, 1, H, W)`` of ``x`` ``(B, 1, H, W)`` (images in [-1, 1] plus noise) at
+        """Predicted noise or velocity ``(B, 1, H, W)`` of ``x`` ``(B, 1, H, W)`` (images in [-1, 1] plus noise) at
         ``timesteps`` ``(B,)`` int64 given ``labels`` ``(B, H, W)`` int64 in ``0 .. K`` (K: null)."""
         one_hot = (labels[:, None] == self.label_values).to(x.dtype)
         return self.unet(x, timesteps, one_hot)
@@ -150,7 +151,7 @@ def check_labels(labels: torch.Tensor, num_classes: int, multiple: int = 1) -> N
 def guided_noise(
     model: Denoiser, x: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor, guidance_scale: float
 ) -> torch.Tensor:
-    """Classifier-free guided noise ``eps_null + g (eps_labels - eps_null)`` ``(B, 1, H, W)``.
+    """Classifier-free guided output ``out_null + g (out_labels - out_null)`` ``(B, 1, H, W)`` (noise or velocity).
 
     ``g = 1`` runs the conditional network alone and ``g = 0`` the unconditional one alone; other
     scales run both in one batch.

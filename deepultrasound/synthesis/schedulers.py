@@ -11,6 +11,10 @@ Both step from a timestep to the previous one of the sampling schedule (MONAI's 
 spreads ``n`` steps evenly over ``T - 1 .. 0``, rounded), where MONAI's steps assume a stride of
 ``t - 1`` (DDPM) or ``t - T // n`` (DDIM) that the schedule does not keep.
 
+The network's output is the noise (``prediction_type="epsilon"``) or the velocity
+``v = sqrt(a) eps - sqrt(1 - a) x_0`` (``"v_prediction"``, with ``a = alpha_bar_t B_bar_t(x)`` per pixel;
+:meth:`_BMapMixin.get_velocity` gives the training target).
+
 With ``bmap_eps=1`` every ``B`` is 1 and, when all ``T`` steps run, the results equal MONAI's bit for
 bit (the arithmetic follows MONAI's order); ``depth`` may then be omitted. Samples are ``(B, C, H, W)``.
 """
@@ -25,6 +29,9 @@ from monai.utils import unsqueeze_right
 from deepultrasound.errors import InputError
 from deepultrasound.runtime.inference_specs import DiffusionInference
 from deepultrasound.synthesis.bmaps import DEFAULT_EPS, BMapProcess
+
+PREDICTION_TYPES = (DDPMPredictionType.EPSILON, DDPMPredictionType.V_PREDICTION)
+"""What the networks may predict: the noise or the velocity."""
 
 
 class _BMapMixin:
@@ -41,8 +48,10 @@ class _BMapMixin:
     timesteps: torch.Tensor
 
     def _init_bmap(self, eps: float) -> None:
-        if self.prediction_type != DDPMPredictionType.EPSILON:
-            raise InputError(f"prediction_type {self.prediction_type!r} is not supported; the networks predict epsilon")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise InputError(
+                f"prediction_type {self.prediction_type!r} is not supported; use one of {list(PREDICTION_TYPES)}"
+            )
         self.bmap = BMapProcess(self.num_train_timesteps, eps)
 
     def previous_timestep(self, timestep: int) -> int:
@@ -72,10 +81,28 @@ class _BMapMixin:
         return alpha * bmap.to(like), beta + alpha * loss
 
     def _original(self, model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor) -> torch.Tensor:
-        """Predicted ``x_0`` from the predicted noise at ``alpha_bar`` (per pixel), clipped where ``clip_sample``."""
-        original = (sample - (1 - alpha_prod_t) ** (0.5) * model_output) / alpha_prod_t ** (0.5)
+        """Predicted ``x_0`` from the network's output at ``alpha_bar`` (per pixel), clipped where ``clip_sample``."""
+        if self.prediction_type == DDPMPredictionType.V_PREDICTION:
+            original = alpha_prod_t**0.5 * sample - (1 - alpha_prod_t) ** 0.5 * model_output
+        else:
+            original = (sample - (1 - alpha_prod_t) ** (0.5) * model_output) / alpha_prod_t ** (0.5)
         low, high = self.clip_sample_values
         return torch.clamp(original, low, high) if self.clip_sample else original
+
+    def _noise(self, model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor) -> torch.Tensor:
+        """Predicted noise from the network's output at ``alpha_bar`` (per pixel)."""
+        if self.prediction_type == DDPMPredictionType.V_PREDICTION:
+            return alpha_prod_t**0.5 * model_output + (1 - alpha_prod_t) ** 0.5 * sample
+        return model_output
+
+    def get_velocity(
+        self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, depth: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``v = sqrt(alpha_bar_t B_bar_t) eps - sqrt(1 - alpha_bar_t B_bar_t) x_0`` per pixel: the target of a
+        network that predicts velocity, for clean ``sample`` and ``noise`` ``(B, C, H, W)``, ``timesteps`` ``(B,)``
+        and ``depth`` as :meth:`add_noise` takes them."""
+        alpha_bar = self._alpha_bar(timesteps.to(self.alphas_cumprod.device), depth, sample)
+        return alpha_bar**0.5 * noise - (1 - alpha_bar) ** 0.5 * sample
 
     def add_noise(
         self,
@@ -98,8 +125,8 @@ class _BMapMixin:
 class BMapDDPMScheduler(_BMapMixin, DDPMScheduler):
     """DDPM (Ho et al. 2020) with the B-map forward process.
 
-    Args are those of MONAI's ``DDPMScheduler`` (noise prediction and fixed variances only: the
-    networks here predict noise), plus ``bmap_eps``: the B-map floor (1 turns B-maps off).
+    Args are those of MONAI's ``DDPMScheduler`` (noise or velocity prediction and fixed variances only), plus
+    ``bmap_eps``: the B-map floor (1 turns B-maps off).
     """
 
     def __init__(self, *args, bmap_eps: float = DEFAULT_EPS, **kwargs) -> None:
@@ -165,7 +192,7 @@ class BMapDDPMScheduler(_BMapMixin, DDPMScheduler):
 class BMapDDIMScheduler(_BMapMixin, DDIMScheduler):
     """DDIM (Song et al. 2021) with the B-map forward process.
 
-    Args are those of MONAI's ``DDIMScheduler`` (noise prediction only), plus ``bmap_eps``: the B-map
+    Args are those of MONAI's ``DDIMScheduler`` (noise or velocity prediction), plus ``bmap_eps``: the B-map
     floor (1 turns B-maps off).
     """
 
@@ -203,23 +230,25 @@ class BMapDDIMScheduler(_BMapMixin, DDIMScheduler):
             alpha_prod_t_prev = self._alpha_bar(0, depth, sample)
 
         original = self._original(model_output, sample, alpha_prod_t)
+        noise = self._noise(model_output, sample, alpha_prod_t)
         beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
         variance = (beta_prod_t_prev / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
         std_dev_t = eta * variance**0.5
-        direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5 * model_output
+        direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5 * noise
         previous = alpha_prod_t_prev**0.5 * original + direction
 
         if eta > 0:
-            noise = torch.randn(
+            fresh = torch.randn(
                 model_output.shape, dtype=model_output.dtype, generator=generator, device=model_output.device
             )
-            previous = previous + variance**0.5 * eta * noise
+            previous = previous + variance**0.5 * eta * fresh
         return previous, original
 
 
 def scheduler_for(spec: DiffusionInference, sampler: str) -> BMapDDPMScheduler | BMapDDIMScheduler:
     """The ``"ddpm"`` or ``"ddim"`` scheduler of a diffusion model's inference section: its training schedule
-    and B-map settings (``eps`` 1 where B-maps are off), noise prediction, predicted ``x_0`` clipped to [-1, 1]."""
+    and B-map settings (``eps`` 1 where B-maps are off), its prediction type, predicted ``x_0`` clipped to
+    [-1, 1]."""
     schedulers = {"ddpm": BMapDDPMScheduler, "ddim": BMapDDIMScheduler}
     if sampler not in schedulers:
         raise InputError(f"unknown sampler {sampler!r}; use one of {sorted(schedulers)}")
@@ -230,4 +259,5 @@ def scheduler_for(spec: DiffusionInference, sampler: str) -> BMapDDPMScheduler |
         beta_start=schedule.beta_start,
         beta_end=schedule.beta_end,
         bmap_eps=spec.bmap.eps if spec.bmap.enabled else 1.0,
+        prediction_type=spec.prediction_type,
     )

@@ -69,6 +69,8 @@ VALIDATION_SEED_OFFSET = 1_000_003
 """Simulated validation pairs are drawn from ``seed + VALIDATION_SEED_OFFSET``: never a training pair."""
 PANELS = 4
 """Validation images show the first this many label maps of the first batch."""
+PREDICTED = {"epsilon": "noise", "v_prediction": "velocity"}
+"""What the network's output is, by ``prediction_type``: its name in the export and the validation metric."""
 
 
 class DiffusionArgs(TaskArgs):
@@ -91,6 +93,11 @@ class DiffusionArgs(TaskArgs):
     augmentation_probability: float = Field(0.8, ge=0, le=1, description="of deforming a training pair")
     label_dropout: float = Field(0.2, ge=0, le=1, description="of replacing a label map by the null label")
     bmap_eps: float = Field(DEFAULT_EPS, gt=0, le=1, description="B-map floor; 1 turns B-maps off")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "epsilon",
+        description="what the network predicts: the noise, or v = sqrt(a) eps - sqrt(1 - a) x0 (a = alpha_bar "
+        "B_bar per pixel), whose x0 estimate does not amplify the network's error where the noise dominates",
+    )
     num_train_timesteps: int = Field(1000, ge=2)
     schedule: Literal["linear_beta", "scaled_linear_beta", "sigmoid_beta"] = Field(
         "linear_beta", description="MONAI noise schedule (one of those that take beta_start and beta_end)"
@@ -148,6 +155,7 @@ class DiffusionTask(Task):
                 probe=DATA_PROBES[args.data],
                 outside_label=DATA_OUTSIDE[args.data],
             ),
+            prediction_type=args.prediction_type,
             sampler=args.sampler,
             sampling_steps=args.sampling_steps,
             guidance_scale=args.guidance_scale,
@@ -211,10 +219,17 @@ class DiffusionTask(Task):
             raise ConfigError("the us-diffusion task needs training pairs: set simulated_images or camus_patients")
         return training, dataset(val, fixed_noise=True, num_train_timesteps=args.num_train_timesteps)
 
-    def _noised(self, batch: Mapping[str, torch.Tensor], noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The batch's images scaled to [-1, 1] and noised to ``timesteps`` by the B-map forward process."""
+    def _noised_and_target(
+        self, batch: Mapping[str, torch.Tensor], noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's images scaled to [-1, 1] and noised to ``timesteps`` by the B-map forward process, and what
+        the network is to predict from them (the noise or the velocity, ``prediction_type``)."""
         scheduler = scheduler_for(self.inference_spec(), "ddpm")
-        return scheduler.add_noise(batch["image"] * 2.0 - 1.0, noise, timesteps, depth=batch["depth"])
+        images, depth = batch["image"] * 2.0 - 1.0, batch["depth"]
+        noised = scheduler.add_noise(images, noise, timesteps, depth=depth)
+        if self.args.prediction_type == "v_prediction":
+            return noised, scheduler.get_velocity(images, noise, timesteps, depth=depth)
+        return noised, noise
 
     def training_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         images, labels = batch["image"], batch["labels"]
@@ -225,16 +240,16 @@ class DiffusionTask(Task):
         network = ctx.networks[NETWORK]
         null = len(DATA_LABELS[self.args.data])
         conditioning = torch.where(dropped[:, None, None], null, labels)
-        predicted = network(self._noised(batch, noise, timesteps), timesteps, conditioning).float()
-        loss = F.mse_loss(predicted, noise)
+        noised, target = self._noised_and_target(batch, noise, timesteps)
+        loss = F.mse_loss(network(noised, timesteps, conditioning).float(), target)
         ctx.optimize(loss)
         return {"mse": loss}
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], ctx: ValidationContext) -> ValidationOutput:
         network = ctx[NETWORK]
-        noise, timesteps = batch["noise"], batch["timestep"]
-        predicted = network(self._noised(batch, noise, timesteps), timesteps, batch["labels"]).float()
-        metrics = {"noise_mse": ((predicted - noise) ** 2).flatten(1).mean(1)}
+        noised, target = self._noised_and_target(batch, batch["noise"], batch["timestep"])
+        predicted = network(noised, batch["timestep"], batch["labels"]).float()
+        metrics = {f"{PREDICTED[self.args.prediction_type]}_mse": ((predicted - target) ** 2).flatten(1).mean(1)}
         images = {}
         if ctx.batch_index == 0 and self.args.val_sampling_steps:
             labels = batch["labels"][:PANELS]
@@ -263,15 +278,16 @@ class DiffusionTask(Task):
             architecture=ARCHITECTURE,
             architecture_module="deepultrasound.synthesis.model",
             architecture_args=self._network_args(),
-            description=f"noise (B, 1, H, W) of a noisy image in [-1, 1] at timesteps (B,) given a label map "
-            f"(B, H, W) of values 0..{num_classes - 1} ({num_classes}: the null label); sides multiples of 4",
+            description=f"{PREDICTED[args.prediction_type]} (B, 1, H, W) of a noisy image in [-1, 1] at timesteps "
+            f"(B,) given a label map (B, H, W) of values 0..{num_classes - 1} ({num_classes}: the null label); "
+            "sides multiples of 4",
             example_inputs=(
                 torch.zeros(1, 1, size, size),
                 torch.zeros(1, dtype=torch.long),
                 torch.zeros(1, size, size, dtype=torch.long),
             ),
             input_names=["noisy", "timesteps", "labels"],
-            output_names=["noise"],
+            output_names=[PREDICTED[args.prediction_type]],
             input_ranges={"timesteps": (0, args.num_train_timesteps - 1)},
             input_values={"labels": list(range(num_classes + 1))},
             normalisation=dict(NORMALISATION),
