@@ -315,6 +315,7 @@ def test_bench_synth_runs_end_to_end_and_leaves_out_a_missing_model(tiny_bundles
     assert figures["settings"]["samples_per_map"] == 2
     assert sorted(len(np.load(path)) for path in tmp_path.glob("*.npy") if len(np.load(path)) == 2) == [2, 2]
     assert {model["sampler"] for model in figures["models"].values()} == {"ddpm"}  # the bundles' default
+    assert {model["prediction_type"] for model in figures["models"].values()} == {"epsilon"}
     assert any(note.startswith("ghost: left out") for note in figures["notes"])
     for kind, model in (("echo", "echo"), ("linear", "linear")):
         part = figures[kind]

@@ -44,8 +44,8 @@ guidance as in (a); null for a sampler that needs more steps than the schedule h
 the same bundle on that backend too, the two taking turns run by run, and the ratio of their images/s.
 ``--throughput-only`` skips (a) and (b).
 
-JSON (last stdout line): ``models`` (bundle, backend, data, B-maps, sampler, steps, guidance); per data (``echo``,
-``linear``): ``data`` (counts, patients or seeds and configuration), ``segmentation`` -> ``real``
+JSON (last stdout line): ``models`` (bundle, backend, data, B-maps, prediction type, sampler, steps, guidance); per
+data (``echo``, ``linear``): ``data`` (counts, patients or seeds and configuration), ``segmentation`` -> ``real``
 and each model -> ``dice`` and (models) ``ratio_to_real`` per structure; ``realism`` -> row ->
 ``mean_intensity``, ``mean_intensity_sd``, ``profile_error`` (model rows: with ``profile_error_low`` and
 ``_high``, its 90 % bootstrap interval over the test label maps), ``profile_shape_error``, ``snr``,
@@ -481,6 +481,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "data": kind,
                 "image_size": list(model.size),
                 "bmap": model.spec.bmap.enabled,
+                "prediction_type": model.spec.prediction_type,
                 "sampler": args.sampler or model.spec.sampler,
                 "steps": args.steps or model.spec.sampling_steps,
                 "guidance": model.spec.guidance_scale if args.guidance is None else args.guidance,
