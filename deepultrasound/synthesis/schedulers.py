@@ -104,6 +104,15 @@ class _BMapMixin:
         alpha_bar = self._alpha_bar(timesteps.to(self.alphas_cumprod.device), depth, sample)
         return alpha_bar**0.5 * noise - (1 - alpha_bar) ** 0.5 * sample
 
+    def prediction_target(
+        self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, depth: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """What the network is trained to output for clean ``sample`` noised with ``noise`` to ``timesteps``: the
+        noise itself or (velocity prediction) :meth:`get_velocity`; arguments as :meth:`get_velocity` takes them."""
+        if self.prediction_type == DDPMPredictionType.V_PREDICTION:
+            return self.get_velocity(sample, noise, timesteps, depth)
+        return noise
+
     def add_noise(
         self,
         original_samples: torch.Tensor,

@@ -227,9 +227,7 @@ class DiffusionTask(Task):
         scheduler = scheduler_for(self.inference_spec(), "ddpm")
         images, depth = batch["image"] * 2.0 - 1.0, batch["depth"]
         noised = scheduler.add_noise(images, noise, timesteps, depth=depth)
-        if self.args.prediction_type == "v_prediction":
-            return noised, scheduler.get_velocity(images, noise, timesteps, depth=depth)
-        return noised, noise
+        return noised, scheduler.prediction_target(images, noise, timesteps, depth=depth)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         images, labels = batch["image"], batch["labels"]
