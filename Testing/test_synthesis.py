@@ -541,6 +541,8 @@ def test_the_attenuation_range_of_linear_training_scenes_is_checked():
     for bounds in ((1.0, 0.5), (-0.1, 0.3)):
         with pytest.raises(ValidationError, match="linear_attenuation"):
             DiffusionArgs(data="linear", linear_attenuation=bounds)
+        with pytest.raises(InputError, match="0 <= LOW <= HIGH"):
+            linear_pairs(0, 1, 32, attenuation_db_cm_mhz=bounds)  # the simulator refuses it too
 
 
 @pytest.mark.shared_data("camus_train")

@@ -361,6 +361,7 @@ def test_bench_synth_times_two_backends_of_one_bundle_in_turn_and_gives_their_ra
     out = capsys.readouterr().out
     figures = json.loads(out.strip().splitlines()[-1])["linear"]
     assert set(figures) == {"data", "throughput"}  # no segmenters, no realism
+    assert (figures["data"]["train_images"], figures["data"]["test_images"]) == (0, 2)  # only test maps are made
     row = figures["throughput"]["linear"]
     compared = row["compared"]
     assert (row["backend"], compared["backend"]) == ("onnxruntime", "torch")
@@ -386,7 +387,7 @@ def test_bench_synth_refuses_to_time_a_model_it_was_not_given(tiny_bundles, tmp_
 def test_bench_synth_refuses_an_attenuation_range_upside_down(tiny_bundles, tmp_path, capsys):
     argv = ["bench", "synth", "--model", f"linear={tiny_bundles['linear']}", "--linear-attenuation", "1", "0.5"]
     assert main([*argv, "--cache", str(tmp_path), "--device", "cpu"]) != 0
-    assert "--linear-attenuation takes LOW HIGH with 0 <= LOW <= HIGH, got 1.0 0.5" in capsys.readouterr().err
+    assert "--linear-attenuation: an attenuation range takes LOW HIGH with 0 <= LOW <= HIGH" in capsys.readouterr().err
 
 
 def test_a_stack_synthesised_in_parts_resumes_from_its_stored_chunks_and_equals_one_call(tiny_bundles, tmp_path):

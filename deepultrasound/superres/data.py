@@ -48,6 +48,20 @@ _SPLIT_OFFSET = {"train": 0, "val": 1_000_003}
 BUSI_FOLDER = "busi_train"
 RESIDUAL_ATTENUATION_DB_CM_MHZ = (0.0, 0.3)
 """Default range of the attenuation left after time-gain compensation in simulated scans, dB/cm/MHz."""
+
+
+def attenuation_range(bounds: tuple[float, float]) -> tuple[float, float]:
+    """``bounds`` (low, high) of the attenuation left after time-gain compensation, dB/cm/MHz, checked.
+
+    Raises:
+        InputError: unless 0 <= low <= high.
+    """
+    low, high = bounds
+    if not 0 <= low <= high:
+        raise InputError(f"an attenuation range takes LOW HIGH with 0 <= LOW <= HIGH (dB/cm/MHz), got {low} {high}")
+    return low, high
+
+
 HELD_OUT_FRACTION = 5
 """One BUSI image in (about) this many is held out: the first 8 hex digits of the SHA-256 of its
 file name, as an integer, are divisible by it."""
@@ -123,6 +137,7 @@ def simulate_scan(
     rows, lines = shape
     if rows < 8 or lines < 8:
         raise InputError(f"a simulated scan needs at least 8 rows and 8 lines, got {shape}")
+    low, high = attenuation_range(attenuation_db_cm_mhz)
     rng = np.random.default_rng(seed)
     depth = rng.uniform(20.0, 50.0)
     transducer = Transducer(
@@ -140,7 +155,7 @@ def simulate_scan(
     x, z = rng.uniform(0, width, count), rng.uniform(0, depth, count)
     phantom = (scene or _random_scene)(rng, depth, width)
     amplitude = rng.standard_normal(count) * phantom.echogenicity_at(x, z)
-    amplitude *= attenuation_gain(z, rng.uniform(*attenuation_db_cm_mhz), transducer.center_frequency_mhz)
+    amplitude *= attenuation_gain(z, rng.uniform(low, high), transducer.center_frequency_mhz)
     rf = beamformed_rf(x, z, amplitude, transducer, (rows * oversampling, lines), (pitch, dz))
     noise = band_limited_noise(rng, rf.shape, transducer, dz)
     rf += noise * rf.std() * 10 ** (-rng.uniform(30.0, 50.0) / 20)

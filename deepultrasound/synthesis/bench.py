@@ -76,7 +76,7 @@ from deepultrasound.runtime import choose_device
 from deepultrasound.runtime.backends import BACKENDS
 from deepultrasound.runtime.options import add_backend_options
 from deepultrasound.spatial.bmode import DEFAULT_DYNAMIC_RANGE_DB
-from deepultrasound.superres.data import RESIDUAL_ATTENUATION_DB_CM_MHZ
+from deepultrasound.superres.data import RESIDUAL_ATTENUATION_DB_CM_MHZ, attenuation_range
 from deepultrasound.synthesis.bench_data import (
     CLASSES,
     STRUCTURES,
@@ -274,10 +274,13 @@ def _dice(segmenter: torch.nn.Module, data: BenchData) -> dict[str, float | None
 
 
 def _data(kind: str, size: int, args: argparse.Namespace) -> BenchData:
+    """The bench data of ``kind`` on an ``(size, size)`` grid; without training pairs for ``--throughput-only``,
+    which needs the test label maps only."""
     if kind == "linear":
-        return linear_data(size, args.linear_train, args.linear_test, tuple(args.linear_attenuation))
+        train = 0 if args.throughput_only else args.linear_train
+        return linear_data(size, train, args.linear_test, tuple(args.linear_attenuation))
     root = args.camus if args.camus is not None else default_camus_root()
-    return echo_data(root, size, args.train_patients, args.test_patients)
+    return echo_data(root, size, 0 if args.throughput_only else args.train_patients, args.test_patients)
 
 
 def _evaluate(
@@ -444,9 +447,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--seg-steps, --seg-batch, --batch, --repeats, --ddpm-repeats, --samples-per-map and the image counts "
             "must be >= 1"
         )
-    low, high = args.linear_attenuation
-    if not 0 <= low <= high:
-        raise InputError(f"--linear-attenuation takes LOW HIGH with 0 <= LOW <= HIGH, got {low} {high}")
+    try:
+        attenuation_range(args.linear_attenuation)
+    except InputError as error:
+        raise InputError(f"--linear-attenuation: {error}") from error
     started = time.perf_counter()
     device = str(choose_device(None if args.device == "auto" else args.device))
     kinds, notes = _models(args, device)

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from deepultrasound.errors import ConfigError
 from deepultrasound.registration.data import camus_split, default_camus_root
 from deepultrasound.runtime.inference_specs import BMapSettings, DiffusionInference, NoiseSchedule
-from deepultrasound.superres.data import RESIDUAL_ATTENUATION_DB_CM_MHZ
+from deepultrasound.superres.data import RESIDUAL_ATTENUATION_DB_CM_MHZ, attenuation_range
 from deepultrasound.synthesis.bmaps import DEFAULT_EPS
 from deepultrasound.synthesis.data import (
     DATA_LABELS,
@@ -119,9 +119,7 @@ class DiffusionArgs(TaskArgs):
     @field_validator("linear_attenuation")
     @classmethod
     def _is_a_range(cls, bounds: tuple[float, float]) -> tuple[float, float]:
-        if not 0 <= bounds[0] <= bounds[1]:
-            raise ValueError(f"linear_attenuation {list(bounds)} must be [low, high] with 0 <= low <= high")
-        return bounds
+        return attenuation_range(bounds)
 
     @field_validator("image_size")
     @classmethod
